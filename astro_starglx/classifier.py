@@ -1,0 +1,413 @@
+"""
+The astropy edge of the package: `StarGalaxyClassifier`.
+
+It validates a catalog and its images once, fetches the model's weights
+lazily, converts sky positions through every band's own WCS, streams the
+sources in bounded batches through cutouts -> features -> the one
+normalisation -> the network, and returns a new `~astropy.table.Table`.
+"""
+
+import logging
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+from astropy.nddata import NDData
+from astropy.table import MaskedColumn, Table
+from astropy.utils.exceptions import AstropyUserWarning
+
+from .features import extract_inputs, features_from_table, image_noise
+from .flags import ClassFlag
+from .positions import pixel_positions
+
+__all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "OUTPUT_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+#: Columns added by `StarGalaxyClassifier.classify`.
+OUTPUT_COLUMNS = ("p_star", "p_galaxy", "class", "class_flags")
+
+
+class StarGalaxyWarning(AstropyUserWarning):
+    """Summary of per-source problems in one `~StarGalaxyClassifier.classify` call."""
+
+
+def resolve_device(device):
+    """
+    Pick the torch device.
+
+    Parameters
+    ----------
+    device : None, str or `torch.device`
+        ``None`` picks CUDA when available, else the CPU.
+
+    Returns
+    -------
+    device : `torch.device`
+
+    Raises
+    ------
+    RuntimeError
+        If CUDA is requested but not available.
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        msg = f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r} ({exc})"
+        raise ValueError(msg) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        msg = (f"device={str(device)!r} was requested but torch.cuda.is_available() is False "
+               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu', "
+               "or device=None to pick CUDA only when a GPU is present")
+        raise RuntimeError(msg)
+    return device
+
+
+class StarGalaxyClassifier:
+    """
+    Classify catalog sources as stars or galaxies from multi-band images.
+
+    Constructing a classifier does no I/O: the weights are located, fetched
+    (if needed) and verified on the first call that needs them.
+
+    Parameters
+    ----------
+    model : None, str, `~astro_starglx.weights.Weights` or path-like, optional
+        ``None`` for the bundled default (``rbim-lite``), a registry name
+        (see ``astro-starglx weights list``), a registry entry, or a local
+        ``.safetensors`` file written by ``astro-starglx train``.
+    device : None, str or `torch.device`, optional
+        ``None`` picks CUDA when available, else the CPU.
+    batch_size : int, optional
+        Sources per batch; memory use is bounded by it whatever the catalog
+        length.
+    threshold : float or None, optional
+        ``p_galaxy`` at or above which a source is called a galaxy; ``None``
+        uses the model's own threshold from its metadata.
+    zeropoints : dict or None, optional
+        ``{band: zero point}`` AB magnitude of one image unit; overrides the
+        images' ``MAGZERO`` header keywords.
+    progress : bool, optional
+        Show a progress bar over batches.
+
+    Examples
+    --------
+    >>> from astro_starglx import StarGalaxyClassifier
+    >>> clf = StarGalaxyClassifier(device="cpu", batch_size=512)
+    >>> clf.batch_size
+    512
+    """
+
+    def __init__(self, model=None, *, device=None, batch_size=1024, threshold=None,
+                 zeropoints=None, progress=False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            msg = f"batch_size must be a positive int, got {batch_size!r}"
+            raise ValueError(msg)
+        if threshold is not None and not (0.0 < float(threshold) < 1.0):
+            msg = f"threshold must be None or a float in (0, 1), got {threshold!r}"
+            raise ValueError(msg)
+        if zeropoints is not None and not isinstance(zeropoints, Mapping):
+            msg = (f"zeropoints must be a mapping {{band: zero point}} or None, "
+                   f"got {type(zeropoints).__name__}")
+            raise TypeError(msg)
+        self.model = model
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.threshold = None if threshold is None else float(threshold)
+        self.zeropoints = None if zeropoints is None else dict(zeropoints)
+        self.progress = bool(progress)
+        self._loaded = None
+
+    def __repr__(self):
+        name = self.model if isinstance(self.model, str) or self.model is None \
+            else getattr(self.model, "name", str(self.model))
+        return (f"StarGalaxyClassifier(model={name!r}, device={str(self.device)!r}, "
+                f"batch_size={self.batch_size})")
+
+    # -- the model ----------------------------------------------------------
+    @property
+    def loaded(self):
+        """The `~astro_starglx.weights.LoadedModel`, loaded on first access."""
+        if self._loaded is None:
+            from .weights import load_model
+
+            self._loaded = load_model(self.model, device=self.device)
+            log.info("loaded model %s (sha256 %s) on %s", self._loaded.name,
+                     self._loaded.sha256, self.device)
+        return self._loaded
+
+    @property
+    def meta(self):
+        """The model's metadata (bands, stamp size, normalisation, ...)."""
+        return self.loaded.meta
+
+    @property
+    def bands(self):
+        """Bands the model reads, in order."""
+        return tuple(self.meta["bands"])
+
+    # -- public API -----------------------------------------------------------
+    def predict_proba(self, catalog, images, *, ra_column="ra", dec_column="dec",
+                      coord_column=None, x_column="x", y_column="y", shared_grid=False,
+                      feature_columns=None):
+        """
+        Class probabilities for every source.
+
+        Parameters are those of `classify`.
+
+        Returns
+        -------
+        proba : `~numpy.ndarray`
+            ``(N, 2)`` float32, columns in ``meta["class_names"]`` order
+            (``star``, ``galaxy``); rows of sources off every image are NaN.
+        """
+        proba, _ = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
+                             coord_column=coord_column, x_column=x_column,
+                             y_column=y_column, shared_grid=shared_grid,
+                             feature_columns=feature_columns)
+        return proba
+
+    def classify(self, catalog, images, *, ra_column="ra", dec_column="dec",
+                 coord_column=None, x_column="x", y_column="y", shared_grid=False,
+                 feature_columns=None, overwrite=False):
+        """
+        Classify every source of ``catalog``.
+
+        Parameters
+        ----------
+        catalog : `~astropy.table.Table`
+            Sources with positions: ``ra``/``dec`` columns (degrees, or
+            Quantity), a `~astropy.coordinates.SkyCoord` column, or pixel
+            ``x``/``y`` columns (0-based) when the bands share one pixel grid.
+            Never modified.
+        images : `~astropy.nddata.CCDData` or mapping
+            One `~astropy.nddata.CCDData` (or `~astropy.nddata.NDData`) for
+            a one-band model, or ``{band: CCDData}``. Every band has its own
+            WCS: bands are never assumed pixel-aligned. ``mask`` (True =
+            bad) and ``uncertainty`` are honoured; the zero point comes from
+            ``zeropoints`` or the ``MAGZERO`` header keyword.
+        ra_column, dec_column : str, optional
+            Names of the sky position columns.
+        coord_column : str or None, optional
+            Name of a `~astropy.coordinates.SkyCoord` column; ``None`` uses
+            one if the table has exactly one.
+        x_column, y_column : str, optional
+            Names of the pixel position columns, used when ``shared_grid`` is
+            True or when the catalog has no sky positions and ``images`` is a
+            single image.
+        shared_grid : bool, optional
+            The caller asserts that all bands share one pixel grid: positions
+            come from ``x_column``/``y_column`` for every band.
+        feature_columns : dict or None, optional
+            Read the catalog features from table columns instead of measuring
+            them on the stamps: ``{feature: "column_{band}"}`` for every
+            feature name in ``meta["feature_names"]``.
+        overwrite : bool, optional
+            Replace output columns that already exist in ``catalog``.
+
+        Returns
+        -------
+        result : `~astropy.table.Table`
+            A new table: the input columns plus ``p_star`` and ``p_galaxy``
+            (float32, summing to 1, masked for sources off every image),
+            ``class`` (``"star"``/``"galaxy"``, masked likewise) and
+            ``class_flags`` (`~astro_starglx.flags.ClassFlag` bits). Its
+            ``meta["astro_starglx"]`` holds the provenance: model name,
+            weights sha256, package version, threshold, bands and device.
+
+        Raises
+        ------
+        TypeError
+            If ``catalog`` is not a Table or ``images`` not NDData.
+        ValueError
+            For missing or non-finite position columns, missing bands or
+            WCS, or existing output columns without ``overwrite=True``.
+        """
+        if not isinstance(catalog, Table):
+            _check_catalog(catalog)
+        existing = [name for name in OUTPUT_COLUMNS if name in catalog.colnames]
+        if existing and not overwrite:
+            msg = (f"catalog already has output column(s) {existing}; pass overwrite=True to "
+                   "replace them, or rename them first")
+            raise ValueError(msg)
+        proba, flags = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
+                                 coord_column=coord_column, x_column=x_column,
+                                 y_column=y_column, shared_grid=shared_grid,
+                                 feature_columns=feature_columns)
+        return self._build_table(catalog, proba, flags)
+
+    # -- internals ------------------------------------------------------------
+    def _run(self, catalog, images, *, ra_column, dec_column, coord_column, x_column,
+             y_column, shared_grid, feature_columns):
+        _check_catalog(catalog)
+        meta = self.meta
+        images = self._check_images(images, meta)
+        x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
+                                coord_column=coord_column, x_column=x_column,
+                                y_column=y_column, shared_grid=shared_grid)
+        n_sources = len(catalog)
+        proba = np.full((n_sources, len(meta["class_names"])), np.nan, dtype=np.float32)
+        flags = np.zeros(n_sources, dtype=np.uint16)
+        if n_sources == 0:
+            return proba, flags
+        table_features = None
+        if feature_columns is not None:
+            table_features = features_from_table(catalog, bands=meta["bands"],
+                                                 column_map=feature_columns)
+        # Whole-image noise is computed once per call, not once per batch.
+        image_sigma = {band: image_noise(img) for band, img in images.items()
+                       if img.uncertainty is None}
+        predict = self._predictor()
+        from tqdm.auto import tqdm
+
+        starts = range(0, n_sources, self.batch_size)
+        for start in tqdm(starts, disable=not self.progress, unit="batch",
+                          desc="astro_starglx"):
+            sl = slice(start, start + self.batch_size)
+            inputs = extract_inputs(
+                images, {b: v[sl] for b, v in x.items()}, {b: v[sl] for b, v in y.items()},
+                bands=meta["bands"], size=meta["stamp_size"],
+                pixel_scale=meta["pixel_scale"], zeropoints=self.zeropoints,
+                image_sigma=image_sigma)
+            batch_features = inputs.features if table_features is None else table_features[sl]
+            off = ~np.isfinite(inputs.stamps).any(axis=(1, 2, 3))
+            proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
+            proba[sl][off] = np.nan
+            flags[sl] = inputs.flags
+        return proba, flags
+
+    def _predictor(self):
+        """A function (stamps, noise, features) -> (N, n_classes) probabilities."""
+        import torch
+
+        from .preprocess import prepare_inputs
+
+        loaded = self.loaded
+        network = loaded.network
+        normalization = loaded.meta["normalization"]
+        # Probability calibration (temperature scaling fitted on validation
+        # fields at training time).
+        temperature = float(loaded.meta.get("temperature", 1.0))
+        device = self.device
+        cuda = device.type == "cuda"
+
+        def predict(stamps, noise, features):
+            x_image, x_catalog = prepare_inputs(stamps, noise, features, normalization)
+            x_image = torch.from_numpy(x_image)
+            x_catalog = torch.from_numpy(x_catalog)
+            if cuda:
+                # Pinned host memory lets the copies overlap with compute.
+                x_image = x_image.pin_memory().to(device, non_blocking=True)
+                x_catalog = x_catalog.pin_memory().to(device, non_blocking=True)
+            with torch.inference_mode(), torch.autocast(device_type=device.type,
+                                                        dtype=torch.float16, enabled=cuda):
+                logits = network(x_image, x_catalog)
+                proba = torch.softmax(logits.float() / temperature, dim=1)
+            return proba.cpu().numpy()
+
+        return predict
+
+    def _check_images(self, images, meta):
+        bands = list(meta["bands"])
+        if isinstance(images, NDData):
+            images = {_single_band(images, bands): images}
+        elif isinstance(images, Mapping):
+            for band, image in images.items():
+                if not isinstance(image, NDData):
+                    msg = (f"images[{band!r}] must be an astropy CCDData or NDData, got "
+                           f"{type(image).__name__}; wrap arrays as "
+                           "CCDData(data, unit='electron/s', wcs=WCS(header))")
+                    raise TypeError(msg)
+            images = dict(images)
+        else:
+            msg = (f"images must be a CCDData/NDData or a mapping {{band: CCDData}}, got "
+                   f"{type(images).__name__}; wrap arrays as "
+                   "CCDData(data, unit='electron/s', wcs=WCS(header))")
+            raise TypeError(msg)
+        present = [band for band in bands if band in images]
+        missing = [band for band in bands if band not in images]
+        unknown = sorted(set(images) - set(bands))
+        if unknown:
+            log.info("ignoring bands the model does not read: %s", unknown)
+        if not present:
+            msg = (f"images has bands {sorted(images)} but the model {meta['name']!r} reads "
+                   f"{bands}; name the mapping's keys after the model's bands")
+            raise ValueError(msg)
+        if missing and not meta.get("allow_missing_bands", False):
+            msg = (f"images is missing band(s) {missing} that model {meta['name']!r} needs "
+                   f"(it reads {bands}); add them to the mapping, or use a model that allows "
+                   "missing bands")
+            raise ValueError(msg)
+        return {band: images[band] for band in present}
+
+    def _build_table(self, catalog, proba, flags):
+        from . import __version__
+
+        meta = self.meta
+        threshold = self.threshold if self.threshold is not None else float(meta["threshold"])
+        class_names = list(meta["class_names"])
+        i_star, i_gal = class_names.index("star"), class_names.index("galaxy")
+        result = Table(catalog, copy=True)
+        for name in OUTPUT_COLUMNS:
+            if name in result.colnames:
+                result.remove_column(name)
+        bad = ~np.isfinite(proba).all(axis=1)
+        p_star = proba[:, i_star]
+        p_gal = proba[:, i_gal]
+        labels = np.where(p_gal >= threshold, "galaxy", "star")
+        result["p_star"] = MaskedColumn(np.where(bad, 0, p_star).astype(np.float32), mask=bad,
+                                        description="probability that the source is a star")
+        result["p_galaxy"] = MaskedColumn(np.where(bad, 0, p_gal).astype(np.float32),
+                                          mask=bad,
+                                          description="probability that the source is a galaxy")
+        result["class"] = MaskedColumn(labels.astype("U6"), mask=bad,
+                                       description=f"'galaxy' if p_galaxy >= {threshold}")
+        result["class_flags"] = MaskedColumn(
+            flags.astype(np.uint16), mask=np.zeros(len(flags), bool),
+            description="astro_starglx.ClassFlag bits: 1 OFF_IMAGE, 2 PARTIAL, 4 MASKED, "
+                        "8 BAND_MISSING, 16 NO_FEATURES, 32 SATURATED")
+        result.meta["astro_starglx"] = {
+            "model": self.loaded.name,
+            "weights_sha256": self.loaded.sha256,
+            "version": __version__,
+            "threshold": threshold,
+            "bands": list(meta["bands"]),
+            "device": str(self.device),
+        }
+        _warn_flags(flags, bad)
+        return result
+
+
+def _check_catalog(catalog):
+    if not isinstance(catalog, Table):
+        hint = " (use Table.from_pandas(df))" if hasattr(catalog, "to_numpy") else ""
+        msg = f"catalog must be an astropy Table, got {type(catalog).__name__}{hint}"
+        raise TypeError(msg)
+
+
+def _single_band(image, bands):
+    """The band of a lone image: the model's only band, or its FILTER keyword."""
+    if len(bands) == 1:
+        return bands[0]
+    header_band = (image.meta or {}).get("FILTER")
+    if header_band in bands:
+        return header_band
+    msg = (f"images is a single image but the model reads bands {bands}; pass a mapping "
+           "{band: CCDData} (or set the image's FILTER keyword to one of those bands)")
+    raise ValueError(msg)
+
+
+def _warn_flags(flags, unclassified):
+    if not flags.any():
+        return
+    counts = {flag.name: int(np.count_nonzero(flags & flag.value)) for flag in ClassFlag}
+    summary = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+    msg = (f"{int(np.count_nonzero(flags))} of {len(flags)} sources flagged ({summary}); "
+           f"{int(unclassified.sum())} have no usable pixels and masked probabilities. "
+           "See the class_flags column and astro_starglx.ClassFlag.")
+    warnings.warn(msg, StarGalaxyWarning, stacklevel=3)

@@ -1,0 +1,68 @@
+"""
+Bit flags reported per source in the ``class_flags`` column.
+
+Flags describe problems with one source; they never drop a row and never
+raise. A source may carry several flags at once (bitwise OR). The values are
+stable across releases so that catalogs written by one version can be read
+by another.
+"""
+
+import enum
+
+__all__ = ["ClassFlag", "describe_flags"]
+
+
+class ClassFlag(enum.IntFlag):
+    """
+    Per-source quality flags.
+
+    ==========  =====  ========================================================
+    name        value  meaning
+    ==========  =====  ========================================================
+    OFF_IMAGE       1  the stamp does not overlap the image in at least one
+                       band; if it is off every band, ``p_star``/``p_galaxy``
+                       are masked
+    PARTIAL         2  the stamp is partly outside the image in at least one
+                       band (outside pixels are filled, not extrapolated)
+    MASKED          4  the stamp holds masked (``mask`` True) or non-finite
+                       pixels in at least one band
+    BAND_MISSING    8  a band the model reads is absent from ``images`` or
+                       has no usable pixels for this source; the model sees
+                       zeros in its place
+    NO_FEATURES    16  some catalog features could not be measured (for
+                       example, no usable pixels in the aperture) and were
+                       replaced by the training-set mean
+    SATURATED      32  the stamp holds pixels flagged as saturated
+    ==========  =====  ========================================================
+    """
+
+    OFF_IMAGE = 1
+    PARTIAL = 2
+    MASKED = 4
+    BAND_MISSING = 8
+    NO_FEATURES = 16
+    SATURATED = 32
+
+
+def describe_flags(value):
+    """
+    Names of the flags set in ``value``.
+
+    Parameters
+    ----------
+    value : int
+        A ``class_flags`` value.
+
+    Returns
+    -------
+    names : list of str
+        Flag names, lowest bit first.
+
+    Examples
+    --------
+    >>> from astro_starglx.flags import describe_flags
+    >>> describe_flags(6)
+    ['PARTIAL', 'MASKED']
+    """
+    value = int(value)
+    return [flag.name for flag in ClassFlag if value & flag.value]

@@ -1,0 +1,40 @@
+"""The dependency direction of DESIGN.md, checked in fresh interpreters."""
+
+import subprocess
+import sys
+
+import pytest
+
+# module -> packages it must never pull in
+FORBIDDEN = {
+    "astro_starglx.model": ("astropy", "photutils"),
+    "astro_starglx.preprocess": ("astropy", "photutils", "torch"),
+    "astro_starglx.metrics": ("astropy", "photutils", "torch"),
+    "astro_starglx.weights": ("astropy", "photutils"),
+    "astro_starglx.cutouts": ("torch",),
+    "astro_starglx.features": ("torch",),
+    "astro_starglx.simulate": ("torch", "galsim"),
+    "astro_starglx.positions": ("torch",),
+    "astro_starglx.dataset": ("torch",),
+    "astro_starglx.flags": ("torch", "astropy"),
+}
+
+
+def _loaded_after_import(module):
+    code = (f"import sys, importlib; importlib.import_module({module!r}); "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_dependency_direction(module):
+    loaded = _loaded_after_import(module)
+    assert not loaded & set(FORBIDDEN[module])
+
+
+def test_top_level_import_is_light():
+    """Importing the package loads neither torch, galsim, dask nor matplotlib."""
+    loaded = _loaded_after_import("astro_starglx")
+    assert not loaded & {"torch", "galsim", "dask", "matplotlib", "pooch"}
