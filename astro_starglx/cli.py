@@ -54,11 +54,11 @@ def _cmd_weights(args):
         print(path)
         return 0
     if args.weights_command == "verify":
-        results = weights.verify_weights(args.names or None)
         status = 0
-        for name, (ok, message) in results.items():
-            print(f"{name:20s} {'OK' if ok else 'FAILED'}  {message}")
-            status |= not ok
+        for result in weights.verify_weights(args.names or None):
+            print(f"{result.name:20s} {result.state:8s} {result.message}")
+            # A model not downloaded yet is fine; a corrupt file is not.
+            status |= result.state == "corrupt"
         return int(status)
     path = weights.install_weights(args.file, name=args.name)
     print(path)
@@ -173,7 +173,8 @@ def _cmd_evaluate(args):
     from .evaluation import evaluate_model
 
     table = evaluate_model(args.model, args.dataset, outdir=args.outdir, split=args.split,
-                           device=args.device, baselines=args.baselines)
+                           device=args.device or "cpu", baselines=args.baselines,
+                           extra_models=args.extra_models)
     table.pprint(max_lines=-1, max_width=-1)
     return 0
 
@@ -245,7 +246,10 @@ def build_parser():
     p.add_argument("--outdir", default="evaluation")
     p.add_argument("--split", default="test")
     p.add_argument("--device", default=None)
-    p.add_argument("--baselines", action="store_true")
+    p.add_argument("--baselines", action="store_true",
+                   help="also run the morphology-cut and catalog-GBT baselines")
+    p.add_argument("--extra-models", nargs="*", default=(),
+                   help="more weights files to compare (e.g. ablation variants)")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

@@ -98,7 +98,9 @@ def _origin(x, y, size):
     # overlap_slices: indices_min = int(np.ceil(pos - small_shape / 2.0))
     x0 = np.ceil(np.clip(np.where(finite, x, 0.0), -_MAX_POSITION, _MAX_POSITION) - half)
     y0 = np.ceil(np.clip(np.where(finite, y, 0.0), -_MAX_POSITION, _MAX_POSITION) - half)
-    return x0.astype(np.int64), y0.astype(np.int64), finite
+    x0 = np.where(finite, x0, 0.0).astype(np.int64)
+    y0 = np.where(finite, y0, 0.0).astype(np.int64)
+    return x0, y0, finite
 
 
 def cutout_origin(x, y, *, size):
@@ -121,9 +123,9 @@ def cutout_origin(x, y, *, size):
     Returns
     -------
     x0, y0 : `~numpy.ndarray`, shape (N,), int64
-        Column and row of each stamp's first pixel. Non-finite positions give
-        0 (their offsets ``x - x0`` stay NaN); positions beyond 2**40 pixels
-        are clipped there first.
+        Column and row of each stamp's first pixel. A source with a
+        non-finite x or y gets (0, 0) (its offsets stay NaN); positions
+        beyond 2**40 pixels are clipped there first.
 
     Raises
     ------

@@ -137,7 +137,7 @@ def detect_sources(images, *, band="r", nsigma=1.5, n_pixels=5, fwhm=2.0):
 
 def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, stamp_size,
                     pixel_scale, bands, detect, psf_scale, position_jitter, mag_range,
-                    match_radius=0.2):
+                    wcs_jitter=0.5, match_radius=0.2):
     """
     Simulate one field and extract the model inputs of its sources.
 
@@ -166,7 +166,8 @@ def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, st
     images, truth = simulate_field(shape=(field_size, field_size), n_stars=n_stars,
                                    n_galaxies=n_galaxies, bands=bands,
                                    pixel_scale=pixel_scale, mag_range=mag_range,
-                                   psf_scale=psf_scale, seed=field_seed)
+                                   psf_scale=psf_scale, wcs_jitter=wcs_jitter,
+                                   rotation_jitter=0.02, seed=field_seed)
     true_coords = SkyCoord(truth["ra"], truth["dec"], unit="deg")
     if detect:
         det = detect_sources(images, band="r" if "r" in images else bands[0])

@@ -124,7 +124,7 @@ class Weights:
     ----------
     name : str
         Registry name, e.g. ``"rbim-lite"``.
-    file_name : str
+    filename : str
         File name of the ``.safetensors`` file (also its name in the cache and
         on the download server).
     sha256 : str
@@ -137,25 +137,25 @@ class Weights:
     """
 
     name: str
-    file_name: str
+    filename: str
     sha256: str
     bundled: bool
     meta: dict = dataclasses.field(compare=False, hash=False, repr=False)
 
     @property
     def url(self):
-        """Download URL (``base_url() + file_name``), read from the environment now."""
-        return base_url() + self.file_name
+        """Download URL (``base_url() + filename``), read from the environment now."""
+        return base_url() + self.filename
 
     @property
     def cache_path(self):
         """Where the file lives in the cache (it may not exist yet)."""
-        return cache_dir() / self.file_name
+        return cache_dir() / self.filename
 
     @property
     def bundled_path(self):
         """Where a bundled file lives in the package, or None if not bundled."""
-        return Path(_BUNDLED_DIR) / self.file_name if self.bundled else None
+        return Path(_BUNDLED_DIR) / self.filename if self.bundled else None
 
     def local_path(self):
         """
@@ -230,6 +230,18 @@ class WeightsStatus:
     def ok(self):
         """True when a verified local copy exists."""
         return self.state == "ok"
+
+    @property
+    def message(self):
+        """One line for people: what was found and, if needed, what to do."""
+        if self.state == "ok":
+            return f"sha256 {self.expected_sha256} verified: {self.path}"
+        if self.state == "missing":
+            return (f"not available locally; it is downloaded on first use, or now with "
+                    f"`astro-starglx weights download {self.name}`")
+        return (f"{self.path} has sha256 {self.found_sha256}, expected {self.expected_sha256}; "
+                f"run `astro-starglx weights download {self.name}` or "
+                "`astro-starglx weights install FILE`")
 
 
 # ------------------------------------------------------------------- environment
@@ -308,14 +320,14 @@ def _entry_to_weights(name, entry, registry_path):
     if not isinstance(entry, dict):
         msg = f"{where} must be an object, got {type(entry).__name__}"
         raise ValueError(msg)
-    missing = [key for key in ("file_name", "sha256", "bundled", "meta") if key not in entry]
+    missing = [key for key in ("filename", "sha256", "bundled", "meta") if key not in entry]
     if missing:
         msg = f"{where} is missing {missing}; re-register it with register_weights()"
         raise ValueError(msg)
-    file_name, sha256, bundled = entry["file_name"], entry["sha256"], entry["bundled"]
-    if (not isinstance(file_name, str) or Path(file_name).name != file_name
-            or not file_name.endswith(".safetensors")):
-        msg = f"{where}: file_name must be a bare '*.safetensors' file name, got {file_name!r}"
+    filename, sha256, bundled = entry["filename"], entry["sha256"], entry["bundled"]
+    if (not isinstance(filename, str) or Path(filename).name != filename
+            or not filename.endswith(".safetensors")):
+        msg = f"{where}: filename must be a bare '*.safetensors' file name, got {filename!r}"
         raise ValueError(msg)
     if not isinstance(sha256, str) or not _SHA256_RE.match(sha256):
         msg = f"{where}: sha256 must be 64 lower-case hex digits, got {sha256!r}"
@@ -328,7 +340,7 @@ def _entry_to_weights(name, entry, registry_path):
     except (TypeError, ValueError) as err:
         msg = f"{where} has invalid meta: {err}"
         raise ValueError(msg) from err
-    return Weights(name=name, file_name=file_name, sha256=sha256, bundled=bundled, meta=meta)
+    return Weights(name=name, filename=filename, sha256=sha256, bundled=bundled, meta=meta)
 
 
 def default_weights_name():
@@ -593,8 +605,11 @@ def sha256sum(path):
     digest : str
         Lower-case hex digest.
     """
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # hashlib.file_digest needs Python 3.11
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _atomic_target(path):
@@ -771,21 +786,21 @@ def _download(weights, *, progressbar, timeout, retries):
 
     timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
     retries = DOWNLOAD_RETRIES if retries is None else retries
-    url = base_url() + weights.file_name
+    url = base_url() + weights.filename
     pup = pooch.create(path=cache_dir(), base_url=base_url(),
-                       registry={weights.file_name: f"sha256:{weights.sha256}"},
+                       registry={weights.filename: f"sha256:{weights.sha256}"},
                        retry_if_failed=retries)
     downloader = pooch.HTTPDownloader(timeout=timeout, progressbar=_progress(progressbar))
     try:
         # pooch streams into a temp file in the cache folder, checks the hash and
         # only then moves it into place: a failed download leaves nothing behind.
-        return Path(pup.fetch(weights.file_name, downloader=downloader))
+        return Path(pup.fetch(weights.filename, downloader=downloader))
     except requests.exceptions.RequestException as err:
         reason = (f"no answer within {timeout} s" if isinstance(err, requests.exceptions.Timeout)
                   else f"{type(err).__name__}: {err}")
         msg = (f"could not download weights {weights.name!r} from {url} ({reason}; "
                f"{1 + retries} attempt(s)). If this machine is offline or the server is "
-               f"down, set {URL_ENV} to a mirror that holds {weights.file_name}, or copy "
+               f"down, set {URL_ENV} to a mirror that holds {weights.filename}, or copy "
                f"the file here and run `astro-starglx weights install FILE`.")
         raise WeightsDownloadError(msg) from err
     except ValueError as err:
@@ -820,7 +835,7 @@ def fetch_weights(weights, *, progressbar=False, timeout=None, retries=None):
     Local path of a registered weights file, downloading it on first use.
 
     Looks in the package (bundled entries), then in the cache (`cache_dir`),
-    then downloads ``base_url() + file_name`` with pooch into the cache. The
+    then downloads ``base_url() + filename`` with pooch into the cache. The
     file's sha256 is checked in every case.
 
     Parameters
@@ -890,24 +905,34 @@ def download_weights(name=None, *, progressbar=True, timeout=None, retries=None)
     return _download(weights, progressbar=progressbar, timeout=timeout, retries=retries)
 
 
-def verify_weights(name=None):
+def verify_weights(names=None):
     """
     Check the local copies of registered weights against their sha256.
 
-    Nothing is downloaded or deleted.
+    Nothing is downloaded or deleted (``astro-starglx weights verify``).
 
     Parameters
     ----------
-    name : str or None
-        A registered name; None checks every registered model.
+    names : str, iterable of str or None
+        Registered name(s); None checks every registered model.
 
     Returns
     -------
     statuses : list of `WeightsStatus`
         One per model, for the copy `fetch_weights` would use (bundled, else
-        cached).
+        cached); ``status.ok`` and ``status.message`` summarise it.
+
+    Raises
+    ------
+    ValueError
+        If a name is not registered.
     """
-    entries = list_weights() if name is None else [_as_weights(name)]
+    if names is None:
+        entries = list_weights()
+    elif isinstance(names, str):
+        entries = [get_weights(names)]
+    else:
+        entries = [get_weights(name) for name in names]
     statuses = []
     for weights in entries:
         path = weights.local_path()
@@ -927,7 +952,7 @@ def _infer_entry(path):
     registry = _read_registry()
     entries = [_entry_to_weights(n, e, _REGISTRY_PATH) for n, e in registry["models"].items()]
     for weights in entries:
-        if weights.file_name == path.name:
+        if weights.filename == path.name:
             return weights
     try:
         meta_name = read_meta(path).get("name")
@@ -954,7 +979,7 @@ def install_weights(path, *, name=None):
         The file.
     name : str or None
         Registered model it should be; None infers it from the file name
-        (the registered ``file_name``), else ``meta["name"]``, else the stem.
+        (the registered ``filename``), else ``meta["name"]``, else the stem.
 
     Returns
     -------
@@ -979,7 +1004,7 @@ def install_weights(path, *, name=None):
     found = sha256sum(path)
     if found != weights.sha256:
         msg = (f"refusing to install {path} as {weights.name!r}: its sha256 is {found}, "
-               f"expected {weights.sha256}. Get the released file {weights.file_name} "
+               f"expected {weights.sha256}. Get the released file {weights.filename} "
                f"(from {weights.url}) or check name=.")
         raise WeightsHashError(msg)
     dest = weights.cache_path
@@ -1050,9 +1075,16 @@ def register_weights(path, *, bundled, registry_path=None, name=None):
         registry = _read_registry(registry_path)
     else:
         registry = {"format_version": _REGISTRY_FORMAT, "default": "rbim-lite", "models": {}}
-    entry = {"file_name": path.name, "sha256": sha256sum(path), "bundled": bundled,
+    entry = {"filename": path.name, "sha256": sha256sum(path), "bundled": bundled,
              "meta": meta}
     weights = _entry_to_weights(name, entry, registry_path)
+    reused = [other for other, old in registry["models"].items()
+              if old.get("filename") == path.name and old.get("sha256") != entry["sha256"]]
+    if reused:
+        # Caches and mirrors keyed by file name would then hold a file with the old hash.
+        log.warning("file name %s was registered before (as %s) with another sha256; "
+                    "caches holding the old file will refuse it. Give retrained weights a "
+                    "new file name, e.g. %s-v2.safetensors.", path.name, reused, path.stem)
     registry["models"][name] = entry
     registry["models"] = dict(sorted(registry["models"].items()))
     text = json.dumps(registry, indent=2, allow_nan=False) + "\n"

@@ -1,0 +1,130 @@
+"""
+Throughput of the inference path on a 4096 x 4096 x 7-band field with 10,000 sources.
+
+Times, on the current machine:
+
+(a) cutouts + features alone (``features.extract_inputs`` over all batches),
+(b) the full ``StarGalaxyClassifier.classify()`` call,
+(c) the network forward alone (``prepare_inputs`` + model) on the same batches,
+
+and prints objects/s for each. Run::
+
+    python benchmarks/bench_classify.py [--model NAME_OR_FILE] [--n 10000] [--size 4096]
+
+Not part of the test suite (no timing assertions in tests).
+"""
+
+import argparse
+import time
+
+import numpy as np
+from astropy.nddata import CCDData, InverseVariance
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astro_starglx import StarGalaxyClassifier
+from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
+from astro_starglx.features import extract_inputs, image_noise
+from astro_starglx.positions import pixel_positions
+from astro_starglx.preprocess import prepare_inputs
+
+
+def make_field(n, size, seed=0):
+    """Gaussian stars and broader galaxies rendered with numpy (fast, not GalSim)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, size - 1, n)
+    y = rng.uniform(0, size - 1, n)
+    sig = np.where(rng.random(n) < 0.3, 1.0, rng.uniform(1.2, 4.0, n))
+    flux = 10 ** rng.uniform(0, 2.5, n)
+    images = {}
+    half = 10
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    for k, band in enumerate(CSST_BANDS):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 2.0]
+        w.wcs.crpix = [size / 2 + 0.5 * k, size / 2 - 0.3 * k]
+        w.wcs.cdelt = [-CSST_PIXEL_SCALE / 3600, CSST_PIXEL_SCALE / 3600]
+        data = rng.normal(0, 0.01, (size, size)).astype(np.float32)
+        ix, iy = np.round(x).astype(int), np.round(y).astype(int)
+        dx, dy = x - ix, y - iy
+        prof = np.exp(-((xx[None] - dx[:, None, None]) ** 2 + (yy[None] - dy[:, None, None]) ** 2)
+                      / (2 * sig[:, None, None] ** 2))
+        prof *= (flux / (2 * np.pi * sig ** 2))[:, None, None]
+        gx = np.clip(ix[:, None, None] + xx[None], 0, size - 1)
+        gy = np.clip(iy[:, None, None] + yy[None], 0, size - 1)
+        np.add.at(data, (gy, gx), prof.astype(np.float32))
+        images[band] = CCDData(data, unit="electron/s", wcs=w, meta={"MAGZERO": 25.5},
+                               uncertainty=InverseVariance(np.full((size, size), 1e4,
+                                                                   np.float32)))
+    ref = images["r"].wcs
+    coords = ref.pixel_to_world(x, y)
+    return Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    catalog, images = make_field(args.n, args.size)
+    print(f"field: {args.size}x{args.size}x{len(images)} bands, {args.n} sources "
+          f"(built in {time.perf_counter() - t0:.1f} s)")
+    clf = StarGalaxyClassifier(args.model, device="cpu", batch_size=args.batch_size)
+    meta = clf.meta
+    print(f"model: {clf.loaded.name} ({sum(p.numel() for p in clf.loaded.network.parameters())}"
+          f" parameters), stamp {meta['stamp_size']} px, device cpu")
+    clf.classify(catalog[:256], images)  # warm-up
+
+    def best_of(fn):
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
+                           coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    sigma = {b: image_noise(im) for b, im in images.items() if im.uncertainty is None}
+    batches = []
+
+    def extract():
+        batches.clear()
+        for s in range(0, args.n, args.batch_size):
+            sl = slice(s, s + args.batch_size)
+            batches.append(extract_inputs(images, {b: v[sl] for b, v in x.items()},
+                                          {b: v[sl] for b, v in y.items()},
+                                          bands=meta["bands"], size=meta["stamp_size"],
+                                          pixel_scale=meta["pixel_scale"], image_sigma=sigma))
+
+    t_extract = best_of(extract)
+    predict = clf._predictor()
+
+    def forward():
+        for b in batches:
+            predict(b.stamps, b.noise, b.features)
+
+    t_forward = best_of(forward)
+
+    def prep_only():
+        for b in batches:
+            prepare_inputs(b.stamps, b.noise, b.features, meta["normalization"])
+
+    t_prep = best_of(prep_only)
+    t_full = best_of(lambda: clf.classify(catalog, images))
+    n = args.n
+    print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s  "
+          f"({100 * t_extract / t_full:.1f} % of classify)")
+    print(f"(b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s")
+    print(f"(c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "
+          f"(of which normalisation {t_prep:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
