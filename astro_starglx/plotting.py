@@ -52,7 +52,8 @@ def _axes(ax):
 def _real_1d(values, name):
     arr = np.asarray(values)
     if arr.ndim != 1 or arr.dtype.kind not in "biuf":
-        msg = f"{name} must be a 1-D array of real numbers, got shape {arr.shape} and dtype {arr.dtype}"
+        msg = (f"{name} must be a 1-D array of real numbers, got shape {arr.shape} and "
+               f"dtype {arr.dtype}")
         raise ValueError(msg)
     return arr.astype(np.float64)
 
@@ -244,26 +245,33 @@ def plot_roc(fpr, tpr, *, auc=None, ax=None, label=None):
     return ax
 
 
-def plot_reliability(bin_centers, observed, counts=None, *, ax=None):
+def plot_reliability(bin_centers, observed, counts=None, *, ax=None, label=None):
     """
     Draw a reliability (calibration) diagram.
 
     Parameters
     ----------
     bin_centers : array-like of shape (B,), float
-        Probability bin centres from `~astro_starglx.metrics.reliability_curve`.
+        Probability bin centres from `~astro_starglx.metrics.reliability_curve`
+        (equal-width bins).
     observed : array-like of shape (B,), float
         Observed galaxy fraction per bin; NaN (empty) bins are skipped.
     counts : array-like of shape (B,), int, optional
-        Sources per bin, drawn as a histogram on a secondary (log) y axis.
+        Sources per bin, drawn as a step histogram in the curve's colour on a
+        secondary, logarithmic y axis.
     ax : `~matplotlib.axes.Axes`, optional
-        Axes to draw on; a new figure is made if not given.
+        Axes to draw on; a new figure is made if not given. Call again with
+        the same ``ax`` to compare classifiers: the diagonal and the
+        secondary axis are shared.
+    label : str, optional
+        Legend label of the curve.
 
     Returns
     -------
     ax : `~matplotlib.axes.Axes`
         The main Axes, with the dashed diagonal of perfect calibration
-        (``gid="diagonal"``) and the observed fractions.
+        (``gid="diagonal"``) and the observed fractions. The secondary axis,
+        if any, has ``gid="counts"``.
 
     Raises
     ------
@@ -282,20 +290,34 @@ def plot_reliability(bin_centers, observed, counts=None, *, ax=None):
         raise ValueError(msg)
     ax = _axes(ax)
     if not any(line.get_gid() == "diagonal" for line in ax.get_lines()):
-        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, gid="diagonal",
-                label="perfect calibration")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, gid="diagonal")
     good = np.isfinite(y)
-    ax.plot(x[good], y[good], marker="o", label="observed")
+    (curve,) = ax.plot(x[good], y[good], marker="o", label=label)
     if n is not None and np.any(n > 0):
-        width = np.min(np.diff(x)) if x.size > 1 else 1.0
-        twin = ax.twinx()
-        twin.bar(x, n, width=width, alpha=0.2, color="0.3")
-        twin.set_yscale("log")
-        twin.set_ylabel("sources per bin")
+        twins = [other for other in ax.figure.axes
+                 if other.get_gid() == "counts" and other.get_shared_x_axes().joined(ax, other)]
+        if twins:
+            twin = twins[0]
+        else:
+            twin = ax.twinx()
+            twin.set_gid("counts")
+            # log scale: classifier outputs pile up near 0 and 1 by orders of magnitude
+            twin.set_yscale("log")
+            twin.set_ylabel("sources per bin")
+            # the curves above the histograms
+            ax.set_zorder(twin.get_zorder() + 1)
+            ax.patch.set_visible(False)
+        half = 0.5 / x.size
+        edges = np.concatenate((x - half, [x[-1] + half]))
+        twin.stairs(n, edges, baseline=None, color=curve.get_color(), alpha=0.4)
+        top = max(10 * np.max(n), twin.get_ylim()[1] if twins else 0)
+        twin.set_ylim(0.5, top)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("predicted p_galaxy")
     ax.set_ylabel("observed galaxy fraction")
+    if label:
+        ax.legend(loc="upper left")
     return ax
 
 
@@ -333,7 +355,7 @@ def _normalized(image, stretch, interval):
 
 
 def plot_cutout_gallery(stamps, *, labels=None, bands=None, n_max=16, stretch="asinh",
-                        interval="zscale"):
+                        interval=99.5):
     """
     Draw a gallery of cutout stamps.
 
@@ -349,10 +371,12 @@ def plot_cutout_gallery(stamps, *, labels=None, bands=None, n_max=16, stretch="a
         At most the first ``n_max`` sources are drawn.
     stretch : {"asinh", "linear", "sqrt", "log"}, optional
         Display stretch (`astropy.visualization`).
-    interval : {"zscale", "minmax"} or float, optional
-        Display limits per stamp and band: `~astropy.visualization.ZScaleInterval`,
-        the full range, or the central percentile (e.g. ``99.5``) with
-        `~astropy.visualization.PercentileInterval`.
+    interval : float or {"zscale", "minmax"}, optional
+        Display limits per stamp and band: the central percentile of the
+        pixels with `~astropy.visualization.PercentileInterval` (the default
+        99.5 keeps the profile of a bright core visible), the sky-oriented
+        `~astropy.visualization.ZScaleInterval` (faint sources), or the full
+        range.
 
     Returns
     -------

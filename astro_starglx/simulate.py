@@ -172,11 +172,11 @@ _GALAXY_TYPES = (
 )
 
 # Size-magnitude relation: log10(hlr / arcsec) = log10(0.17)
-#   - 0.12 (m_r - 25) + N(0, 0.2), clipped to [0.03, 5] arcsec.
+#   - 0.12 (m_r - 25) + N(0, 0.2), clipped to [0.03, 3] arcsec (bounds the FFTs).
 _HLR_AT_25 = 0.17
 _HLR_SLOPE = -0.12
 _HLR_SCATTER = 0.2
-_HLR_RANGE = (0.03, 5.0)
+_HLR_RANGE = (0.03, 3.0)
 
 # Sersic b_n for n = 1 and n = 4 (half the light inside the half-light radius).
 _B_EXP = 1.678346990016661
@@ -351,7 +351,7 @@ class SimBand:
     aperture_npix : float
         Variance of the aperture sum of pure background divided by the
         per-pixel variance: the effective number of pixels (below
-        pi r\ :sup:`2` because partial pixels get weights below one).
+        pi r\\ :sup:`2` because partial pixels get weights below one).
     sky_rate : float
         Sky background, e-/s/pixel, solved from ``depth``.
     sky_brightness : float
@@ -801,11 +801,17 @@ def _local_jacobian(galsim, wcs):
 
 
 def _stamp_half_sizes(model, fluxes, hlr, pixel_scale, psf_scale):
-    # Half-size (pixels) of each object's stamp: a few times its size, larger for
-    # bright objects so that the PSF wings and profile tails above the noise fit.
+    # Half-size (pixels) of each object's stamp. Point sources: out to where the
+    # Airy wing, F (lambda/D) / (pi^3 r^3) per unit area, falls below 5 % of the
+    # background noise per pixel (and at least 3 R80). Galaxies add a profile
+    # radius of 5 half-light radii, larger for bright ones whose tails show.
     snr = 5.0 * fluxes / model.depth_flux
+    sigma_pix = math.sqrt(model.background_variance)
+    r_wing = np.cbrt(fluxes * model.lam_over_diam * psf_scale * pixel_scale**2
+                     / (math.pi**3 * 0.05 * sigma_pix))
+    r_psf = np.maximum(3.0 * model.r80 * psf_scale, r_wing)
     grow = np.maximum(1.0, snr / 50.0) ** (1.0 / 3.0)
-    radius = np.hypot(3.0 * model.r80 * psf_scale, 5.0 * hlr) * grow
+    radius = np.hypot(r_psf, 5.0 * hlr * grow)
     return np.clip(np.ceil(radius / pixel_scale), 8, 256).astype(int), snr
 
 

@@ -156,14 +156,22 @@ def test_reliability_plot(tmp_path):
     y = (rng.random(p.size) < p).astype(int)
     centers, observed, _, counts = metrics.reliability_curve(y, p, n_bins=40)
     assert np.any(counts == 0)
-    ax = plot_reliability(centers, observed, counts)
+    ax = plot_reliability(centers, observed, counts, label="model A")
     diagonal, curve = ax.get_lines()
     assert diagonal.get_gid() == "diagonal"
     good = np.isfinite(observed)
     np.testing.assert_allclose(curve.get_xdata(), centers[good])
     np.testing.assert_allclose(curve.get_ydata(), observed[good])
-    twins = [other for other in ax.figure.axes if other is not ax]
-    assert len(twins) == 1 and len(twins[0].patches) == 40
+    (twin,) = [other for other in ax.figure.axes if other is not ax]
+    assert twin.get_gid() == "counts"
+    (stairs,) = twin.patches
+    np.testing.assert_array_equal(stairs.get_data().values, counts)
+    np.testing.assert_allclose(stairs.get_data().edges, np.linspace(0, 1, 41), atol=1e-12)
+    # a second classifier shares the diagonal and the counts axis
+    assert plot_reliability(centers, observed, 2 * counts, ax=ax, label="model B") is ax
+    assert len(ax.get_lines()) == 3
+    assert len(ax.figure.axes) == 2 and len(twin.patches) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["model A", "model B"]
     _save(ax.figure, tmp_path, "reliability.png")
     # without counts: no twin axis
     fig, ax2 = plt.subplots()
