@@ -10,9 +10,10 @@ does not overlap the image at all is all fill.
 
 Why this is hand-written: `~astropy.nddata.Cutout2D` and
 `~astropy.nddata.utils.extract_array` cut one object per call. A Python loop
-over ``Cutout2D`` costs about 30 microseconds per source, 0.3 s per 10,000
-sources and band; the gather below cuts 10,000 stamps of 25 x 25 pixels in a
-few milliseconds. The tests check it pixel for pixel against ``Cutout2D``.
+over ``Cutout2D`` costs about 60 microseconds per source (measured, 25 x 25
+stamps), 0.6 s per 10,000 sources and band; the gather below cuts 10,000
+stamps of 25 x 25 pixels from a 4096 x 4096 image in about 25 ms. The tests
+check it pixel for pixel against ``Cutout2D``.
 """
 
 import logging
@@ -300,17 +301,21 @@ def _uncertainty_to_sigma(image, stamps_unc, data_unit):
                 f"{expected} as a {type(unc).__name__} of data in {data_unit} must be"
             )
             raise ValueError(msg) from exc
-    values = stamps_unc * np.float32(scale) if scale != 1.0 else stamps_unc
+    # In place: the gathered stamps are a fresh float32 array.
+    sigma = stamps_unc
+    if scale != 1.0:
+        sigma *= np.float32(scale)
     with np.errstate(divide="ignore", invalid="ignore"):
         if power == 1:
-            sigma = np.where(values >= 0, values, np.nan)
+            np.copyto(sigma, np.float32(np.nan), where=~(sigma >= 0))
         elif power == 2:
-            sigma = np.sqrt(np.where(values >= 0, values, np.nan))
+            np.sqrt(sigma, out=sigma)  # negative variance: NaN
         else:
-            # Zero (or negative) weight means no data: NaN, counted as masked.
-            sigma = np.where(values > 0, 1.0 / np.sqrt(values), np.nan)
-    sigma = sigma.astype(np.float32, copy=False)
-    sigma[~np.isfinite(sigma)] = np.nan
+            # Zero weight means no data: 1 / 0 = inf, made NaN below and
+            # counted as masked; negative weight: NaN.
+            np.sqrt(sigma, out=sigma)
+            np.reciprocal(sigma, out=sigma)
+    np.copyto(sigma, np.float32(np.nan), where=~np.isfinite(sigma))
     return sigma
 
 
@@ -395,7 +400,7 @@ def extract_band(image, x, y, *, size):
     masked = bad_inside.any(axis=(1, 2))
     flags = plan.flags.copy()
     flags[masked] |= np.uint16(ClassFlag.MASKED)
-    stamps[bad] = np.nan
+    np.copyto(stamps, np.float32(np.nan), where=bad)
     if sigma is not None:
-        sigma[bad] = np.nan
+        np.copyto(sigma, np.float32(np.nan), where=bad)
     return BandStamps(data=stamps, sigma=sigma, flags=flags)

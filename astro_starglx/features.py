@@ -173,7 +173,7 @@ def _as_stamps(stamps, name="stamps"):
 
 
 def _per_source(value, n, name):
-    arr = np.asarray(value, dtype=np.float64)
+    arr = np.array(value, dtype=np.float64)  # a copy: callers may write to it
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):
@@ -274,8 +274,8 @@ def estimate_background_noise(stamps, sigma_stamps=None, *, image_sigma=None):
         Sigma-clipped median of the border pixels (the outer ring of width
         ``max(1, min(H, W) // 10)``: 2 pixels for a 25-pixel stamp), clipped
         at 3 times the noise, or at 4 times their MAD standard deviation
-        when the noise is estimated from them too. NaN when the ring has no
-        data.
+        when the noise is estimated from them too. Where the ring has no
+        data (masked) the whole stamp is used; NaN when that has none.
     noise : `~numpy.ndarray`, shape (N,), float32
         Median of ``sigma_stamps`` over the same border ring (where the
         source's own Poisson noise is smallest; the whole stamp if the ring
@@ -311,6 +311,14 @@ def estimate_background_noise(stamps, sigma_stamps=None, *, image_sigma=None):
         # 4 sigma here: the MAD of values clipped at 3 of their own MAD
         # sigmas drifts ~1 % low over the iterations for Gaussian noise.
         background, noise = _clipped_rows(ring, None, sigma=4.0, n_iter=3)
+    # A ring with no data (masked) but data inside: use the whole stamp.
+    empty = np.flatnonzero(~np.isfinite(background) & np.isfinite(stamps).any(axis=(1, 2)))
+    if empty.size:
+        whole = stamps[empty].reshape(empty.size, -1)
+        if sigma_stamps is None and image_sigma is None:
+            background[empty], noise[empty] = _clipped_rows(whole, None, sigma=4.0, n_iter=3)
+        else:
+            background[empty], _ = _clipped_rows(whole, noise[empty])
     return background.astype(np.float32), noise.astype(np.float32)
 
 
@@ -508,13 +516,13 @@ def _measure_chunk(stamps, noise, zeropoint, ox, oy, radii, moment_sigma):
     ix = np.clip(ix, 0, width - 1)
     iy = np.clip(iy, 0, height - 1)
 
-    has_nan = np.isnan(stamps).any(axis=(1, 2))
+    nonfinite = ~np.isfinite(stamps)
+    has_nan = nonfinite.any(axis=(1, 2))
     s = stamps
     if has_nan.any():
-        s = stamps.copy()
+        s = np.where(nonfinite, np.float32(np.nan), stamps)
         idx = np.flatnonzero(has_nan)
-        s[idx] = _symmetric_fill(stamps[idx], np.where(ok, ox, ix)[idx],
-                                 np.where(ok, oy, iy)[idx])
+        s[idx] = _symmetric_fill(s[idx], np.where(ok, ox, ix)[idx], np.where(ok, oy, iy)[idx])
     bad = np.isnan(s)
     still_bad = np.flatnonzero(bad.any(axis=(1, 2)))
     s0 = np.where(bad, np.float32(0.0), s) if still_bad.size else s
@@ -774,13 +782,14 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     zps = {band: get_zeropoint(images[band], band, zeropoints) for band in present}
 
     n_bands = len(bands)
-    stamps = np.full((n, n_bands, size, size), np.nan, dtype=np.float32)
+    stamps = np.empty((n, n_bands, size, size), dtype=np.float32)
     noise = np.full((n, n_bands), np.nan, dtype=np.float32)
     features = np.full((n, n_bands, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
     offsets = np.full((n, n_bands, 2), np.nan, dtype=np.float32)
     flags = np.zeros(n, dtype=np.uint16)
     for c, band in enumerate(bands):
         if band not in images:
+            stamps[:, c] = np.nan
             flags |= np.uint16(ClassFlag.BAND_MISSING)
             continue
         image = images[band]
@@ -795,7 +804,10 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
             sigma = None
         background, band_noise = estimate_background_noise(cut.data, cut.sigma,
                                                            image_sigma=sigma)
-        band_stamps = cut.data - background[:, None, None]
+        # in place: cut.data is this call's own array (contiguous, unlike
+        # stamps[:, c], which keeps the einsums in measure_features fast)
+        band_stamps = np.subtract(cut.data, background[:, None, None], out=cut.data)
+        stamps[:, c] = band_stamps
         x0, y0 = cutout_origin(xb, yb, size=size)
         band_offsets = np.column_stack([xb - x0, yb - y0])
         band_features = measure_features(band_stamps, band_noise, zeropoint=zps[band],
@@ -805,7 +817,6 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
         flags[no_data] |= np.uint16(ClassFlag.BAND_MISSING)
         partly = np.isnan(band_features).any(axis=1) & ~no_data
         flags[partly] |= np.uint16(ClassFlag.NO_FEATURES)
-        stamps[:, c] = band_stamps
         noise[:, c] = band_noise
         features[:, c] = band_features
         offsets[:, c] = band_offsets

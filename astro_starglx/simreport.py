@@ -53,9 +53,14 @@ log = logging.getLogger(__name__)
 
 # Radii of the curves of growth and of the aperture scan, native pixels.
 _COG_RADII = np.arange(0.5, 6.01, 0.1)
-_SCAN_RADII = np.arange(0.7, 3.01, 0.05)
+_SCAN_RADII = np.arange(0.8, 2.61, 0.2)
+_FINE_RADII = np.arange(0.8, 2.6001, 0.02)
 # Radius of the "total" flux of a star, arcsec (the Airy wing beyond holds ~1 %).
 _TOTAL_RADIUS = 1.5
+# Minimum S/N of a PSF star in a 3-pixel aperture.
+_PSF_SNR = 50.0
+# Radius of the size measurement's total flux, arcsec.
+_SIZE_RADIUS = 0.6
 _ZP_KEYS = ("MAGZERO", "PHOTZP", "ZP")
 
 
@@ -174,14 +179,15 @@ def _measure_band(image, band, truth, rng, n_empty):
             continue
         good.append(k)
     good = np.asarray(good, dtype=int)
-    cog = np.empty((0, _COG_RADII.size))
+    cog = np.empty((0, _COG_RADII.size + 1))
     if good.size:
         sums = _aperture_sums(data, mask, x[good], y[good], [*_COG_RADII, r_tot])
         total = sums[:, -1]
-        bright = total / np.sqrt(np.pi * r_tot**2 * pix_sigma**2 + np.abs(total) / t_exp) > 100
-        good = good[bright][np.argsort(-total[bright])][:40]
-        cog = sums[bright][np.argsort(-total[bright])][:40]
-        cog = cog[:, :-1] / cog[:, -1:]
+        core = sums[:, np.searchsorted(_COG_RADII, 3.0)]
+        bright = core / np.sqrt(9.0 * np.pi * pix_sigma**2 + np.abs(core) / t_exp) > _PSF_SNR
+        order = np.argsort(-total[bright])[:40]
+        good = good[bright][order]
+        cog = sums[bright][order]
     n_psf = good.size
 
     # Empty positions: away from every truth source (further from bright ones).
@@ -203,10 +209,17 @@ def _measure_band(image, band, truth, rng, n_empty):
            "sigma_pixel": float(pix_sigma), "zeropoint": zp}
     nan = float("nan")
     if n_psf >= 3 and cx.size >= 50:
-        ee = np.median(cog, axis=0)
-        ee_scan = np.interp(_SCAN_RADII, _COG_RADII, ee)
-        k = int(np.argmax(ee_scan / sig_ap))
-        r_ap, f_ap, s_ap = float(_SCAN_RADII[k]), float(ee_scan[k]), float(sig_ap[k])
+        # Flux-weighted stack of the stars' curves of growth: the brightest
+        # stars dominate, so the faint ones' noisy totals do not.
+        ee = cog[:, :-1].sum(axis=0) / cog[:, -1].sum()
+        # Optimal radius on a fine grid, from a smooth (quadratic in log-log)
+        # fit of the empty-aperture noise, so that the choice does not chase
+        # the noise of single radii.
+        ee_fine = np.interp(_FINE_RADII, _COG_RADII, ee)
+        coef = np.polyfit(np.log(_SCAN_RADII), np.log(sig_ap), 2)
+        sig_fine = np.exp(np.polyval(coef, np.log(_FINE_RADII)))
+        k = int(np.argmax(ee_fine / sig_fine))
+        r_ap, f_ap, s_ap = float(_FINE_RADII[k]), float(ee_fine[k]), float(sig_fine[k])
         r80 = float(np.interp(0.8, np.maximum.accumulate(ee), _COG_RADII)) * scale
         with warnings.catch_warnings():
             # fit_fwhm warns when a fit may not have converged; the median absorbs it.
@@ -250,27 +263,41 @@ def _measure_band(image, band, truth, rng, n_empty):
         "n_detected": int(np.count_nonzero(snr >= 5)),
     })
     return row, {"x": x, "y": y, "mag": mag, "magerr": 1.0857 / snr, "snr": snr,
-                 "data": data, "mask": mask, "scale": scale}
+                 "data": data, "mask": mask, "scale": scale, "pix_sigma": float(pix_sigma),
+                 "t_exp": t_exp}
 
 
-def _half_light_radius(meas, good):
-    """Curve-of-growth half-light radius (arcsec) within 1.5 arcsec."""
+def _half_light_radius(meas, mag_true):
+    """Curve-of-growth half-light radius (arcsec) within _SIZE_RADIUS, for
+    sources detected at S/N >= 10 within that radius and without a neighbour
+    (brighter than 2.5 mag fainter) inside that radius plus 3 pixels."""
     scale = meas["scale"]
-    radii = np.arange(0.5, _TOTAL_RADIUS / scale + 0.01, 0.5)
-    out = np.full(meas["x"].size, np.nan)
-    idx = np.flatnonzero(good)
+    r_max = _SIZE_RADIUS / scale
+    radii = np.arange(0.5, r_max + 0.01, 0.5)
+    x, y = meas["x"], meas["y"]
+    out = np.full(x.size, np.nan)
+    cand = np.flatnonzero(_inside(x, y, meas["data"].shape, r_max + 1)
+                          & (np.nan_to_num(meas["snr"]) >= 5))
+    keep = []
+    for k in cand:
+        d = np.hypot(x - x[k], y - y[k])
+        d[k] = np.inf
+        if not np.any((d < r_max + 3.0) & (mag_true < mag_true[k] + 2.5)):
+            keep.append(k)
+    idx = np.asarray(keep, dtype=int)
     if idx.size == 0:
         return out
-    sums = _aperture_sums(meas["data"], meas["mask"], meas["x"][idx], meas["y"][idx], radii)
-    for j, k in enumerate(idx):
-        total = sums[j, -1]
-        if total > 0:
-            curve = np.maximum.accumulate(sums[j] / total)
-            out[k] = float(np.interp(0.5, curve, radii)) * scale
+    sums = _aperture_sums(meas["data"], meas["mask"], x[idx], y[idx], radii)
+    total = sums[:, -1]
+    noise = np.sqrt(np.pi * r_max**2 * meas["pix_sigma"] ** 2
+                    + np.clip(total, 0, None) / meas["t_exp"])
+    for j in np.flatnonzero(total >= 10.0 * noise):
+        curve = np.maximum.accumulate(sums[j] / total[j])
+        out[idx[j]] = float(np.interp(0.5, curve, radii)) * scale
     return out
 
 
-def sim_report(images, truth, *, outdir, plot=True, n_empty=1000, reference_band="r",
+def sim_report(images, truth, *, outdir, plot=True, n_empty=500, reference_band="r",
                seed=0):
     """
     Measure the realism of a simulated field from its images.
@@ -381,7 +408,7 @@ def sim_report(images, truth, *, outdir, plot=True, n_empty=1000, reference_band
         sources[f"magerr_{band}"] = m["magerr"]
         sources[f"snr_{band}"] = m["snr"]
     ref = meas[reference_band]
-    sources["r50"] = _half_light_radius(ref, np.nan_to_num(ref["snr"]) >= 10)
+    sources["r50"] = _half_light_radius(ref, _truth_mag(truth, reference_band))
     sources["r50"].unit = u.arcsec
     if "hlr" in truth.colnames:
         sources["hlr_true"] = truth["hlr"]
@@ -401,7 +428,7 @@ def _plots(Figure, table, sources, bands, ref, outdir):
     files = []
     is_star = np.asarray(sources["label"]) == "star"
 
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     wave = np.asarray(table["wave_eff"], float)
     ax1.plot(wave, table["depth_design"], "ks--", label="design")
@@ -416,15 +443,15 @@ def _plots(Figure, table, sources, bands, ref, outdir):
     ax2.legend()
     files.append(_save(fig, outdir / "sim_report_psf_depth.png"))
 
-    fig = Figure(figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, (b1, b2, b3) in zip(axes, (("g", "r", "i"), ("u", "g", "r"))):
         if not all(b in bands for b in (b1, b2, b3)):
             ax.text(0.5, 0.5, f"needs {b1}, {b2}, {b3}", ha="center", transform=ax.transAxes)
             continue
-        good = np.ones(len(sources), bool)
-        for b in (b1, b2, b3):
-            good &= np.nan_to_num(np.asarray(sources[f"snr_{b}"], float)) >= 20
+        snr_min = np.nan_to_num(np.min([np.asarray(sources[f"snr_{b}"], float)
+                                         for b in (b1, b2, b3)], axis=0))
+        good = snr_min >= np.where(is_star, 20.0, 10.0)
         c_x = np.asarray(sources[f"mag_{b2}"]) - np.asarray(sources[f"mag_{b3}"])
         c_y = np.asarray(sources[f"mag_{b1}"]) - np.asarray(sources[f"mag_{b2}"])
         t_x = np.asarray(sources[f"mag_true_{b2}"]) - np.asarray(sources[f"mag_true_{b3}"])
@@ -433,11 +460,11 @@ def _plots(Figure, table, sources, bands, ref, outdir):
                 label="galaxies")
         ax.plot(c_x[good & is_star], c_y[good & is_star], "r.", ms=5, label="stars")
         ax.plot(t_x[is_star], t_y[is_star], "k+", ms=4, alpha=0.5, label="stars (true)")
-        ax.set(xlabel=f"{b2} - {b3}", ylabel=f"{b1} - {b2}", title="S/N >= 20 in all three")
+        ax.set(xlabel=f"{b2} - {b3}", ylabel=f"{b1} - {b2}", title="S/N >= 20 (stars), 10 (galaxies) in all three")
         ax.legend(fontsize="small")
     files.append(_save(fig, outdir / "sim_report_locus.png"))
 
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.subplots()
     mag = np.asarray(sources[f"mag_{ref}"], float)
     r50 = np.asarray(sources["r50"], float)
@@ -448,11 +475,11 @@ def _plots(Figure, table, sources, bands, ref, outdir):
                 np.asarray(sources["hlr_true"])[~is_star], "x", color="0.6", ms=3,
                 label="galaxies, true hlr")
     ax.set(xlabel=f"{ref} (AB, measured)", ylabel="half-light radius (arcsec)", yscale="log",
-           title=f"size vs magnitude ({ref}, S/N >= 10)")
+           title=f"{ref}: r50 within {_SIZE_RADIUS} arcsec (isolated, S/N >= 10)")
     ax.legend(fontsize="small")
     files.append(_save(fig, outdir / "sim_report_size_mag.png"))
 
-    fig = Figure(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.subplots()
     true_mag = np.asarray(sources[f"mag_true_{ref}"], float)
     finite = true_mag[np.isfinite(true_mag)]

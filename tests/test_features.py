@@ -155,7 +155,8 @@ def test_bright_point_source_recovers_injected_magnitude():
     assert abs(feats[0, IMAG] - aperture_correction - mag_true) < 0.05
     assert abs(feats[0, IMAG] - aperture_correction - mag_true) < 1e-3
     # error: 1.0857 / signal-to-noise
-    snr = flux / np.sqrt((CircularAperture((ox, oy), radius).to_mask(method="exact").data ** 2).sum())
+    weights = CircularAperture((ox, oy), radius).to_mask(method="exact").data
+    snr = flux / np.sqrt((weights**2).sum())
     np.testing.assert_allclose(feats[0, 1], 1.0857 / snr, rtol=1e-3)
     # Gaussian-weighted radius of a sigma = 1 pixel source: s sw / sqrt(s^2 + sw^2)
     sw = 0.25 / PIXEL_SCALE
@@ -294,8 +295,10 @@ def test_clipped_border_statistics_match_astropy():
 def test_noise_from_uncertainty_and_from_mad_agree():
     rng = np.random.default_rng(9)
     sigma = 2.5
-    data, x, y = make_field(rng, ["star", "galaxy"] * 10, [21.0] * 20, noise=sigma,
-                            shape=(160, 160))
+    assert abs(image_noise(ccd(rng.normal(0.0, sigma, (256, 256)))) / sigma - 1) < 0.02
+    # with sources covering ~10 % of the pixels
+    data, x, y = make_field(rng, ["star", "galaxy"] * 8, [21.0] * 16, noise=sigma,
+                            shape=(256, 256), spacing=64)
     assert abs(image_noise(ccd(data)) / sigma - 1) < 0.05
     plain = extract_inputs({"r": ccd(data)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
                            pixel_scale=PIXEL_SCALE)
@@ -604,3 +607,32 @@ def test_features_from_table_errors():
     table["mag_g"] = ["a", "b", "c"]
     with pytest.raises(ValueError, match="column 'mag_g' must be numeric"):
         features_from_table(table, bands=["g"], column_map=COLUMN_MAP)
+
+
+def test_masked_border_ring_falls_back_to_whole_stamp():
+    rng = np.random.default_rng(20)
+    stamps = rng.normal(7.0, 1.0, (2, SIZE, SIZE)).astype(np.float32)
+    stamps[:, :2, :] = np.nan
+    stamps[:, -2:, :] = np.nan
+    stamps[:, :, :2] = np.nan
+    stamps[:, :, -2:] = np.nan
+    stamps[1] = np.nan
+    background, noise = estimate_background_noise(stamps)
+    assert abs(background[0] - 7.0) < 0.3 and abs(noise[0] - 1.0) < 0.2
+    assert np.isnan(background[1]) and np.isnan(noise[1])
+    sigma = np.array([1.0, 1.0])
+    background, noise = estimate_background_noise(stamps, image_sigma=sigma)
+    assert abs(background[0] - 7.0) < 0.3
+    np.testing.assert_array_equal(sigma, [1.0, 1.0])
+
+
+def test_infinite_pixels_are_missing_data():
+    rng = np.random.default_rng(21)
+    stamps, offsets = sub_pixel_stars(rng, 1)
+    holed = stamps.copy()
+    holed[0, 12, 16] = np.inf
+    clean = measure_features(stamps, 1.0, zeropoint=ZP, offsets=offsets,
+                             pixel_scale=PIXEL_SCALE)
+    feats = measure_features(holed, 1.0, zeropoint=ZP, offsets=offsets,
+                             pixel_scale=PIXEL_SCALE)
+    np.testing.assert_allclose(feats, clean, atol=0.01)

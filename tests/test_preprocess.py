@@ -1,0 +1,184 @@
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from astro_starglx.preprocess import compute_normalization, prepare_inputs
+
+
+def raw_inputs(rng, n=6, c=3, h=5, f=4):
+    stamps = rng.normal(0.0, 2.0, (n, c, h, h)).astype(np.float32)
+    noise = rng.uniform(1.0, 3.0, (n, c)).astype(np.float32)
+    features = rng.normal(20.0, 1.5, (n, c, f)).astype(np.float32)
+    return stamps, noise, features
+
+
+def test_prepare_inputs_values():
+    rng = np.random.default_rng(0)
+    stamps, noise, features = raw_inputs(rng)
+    stamps[0, 1, 2, 2] = np.nan
+    features[1, 0, 3] = np.nan
+    norm = compute_normalization(features, softening=2.5)
+    x_image, x_catalog = prepare_inputs(stamps, noise, features, norm)
+    assert x_image.shape == stamps.shape and x_image.dtype == np.float32
+    assert x_catalog.shape == features.shape and x_catalog.dtype == np.float32
+    expected = np.arcsinh(stamps / noise[:, :, None, None] / 2.5)
+    expected[0, 1, 2, 2] = 0.0
+    np.testing.assert_allclose(x_image, expected, rtol=1e-6, atol=1e-7)
+    mean = np.nanmean(features, axis=0)
+    std = np.nanstd(features, axis=0)
+    expected = (features - mean) / std
+    expected[1, 0, 3] = 0.0
+    np.testing.assert_allclose(x_catalog, expected, rtol=1e-5, atol=1e-6)
+    # standardised: zero mean, unit standard deviation over the training set
+    np.testing.assert_allclose(np.nanmean(np.where(np.isnan(features), np.nan, x_catalog),
+                                          axis=0), 0.0, atol=1e-5)
+
+
+def test_prepare_inputs_is_unit_invariant():
+    rng = np.random.default_rng(1)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    one, _ = prepare_inputs(stamps, noise, features, norm)
+    two, _ = prepare_inputs(stamps * 1e4, noise * 1e4, features, norm)
+    np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_inputs_unusable_noise_and_missing_band():
+    rng = np.random.default_rng(2)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    noise[0, 0] = 0.0
+    noise[1, 1] = np.nan
+    noise[2, 2] = -1.0
+    stamps[3, 0] = np.nan  # a missing band
+    stamps[4, 1, 0, 0] = np.inf
+    features[3, 0] = np.nan
+    x_image, x_catalog = prepare_inputs(stamps, noise, features, norm)
+    assert np.all(x_image[0, 0] == 0) and np.all(x_image[1, 1] == 0)
+    assert np.all(x_image[2, 2] == 0) and np.all(x_image[3, 0] == 0)
+    assert x_image[4, 1, 0, 0] == 0
+    assert np.all(np.isfinite(x_image))
+    assert np.all(x_catalog[3, 0] == 0)
+
+
+def test_prepare_inputs_does_not_mutate():
+    rng = np.random.default_rng(3)
+    stamps, noise, features = raw_inputs(rng)
+    stamps[0, 0, 0, 0] = np.nan
+    features[0, 0, 0] = np.nan
+    norm = compute_normalization(features)
+    copies = stamps.copy(), noise.copy(), features.copy(), json.dumps(norm)
+    prepare_inputs(stamps, noise, features, norm)
+    np.testing.assert_array_equal(stamps, copies[0])
+    np.testing.assert_array_equal(noise, copies[1])
+    np.testing.assert_array_equal(features, copies[2])
+    assert json.dumps(norm) == copies[3]
+
+
+def test_prepare_inputs_accepts_float64_and_empty():
+    rng = np.random.default_rng(4)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    x_image, x_catalog = prepare_inputs(stamps.astype(float), noise.astype(float),
+                                        features.astype(float), norm)
+    assert x_image.dtype == np.float32 and x_catalog.dtype == np.float32
+    x_image, x_catalog = prepare_inputs(stamps[:0], noise[:0], features[:0], norm)
+    assert x_image.shape == (0,) + stamps.shape[1:] and x_catalog.shape == (0, 3, 4)
+
+
+def test_compute_normalization():
+    rng = np.random.default_rng(5)
+    features = rng.normal(10.0, 2.0, (50, 2, 3))
+    features[:5, 0, 0] = np.nan
+    features[:, 1, 2] = np.nan  # a band never measured
+    features[:, 1, 1] = 4.0  # a constant feature
+    norm = compute_normalization(features, softening=3.0)
+    assert set(norm) == {"softening", "feature_mean", "feature_std"}
+    assert norm["softening"] == 3.0
+    mean = np.array(norm["feature_mean"])
+    std = np.array(norm["feature_std"])
+    assert mean.shape == std.shape == (2, 3)
+    np.testing.assert_allclose(mean[0], np.nanmean(features[:, 0], axis=0))
+    np.testing.assert_allclose(std[0], np.nanstd(features[:, 0], axis=0))
+    assert mean[1, 2] == 0.0 and std[1, 2] == 1.0
+    assert mean[1, 1] == 4.0 and std[1, 1] == 1e-3
+    # plain Python floats: the dict goes into JSON weights metadata
+    assert json.loads(json.dumps(norm)) == norm
+    assert isinstance(norm["feature_mean"][0][0], float)
+    floor = compute_normalization(features, min_std=0.5)
+    assert floor["feature_std"][1][1] == 0.5
+
+
+def test_compute_normalization_errors():
+    with pytest.raises(ValueError, match=r"features must have shape \(N, C, F\)"):
+        compute_normalization(np.zeros((3, 4)))
+    for bad in (0.0, -1.0, np.nan, "soft"):
+        with pytest.raises(ValueError, match="softening must be a positive number"):
+            compute_normalization(np.zeros((3, 1, 2)), softening=bad)
+    with pytest.raises(ValueError, match="min_std must be a positive number"):
+        compute_normalization(np.zeros((3, 1, 2)), min_std=0)
+
+
+def test_prepare_inputs_shape_errors():
+    rng = np.random.default_rng(6)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    with pytest.raises(ValueError, match=r"stamps must have shape \(N, C, H, W\)"):
+        prepare_inputs(stamps[0], noise, features, norm)
+    with pytest.raises(ValueError, match=r"noise must have shape \(N, C\) = \(6, 3\)"):
+        prepare_inputs(stamps, noise[:, :2], features, norm)
+    with pytest.raises(ValueError, match=r"features must have shape \(N, C, F\)"):
+        prepare_inputs(stamps, noise, features[:, 0], norm)
+    with pytest.raises(ValueError, match=r"\(N, C\) = \(6, 3\) to match stamps"):
+        prepare_inputs(stamps, noise, features[:3], norm)
+    with pytest.raises(ValueError, match="stamps must hold numbers"):
+        prepare_inputs(np.full(stamps.shape, "a"), noise, features, norm)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda n: [1, 2], "normalization must be a dict"),
+        (lambda n: {k: v for k, v in n.items() if k != "feature_std"},
+         r"normalization lacks the keys \['feature_std'\]"),
+        (lambda n: {**n, "softening": 0}, r"normalization\['softening'\] must be a positive"),
+        (lambda n: {**n, "softening": None}, r"normalization\['softening'\] must be a positive"),
+        (lambda n: {**n, "feature_mean": n["feature_mean"][:2]},
+         r"normalization\['feature_mean'\] must be a nested list of shape \(C, F\) = \(3, 4\)"),
+        (lambda n: {**n, "feature_std": [["a"] * 4] * 3}, "got non-numeric values"),
+        (lambda n: {**n, "feature_std": [[0.0] * 4] * 3},
+         r"normalization\['feature_std'\] must be positive"),
+        (lambda n: {**n, "feature_mean": [[np.nan] * 4] * 3},
+         r"normalization\['feature_mean'\] must be finite"),
+    ],
+)
+def test_normalization_validation(change, match):
+    rng = np.random.default_rng(7)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    with pytest.raises(ValueError, match=match) as info:
+        prepare_inputs(stamps, noise, features, change(norm))
+    assert "compute_normalization()" in str(info.value)  # the message says the fix
+
+
+def test_numpy_only():
+    # preprocess.py must not pull in astropy or torch: load the file on its
+    # own (the package __init__ imports astropy) in a fresh interpreter
+    path = Path(importlib.util.find_spec("astro_starglx.preprocess").origin)
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('pre', {str(path)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('astropy', 'torch', 'photutils'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
