@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -66,7 +67,7 @@ def _cmd_weights(args):
 
 
 def _cmd_demo(args):
-    from .classifier import StarGalaxyClassifier
+    from .classifier import StarGalaxyClassifier, StarGalaxyWarning
     from .simulate import simulate_field
 
     t0 = time.perf_counter()
@@ -75,7 +76,9 @@ def _cmd_demo(args):
     catalog = truth["id", "ra", "dec"]
     clf = StarGalaxyClassifier(args.model, device=args.device)
     t0 = time.perf_counter()
-    result = clf.classify(catalog, images)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StarGalaxyWarning)
+        result = clf.classify(catalog, images)
     t_cls = time.perf_counter() - t0
     info = result.meta["astro_starglx"]
     print(f"simulated a {args.size}x{args.size} px, {len(images)}-band CSST-like field "
@@ -83,6 +86,8 @@ def _cmd_demo(args):
     print(f"classified with {info['model']} (sha256 {info['weights_sha256'][:12]}...) on "
           f"{info['device']} in {t_cls:.2f} s ({len(result) / t_cls:.0f} objects/s)")
     _print_truth_summary(result, truth, mag_column="mag_r")
+    for w in caught:
+        print(f"note: {w.message}")
     if args.output:
         result.write(args.output, overwrite=True)
         print(f"wrote {args.output}")

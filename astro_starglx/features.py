@@ -20,8 +20,9 @@ The model's BiLSTM reads, for every band, the features named in
     (no source Poisson term: images in e-/s carry no gain).
 ``concentration``
     ``mag(0.15") - mag(0.45")``, two asinh magnitudes each with its own
-    noise softening. About 0.15 for a CSST point source, larger for
-    extended sources.
+    noise softening. For a point source of FWHM 0.17" it is 0.15 (Gaussian
+    profile) to 0.4 (Moffat, beta 3); extended sources give more (1.1 for
+    an exponential disc of half-light radius 0.3").
 ``radius``
     Gaussian-weighted second-moment radius in arcsec,
     ``sqrt((Q_xx + Q_yy) / 2)``, with a fixed circular Gaussian weight of
@@ -44,7 +45,9 @@ Pixels with no data (NaN: off the image or masked) are first replaced by
 their point-symmetric counterpart about the source (as SExtractor's
 ``MASK_TYPE=CORRECT``); an aperture that still holds a missing pixel, or
 whose weights reach past the stamp, gives NaN for what it measures, and so
-do moments that miss more than 1 % of their weight.
+do moments that miss more than 1 % of their weight. ``radius`` and
+``ellipticity`` are NaN too where the weighted flux is not positive (a
+source not detected in that band); magnitudes stay finite there.
 """
 
 import functools
