@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 #: Per-band catalog features, in the order the model reads them.
 FEATURE_NAMES = ("mag", "mag_err", "concentration", "radius", "ellipticity")
 
+_MAG_INDEX = FEATURE_NAMES.index("mag")
+
 #: Header keywords searched, in order, for a band's AB zero point.
 ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "ZP")
 
@@ -725,8 +727,8 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
         F), ``offsets`` (N, C, 2), all float32, and ``flags`` (N,) uint16:
         the cutout flags (``OFF_IMAGE``, ``PARTIAL``, ``MASKED``) OR-ed over
         bands, ``BAND_MISSING`` where a band is absent or its stamp has no
-        data at all, ``NO_FEATURES`` where a band with data has a NaN
-        feature.
+        data at all, ``NO_FEATURES`` where a band with data has no
+        measurable magnitude (missing pixels in the aperture).
 
     Raises
     ------
@@ -818,7 +820,10 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
         no_data = ~np.isfinite(band_stamps).any(axis=(1, 2))
         flags |= cut.flags
         flags[no_data] |= np.uint16(ClassFlag.BAND_MISSING)
-        partly = np.isnan(band_features).any(axis=1) & ~no_data
+        # Missing pixels in the photometry aperture, not a mere non-detection:
+        # radius/ellipticity of an undetected source are NaN by definition
+        # and common for faint sources, so they do not raise the flag.
+        partly = np.isnan(band_features[:, _MAG_INDEX]) & ~no_data
         flags[partly] |= np.uint16(ClassFlag.NO_FEATURES)
         noise[:, c] = band_noise
         features[:, c] = band_features

@@ -29,9 +29,10 @@ class ClassFlag(enum.IntFlag):
     BAND_MISSING    8  a band the model reads is absent from ``images`` or
                        has no usable pixels for this source; the model sees
                        zeros in its place
-    NO_FEATURES    16  some catalog features could not be measured (for
-                       example, no usable pixels in the aperture) and were
-                       replaced by the training-set mean
+    NO_FEATURES    16  the photometry aperture of a band with data holds
+                       missing pixels, so its catalog features could not be
+                       measured and were replaced by the training-set mean
+                       (a mere non-detection is not flagged)
     SATURATED      32  the stamp holds pixels flagged as saturated
     ==========  =====  ========================================================
     """
