@@ -343,6 +343,7 @@ class StarGalaxyClassifier:
                    f"(it reads {bands}); add them to the mapping, or use a model that allows "
                    "missing bands")
             raise ValueError(msg)
+        _warn_pixel_scale({band: images[band] for band in present}, meta)
         return {band: images[band] for band in present}
 
     def _build_table(self, catalog, proba, flags):
@@ -400,6 +401,26 @@ def _single_band(image, bands):
     msg = (f"images is a single image but the model reads bands {bands}; pass a mapping "
            "{band: CCDData} (or set the image's FILTER keyword to one of those bands)")
     raise ValueError(msg)
+
+
+def _warn_pixel_scale(images, meta, *, tolerance=0.1):
+    """One warning if a band's pixel scale is far from the model's."""
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    expected = float(meta["pixel_scale"])
+    off = {}
+    for band, image in images.items():
+        if not isinstance(image.wcs, WCS) or not image.wcs.has_celestial:
+            continue
+        scale = float(np.mean(proj_plane_pixel_scales(image.wcs.celestial))) * 3600.0
+        if abs(scale / expected - 1.0) > tolerance:
+            off[band] = round(scale, 4)
+    if off:
+        msg = (f"pixel scale (arcsec) of {off} differs by more than {tolerance:.0%} from the "
+               f"{expected} arcsec the model {meta['name']!r} was trained on; sizes and "
+               "profiles will be misread: resample the images to the model's pixel scale")
+        warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
 
 
 def _warn_flags(flags, unclassified):

@@ -341,3 +341,11 @@ def test_threshold_override(tiny_weights_file, field):
     out = low.classify(catalog, images)
     assert out.meta["astro_starglx"]["threshold"] == 0.01
     assert list(out["class"]) == list(np.where(out["p_galaxy"] >= 0.01, "galaxy", "star"))
+
+
+def test_pixel_scale_mismatch_warns(clf, field):
+    catalog, images = field
+    coarse = {b: CCDData(im.data, unit=im.unit, wcs=make_wcs(scale=0.2), meta=im.meta,
+                         uncertainty=im.uncertainty) for b, im in images.items()}
+    with pytest.warns(StarGalaxyWarning, match="differs by more than 10%.*resample"):
+        clf.classify(catalog, coarse)
