@@ -245,20 +245,20 @@ def test_galaxy_population():
     assert np.median(pop["redshift"][gal & (mag > 25)]) > np.median(
         pop["redshift"][gal & (mag < 21)])
     # The bulge and disk radii give the drawn composite half-light radius: half
-    # of the (unit) flux of the round profile falls inside hlr.
+    # of the (unit) flux of the round GalSim profile falls inside hlr
+    # (EE = integral of 2 pi r^2 I(r) dln r, on a fine logarithmic grid).
     import galsim
-    from photutils.aperture import CircularAperture, aperture_photometry
 
     from astro_starglx.simulate import _galaxy_profile
 
     round_pop = {**pop, "g_bulge": 0 * pop["g_bulge"], "g_disk": 0 * pop["g_disk"]}
     for k in np.flatnonzero(gal & (pop["bulge_fraction"] > 0.1)
                             & (pop["bulge_fraction"] < 0.9))[:3]:
-        image = _galaxy_profile(galsim, round_pop, k).drawImage(
-            nx=101, ny=101, scale=hlr[k] / 40, method="no_pixel").array
-        inside = aperture_photometry(image, CircularAperture((50, 50), 40.0),
-                                     method="exact")["aperture_sum"][0]
-        assert inside == pytest.approx(0.5, abs=0.01)
+        profile = _galaxy_profile(galsim, round_pop, k)
+        radii = np.geomspace(1e-7, 1.0, 4000) * hlr[k]
+        intensity = np.array([profile.xValue(r, 0.0) for r in radii])
+        inside = np.trapezoid(2 * np.pi * radii**2 * intensity, np.log(radii))
+        assert inside == pytest.approx(0.5, abs=0.005)
 
 
 @requires_galsim
@@ -318,6 +318,7 @@ def test_simulate_without_galsim_names_the_extra(monkeypatch):
     ({"bands": ("r", "r")}, "bands"),
     ({"pixel_scale": 0.0}, "pixel_scale"),
     ({"pixel_scale": -0.074}, "pixel_scale"),
+    ({"pixel_scale": 0.2}, "pixel_scale"),
     ({"ra": 400.0}, "ra"),
     ({"dec": 95.0}, "dec"),
     ({"wcs_jitter": -1.0}, "wcs_jitter"),
@@ -334,12 +335,18 @@ def test_invalid_parameters(kwargs, match):
 
 
 def test_band_model_errors():
-    with pytest.raises(ValueError, match="bands holds unknown band names"):
+    with pytest.raises(ValueError, match="band holds unknown band names"):
         band_model("w")
     with pytest.raises(ValueError, match="pixel_scale"):
         band_model("r", pixel_scale=0.0)
     with pytest.raises(ValueError, match="obscuration"):
         band_model("r", obscuration=-0.1)
+
+
+@requires_galsim
+def test_band_model_unreachable_depth():
+    with pytest.raises(ValueError, match="band i: the depth 25.9 cannot be reached"):
+        band_model("i", pixel_scale=0.05, obscuration=0.5)
 
 
 @requires_galsim
