@@ -32,41 +32,6 @@ class StarGalaxyWarning(AstropyUserWarning):
     """Summary of per-source problems in one `~StarGalaxyClassifier.classify` call."""
 
 
-def resolve_device(device):
-    """
-    Pick the torch device.
-
-    Parameters
-    ----------
-    device : None, str or `torch.device`
-        ``None`` picks CUDA when available, else the CPU.
-
-    Returns
-    -------
-    device : `torch.device`
-
-    Raises
-    ------
-    RuntimeError
-        If CUDA is requested but not available.
-    """
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        msg = f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r} ({exc})"
-        raise ValueError(msg) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        msg = (f"device={str(device)!r} was requested but torch.cuda.is_available() is False "
-               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu', "
-               "or device=None to pick CUDA only when a GPU is present")
-        raise RuntimeError(msg)
-    return device
-
-
 class StarGalaxyClassifier:
     """
     Classify catalog sources as stars or galaxies from multi-band images.
@@ -116,6 +81,8 @@ class StarGalaxyClassifier:
                    f"got {type(zeropoints).__name__}")
             raise TypeError(msg)
         self.model = model
+        from .weights import resolve_device
+
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.threshold = None if threshold is None else float(threshold)

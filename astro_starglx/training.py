@@ -422,11 +422,10 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         The exported ``.safetensors`` file.
     """
     from .dataset import load_dataset
-    from .weights import save_weights
+    from .weights import resolve_device, save_weights
 
     config = config or TrainConfig()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     output = Path(output)
     train = load_dataset(dataset, "train")
     val = load_dataset(dataset, "val")

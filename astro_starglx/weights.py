@@ -66,6 +66,7 @@ __all__ = [
     "install_weights",
     "register_weights",
     "load_model",
+    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -1104,18 +1105,36 @@ def register_weights(path, *, bundled, registry_path=None, name=None):
 # ------------------------------------------------------------------------- loading
 
 
-def _resolve_device(device):
+def resolve_device(device):
+    """
+    Pick the torch device.
+
+    Parameters
+    ----------
+    device : None, str or `torch.device`
+        ``None`` picks CUDA when available, else the CPU.
+
+    Returns
+    -------
+    device : `torch.device`
+
+    Raises
+    ------
+    RuntimeError
+        If CUDA is requested but not available.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        msg = f"device must be None, 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}"
-        raise ValueError(msg) from err
+    except (RuntimeError, TypeError) as exc:
+        msg = f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r} ({exc})"
+        raise ValueError(msg) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        msg = (f"device={str(device)!r} but torch finds no CUDA GPU; use device='cpu' "
-               "(or device=None to pick automatically)")
-        raise ValueError(msg)
+        msg = (f"device={str(device)!r} was requested but torch.cuda.is_available() is False "
+               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu', "
+               "or device=None to pick CUDA only when a GPU is present")
+        raise RuntimeError(msg)
     return device
 
 
@@ -1200,7 +1219,7 @@ def load_model(model=None, *, device="cpu", progressbar=None):
     >>> loaded.meta["bands"]                        # doctest: +SKIP
     ['NUV', 'u', 'g', 'r', 'i', 'z', 'y']
     """
-    device = _resolve_device(device)
+    device = resolve_device(device)
     weights, path = _resolve_source(model)
     if weights is not None:
         path = fetch_weights(weights, progressbar=progressbar)
