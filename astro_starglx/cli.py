@@ -169,7 +169,8 @@ def _cmd_train(args):
     overrides = json.loads(args.config) if args.config else {}
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed, **overrides)
     path = train_release(args.dataset, args.output, config=config, device=args.device,
-                         resume=not args.no_resume, command=" ".join(sys.argv))
+                         resume=not args.no_resume,
+                         command=" ".join(["astro-starglx", *sys.argv[1:]]))
     print(path)
     return 0
 
