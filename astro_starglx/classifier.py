@@ -89,6 +89,7 @@ class StarGalaxyClassifier:
         self.zeropoints = None if zeropoints is None else dict(zeropoints)
         self.progress = bool(progress)
         self._loaded = None
+        self._inference_network = None
 
     def __repr__(self):
         name = self.model if isinstance(self.model, str) or self.model is None \
@@ -254,8 +255,15 @@ class StarGalaxyClassifier:
 
         from .preprocess import prepare_inputs
 
+        from .model import fuse_for_inference
+
         loaded = self.loaded
-        network = loaded.network
+        if self._inference_network is None:
+            # BatchNorm folded into the convs and channels-last layout: twice the
+            # CPU throughput of the plain network (see fuse_for_inference).
+            self._inference_network = fuse_for_inference(loaded.network).to(
+                memory_format=torch.channels_last)
+        network = self._inference_network
         normalization = loaded.meta["normalization"]
         # Probability calibration (temperature scaling fitted on validation
         # fields at training time).
@@ -265,7 +273,7 @@ class StarGalaxyClassifier:
 
         def predict(stamps, noise, features):
             x_image, x_catalog = prepare_inputs(stamps, noise, features, normalization)
-            x_image = torch.from_numpy(x_image)
+            x_image = torch.from_numpy(x_image).contiguous(memory_format=torch.channels_last)
             x_catalog = torch.from_numpy(x_catalog)
             if cuda:
                 # Pinned host memory lets the copies overlap with compute.

@@ -74,3 +74,27 @@ def test_config_errors():
     with pytest.raises(ValueError, match="layers and widths must be non-empty lists"):
         build_model(dict(config("rbim-lite"), image_encoder={"name": "resnet", "layers": [1],
                                                              "widths": [8, 16]}))
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
+def test_fuse_for_inference_keeps_outputs(name):
+    from astro_starglx.model import fuse_for_inference
+
+    torch.manual_seed(2)
+    net = build_model(config(name))
+    # Non-trivial BatchNorm statistics, as after training.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    fused = fuse_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # untouched
+    x, f = torch.randn(4, 7, 25, 25), torch.randn(4, 7, 5)
+    with torch.inference_mode():
+        ref = net(x, f)
+        np_cl = fused.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last), f)
+    torch.testing.assert_close(np_cl, ref, rtol=1e-4, atol=1e-4)
