@@ -193,7 +193,7 @@ def build_parser():
 
     p = sub.add_parser("demo", help="simulate a small CSST-like field and classify it "
                                     "(offline)")
-    p.add_argument("--size", type=int, default=768, help="field size in pixels")
+    p.add_argument("--size", type=int, default=1024, help="field size in pixels")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--model", default=None, help="model name or weights file")
     p.add_argument("--device", default=None)
