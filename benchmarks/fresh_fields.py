@@ -35,6 +35,10 @@ def main():
     parser.add_argument("--fields", type=int, default=4)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=90001)
+    parser.add_argument("--psf-scale", type=float, default=1.0,
+                        help="PSF dilation (the training fields used 0.85-1.25)")
+    parser.add_argument("--keep-sky", action="store_true",
+                        help="leave the sky in the images (L1-like, not sky-subtracted)")
     args = parser.parse_args()
     clf = StarGalaxyClassifier(args.model, device="cpu")
     labels, preds, mags = [], [], []
@@ -42,7 +46,8 @@ def main():
     for k in range(args.fields):
         t0 = time.perf_counter()
         images, truth = simulate_field(shape=(args.size, args.size), seed=args.seed + k,
-                                       wcs_jitter=0.5, rotation_jitter=0.02)
+                                       wcs_jitter=0.5, rotation_jitter=0.02,
+                                       psf_scale=args.psf_scale, subtract_sky=not args.keep_sky)
         t1 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StarGalaxyWarning)
@@ -56,7 +61,8 @@ def main():
     label, pred, mag = (np.concatenate(a) for a in (labels, preds, mags))
     print(f"model {out.meta['astro_starglx']['model']} "
           f"({out.meta['astro_starglx']['weights_sha256'][:12]}), {args.fields} fresh fields "
-          f"(seeds {args.seed}..{args.seed + args.fields - 1}), {len(label)} sources; "
+          f"(seeds {args.seed}..{args.seed + args.fields - 1}, psf_scale {args.psf_scale}, "
+          f"sky {'kept' if args.keep_sky else 'subtracted'}), {len(label)} sources; "
           f"simulation {t_sim:.0f} s, classify {t_cls:.1f} s")
     for name, sel in (("r <= 25", mag <= 25), ("r < 23", mag < 23),
                       ("23 <= r <= 25", (mag >= 23) & (mag <= 25)),
