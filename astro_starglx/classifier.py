@@ -216,8 +216,8 @@ class StarGalaxyClassifier:
         meta = self.meta
         images = self._check_images(images, meta)
         x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
-                                coord_column=coord_column, x_column=x_column,
-                                y_column=y_column, shared_grid=shared_grid)
+                               coord_column=coord_column, x_column=x_column,
+                               y_column=y_column, shared_grid=shared_grid)
         n_sources = len(catalog)
         proba = np.full((n_sources, len(meta["class_names"])), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)

@@ -16,7 +16,8 @@ files opened as memory maps::
     {split}_features.npy       (N, C, F) float32 catalog features (NaN = not measured)
     {split}_labels.npy         (N,) int8, 0 = star, 1 = galaxy
     {split}_flags.npy          (N,) uint16 `~astro_starglx.flags.ClassFlag` bits
-    {split}_catalog.ecsv       truth per source: id, field, ra, dec, label, mag_<band>, redshift, hlr
+    {split}_catalog.ecsv       truth per source: id, field, ra, dec, label, mag_<band>,
+                               redshift, hlr
     shards/field_NNNNN.npz     one finished field each (kept for resume; safe to delete)
 
 Why ``.npy`` memory maps rather than HDF5: they need no extra dependency,

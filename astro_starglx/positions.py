@@ -43,7 +43,7 @@ def _skycoord_column(catalog, coord_column):
 
 
 def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_column,
-                     y_column, shared_grid):
+                    y_column, shared_grid):
     """
     Per-band pixel positions of every catalog source.
 

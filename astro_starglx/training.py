@@ -268,8 +268,9 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
     device = torch.device(device)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    n_train = len(train.labels) if config.max_train is None else min(config.max_train,
-                                                                      len(train.labels))
+    n_train = len(train.labels)
+    if config.max_train is not None:
+        n_train = min(config.max_train, n_train)
     if normalization is None:
         normalization = compute_normalization(np.asarray(train.features[:n_train]),
                                               softening=config.softening)
@@ -465,8 +466,8 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
                                             n_features=len(info["feature_names"])),
         "recipe": {"command": command or "astro-starglx train", "data_seed": info["seed"],
                    "dataset": {k: info[k] for k in ("n_fields", "field_size", "detect",
-                                                     "psf_scale_range", "position_jitter",
-                                                     "mag_range", "counts")},
+                                                    "psf_scale_range", "position_jitter",
+                                                    "mag_range", "counts")},
                    "config": dataclasses.asdict(config), "best_epoch": result.best_epoch,
                    "epochs_run": len(result.history)},
         "metrics": {"test": test_metrics, "history": result.history},

@@ -307,7 +307,8 @@ def test_load_model_device_errors(tiny_weights_file):
     with pytest.raises(ValueError, match="device must be None, 'cpu'"):
         load_model(tiny_weights_file, device="toaster")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="device=.cuda. was requested but torch.cuda.is_available"):
+        with pytest.raises(RuntimeError,
+                           match="device=.cuda. was requested but torch.cuda.is_available"):
             load_model(tiny_weights_file, device="cuda")
         assert next(load_model(tiny_weights_file, device=None).network.parameters()).is_cpu
 
