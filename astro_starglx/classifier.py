@@ -253,9 +253,9 @@ class StarGalaxyClassifier:
         """A function (stamps, noise, features) -> (N, n_classes) probabilities."""
         import torch
 
+        from .metrics import softmax
+        from .model import fuse_for_inference, predict_batch
         from .preprocess import prepare_inputs
-
-        from .model import fuse_for_inference
 
         loaded = self.loaded
         if self._inference_network is None:
@@ -268,22 +268,12 @@ class StarGalaxyClassifier:
         # Probability calibration (temperature scaling fitted on validation
         # fields at training time).
         temperature = float(loaded.meta.get("temperature", 1.0))
-        device = self.device
-        cuda = device.type == "cuda"
 
         def predict(stamps, noise, features):
             x_image, x_catalog = prepare_inputs(stamps, noise, features, normalization)
-            x_image = torch.from_numpy(x_image).contiguous(memory_format=torch.channels_last)
-            x_catalog = torch.from_numpy(x_catalog)
-            if cuda:
-                # Pinned host memory lets the copies overlap with compute.
-                x_image = x_image.pin_memory().to(device, non_blocking=True)
-                x_catalog = x_catalog.pin_memory().to(device, non_blocking=True)
-            with torch.inference_mode(), torch.autocast(device_type=device.type,
-                                                        dtype=torch.float16, enabled=cuda):
-                logits = network(x_image, x_catalog)
-                proba = torch.softmax(logits.float() / temperature, dim=1)
-            return proba.cpu().numpy()
+            logits = predict_batch(network, x_image, x_catalog, device=self.device,
+                                   memory_format=torch.channels_last)
+            return softmax(logits, temperature=temperature)
 
         return predict
 

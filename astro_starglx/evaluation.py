@@ -51,7 +51,7 @@ def model_scores(model, data, *, device="cpu", batch_size=1024):
     threshold : float
     name : str
     """
-    from .training import _softmax, predict_logits
+    from .training import predict_logits
     from .weights import load_model
 
     loaded = load_model(model, device=device)
@@ -59,7 +59,7 @@ def model_scores(model, data, *, device="cpu", batch_size=1024):
     _check_compatible(meta, data.info)
     logits = predict_logits(loaded.network, data, meta["normalization"],
                             batch_size=batch_size, device=device)
-    p = _softmax(logits / float(meta.get("temperature", 1.0)))[:, 1]
+    p = metrics.softmax(logits, temperature=float(meta.get("temperature", 1.0)))[:, 1]
     return p, float(meta["threshold"]), loaded.name
 
 

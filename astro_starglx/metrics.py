@@ -44,6 +44,7 @@ __all__ = [
     "bootstrap_ci",
     "best_threshold",
     "fit_temperature",
+    "softmax",
 ]
 
 log = logging.getLogger(__name__)
@@ -917,6 +918,33 @@ def best_threshold(y_true, p_galaxy, *, criterion="balanced"):
     mid = 0.5 * (upper + lower)
     # the midpoint must keep the same classes: above `lower`, not above `upper`
     return float(mid if lower < mid <= upper else upper)
+
+
+def softmax(logits, *, temperature=1.0):
+    """
+    Class probabilities ``softmax(logits / temperature)`` along axis 1.
+
+    Parameters
+    ----------
+    logits : array-like of shape (N, K)
+    temperature : float, optional
+        Calibration temperature from `fit_temperature` (``meta["temperature"]``).
+
+    Returns
+    -------
+    proba : `~numpy.ndarray` of shape (N, K)
+        Rows sum to one; float32 for float32 logits.
+
+    Examples
+    --------
+    >>> from astro_starglx.metrics import softmax
+    >>> softmax([[0.0, 0.0], [0.0, 2.0]], temperature=2.0).round(4).tolist()
+    [[0.5, 0.5], [0.2689, 0.7311]]
+    """
+    z = np.asarray(logits) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits, y_true, *, bounds=(1e-3, 1e3)):

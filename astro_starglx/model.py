@@ -16,7 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import resnet as tv_resnet
 
 __all__ = ["RBiM", "ImageEncoder", "CatalogEncoder", "build_model", "MODEL_CONFIGS",
-           "validate_config", "fuse_for_inference"]
+           "validate_config", "fuse_for_inference", "to_device", "predict_batch"]
 
 _MODES = ("fused", "image", "catalog")
 
@@ -327,3 +327,61 @@ def fuse_for_inference(model):
                     module._modules[first] = fuse_conv_bn_eval(conv, bn)
                     module._modules[second] = nn.Identity()
     return fused
+
+
+def to_device(x_image, x_catalog, device, *, memory_format=torch.contiguous_format):
+    """
+    Network inputs from `~astro_starglx.preprocess.prepare_inputs` as tensors on ``device``.
+
+    On CUDA the arrays go through pinned host memory with non-blocking copies,
+    so the transfer overlaps with compute.
+
+    Parameters
+    ----------
+    x_image : `~numpy.ndarray`
+        ``(N, C, H, W)`` float32.
+    x_catalog : `~numpy.ndarray`
+        ``(N, C, F)`` float32.
+    device : `torch.device`
+    memory_format : `torch.memory_format`, optional
+        Layout of the image tensor (``torch.channels_last`` for a network
+        converted to it, see `fuse_for_inference`).
+
+    Returns
+    -------
+    x_image, x_catalog : `torch.Tensor`
+    """
+    x_image = torch.from_numpy(x_image).contiguous(memory_format=memory_format)
+    x_catalog = torch.from_numpy(x_catalog)
+    if device.type == "cuda":
+        x_image = x_image.pin_memory().to(device, non_blocking=True)
+        x_catalog = x_catalog.pin_memory().to(device, non_blocking=True)
+    return x_image, x_catalog
+
+
+def predict_batch(network, x_image, x_catalog, *, device, memory_format=torch.contiguous_format):
+    """
+    Logits of an eval-mode network on one batch of prepared numpy inputs.
+
+    The one inference forward shared by `~astro_starglx.StarGalaxyClassifier`
+    and the training/evaluation code: `torch.inference_mode`, and on CUDA
+    bf16 autocast (the precision the networks are trained with).
+
+    Parameters
+    ----------
+    network : `torch.nn.Module`
+    x_image, x_catalog : `~numpy.ndarray`
+        From `~astro_starglx.preprocess.prepare_inputs`.
+    device : `torch.device`
+    memory_format : `torch.memory_format`, optional
+        See `to_device`.
+
+    Returns
+    -------
+    logits : `~numpy.ndarray`
+        ``(N, n_classes)`` float32.
+    """
+    x_image, x_catalog = to_device(x_image, x_catalog, device, memory_format=memory_format)
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                                enabled=device.type == "cuda"):
+        return network(x_image, x_catalog).float().cpu().numpy()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .model import MODEL_CONFIGS, build_model
+from .model import MODEL_CONFIGS, build_model, predict_batch, to_device
 from .preprocess import compute_normalization, prepare_inputs
 
 __all__ = ["TrainConfig", "FitResult", "fit", "predict_logits", "train_release",
@@ -174,15 +174,6 @@ def _batches(n, batch_size, rng=None):
         yield np.sort(order[start:start + batch_size])
 
 
-def _to_device(x_image, x_catalog, device):
-    x_image = torch.from_numpy(x_image)
-    x_catalog = torch.from_numpy(x_catalog)
-    if device.type == "cuda":
-        x_image = x_image.pin_memory().to(device, non_blocking=True)
-        x_catalog = x_catalog.pin_memory().to(device, non_blocking=True)
-    return x_image, x_catalog
-
-
 def predict_logits(network, data, normalization, *, batch_size=1024, device="cpu"):
     """
     Logits of a network over all sources of ``data``.
@@ -206,14 +197,10 @@ def predict_logits(network, data, normalization, *, batch_size=1024, device="cpu
     device = torch.device(device)
     network.eval()
     out = np.empty((len(data.stamps), 2), dtype=np.float32)
-    cuda = device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(device_type=device.type,
-                                                dtype=torch.bfloat16, enabled=cuda):
-        for idx in _batches(len(data.stamps), batch_size):
-            x_image, x_catalog = prepare_inputs(data.stamps[idx], data.noise[idx],
-                                                data.features[idx], normalization)
-            x_image, x_catalog = _to_device(x_image, x_catalog, device)
-            out[idx] = network(x_image, x_catalog).float().cpu().numpy()
+    for idx in _batches(len(data.stamps), batch_size):
+        x_image, x_catalog = prepare_inputs(data.stamps[idx], data.noise[idx],
+                                            data.features[idx], normalization)
+        out[idx] = predict_batch(network, x_image, x_catalog, device=device)
     return out
 
 
@@ -337,7 +324,7 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
                                                   band_dropout=config.band_dropout)
                 x_image, x_catalog = prepare_inputs(stamps, train.noise[idx], feats,
                                                     normalization)
-                x_image, x_catalog = _to_device(x_image, x_catalog, device)
+                x_image, x_catalog = to_device(x_image, x_catalog, device)
                 y = torch.from_numpy(labels_train[idx]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                     enabled=cuda):
@@ -353,7 +340,7 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
         y_val = np.asarray(val.labels).astype(np.int64)
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits),
                                                      torch.from_numpy(y_val)))
-        p_gal = _softmax(logits)[:, 1]
+        p_gal = metrics.softmax(logits)[:, 1]
         report = metrics.classification_report(y_val, p_gal, threshold=0.5)
         entry = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "val_loss": val_loss,
                  "val_recall_star": report["recall_star"],
@@ -382,12 +369,6 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
     network.eval()
     return FitResult(network=network, history=history, best_epoch=best["epoch"],
                      normalization=normalization)
-
-
-def _softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,
@@ -438,10 +419,10 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     val_logits = predict_logits(network, val, result.normalization, device=device)
     y_val = np.asarray(val.labels)
     temperature = float(metrics.fit_temperature(val_logits, y_val))
-    threshold = float(metrics.best_threshold(y_val, _softmax(val_logits / temperature)[:, 1],
-                                             criterion="balanced"))
+    p_val = metrics.softmax(val_logits, temperature=temperature)[:, 1]
+    threshold = float(metrics.best_threshold(y_val, p_val, criterion="balanced"))
     test_logits = predict_logits(network, test, result.normalization, device=device)
-    p_test = _softmax(test_logits / temperature)[:, 1]
+    p_test = metrics.softmax(test_logits, temperature=temperature)[:, 1]
     y_test = np.asarray(test.labels)
     mag_r = np.asarray(test.catalog["mag_r"]) if "mag_r" in test.catalog.colnames else None
     test_metrics = {"all": _jsonable(metrics.classification_report(y_test, p_test,
