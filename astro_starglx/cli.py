@@ -156,9 +156,11 @@ def _cmd_sim_report(args):
 def _cmd_make_dataset(args):
     from .dataset import make_dataset
 
+    overrides = json.loads(args.config) if args.config else {}
     path = make_dataset(args.output, n_stars=args.n_stars, n_galaxies=args.n_galaxies,
                         seed=args.seed, n_workers=args.workers, stamp_size=args.stamp_size,
-                        field_size=args.field_size, detect=args.detect, progress=True)
+                        field_size=args.field_size, detect=args.detect, progress=True,
+                        **overrides)
     print(path)
     return 0
 
@@ -233,6 +235,9 @@ def build_parser():
     p.add_argument("--field-size", type=int, default=2048)
     p.add_argument("--detect", action="store_true",
                    help="detect sources with photutils instead of using truth positions")
+    p.add_argument("--config", default=None,
+                   help="JSON object of further make_dataset keywords, e.g. "
+                        "'{\"psf_scale_range\": [0.85, 1.25]}'")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("train", help="train a model and export .safetensors weights")

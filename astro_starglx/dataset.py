@@ -138,7 +138,7 @@ def detect_sources(images, *, band="r", nsigma=1.5, n_pixels=5, fwhm=2.0):
 
 def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, stamp_size,
                     pixel_scale, bands, detect, psf_scale, position_jitter, mag_range,
-                    wcs_jitter=0.5, match_radius=0.2):
+                    wcs_jitter=0.5, match_radius=0.2, **variation):
     """
     Simulate one field and extract the model inputs of its sources.
 
@@ -146,7 +146,9 @@ def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, st
     a Gaussian ``position_jitter`` in pixels, as a real catalog's centroids
     are) or, with ``detect=True``, photutils detections matched to the truth
     within ``match_radius`` arcsec (unmatched detections have no label and
-    are dropped).
+    are dropped). ``variation`` holds further `~astro_starglx.simulate.simulate_field`
+    keywords (``psf_model``, ``psf_beta``, ``exptime_scale``,
+    ``galaxy_size_scale``, ``sersic_fraction``, ``colour_scatter``).
 
     Returns
     -------
@@ -168,7 +170,7 @@ def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, st
                                    n_galaxies=n_galaxies, bands=bands,
                                    pixel_scale=pixel_scale, mag_range=mag_range,
                                    psf_scale=psf_scale, wcs_jitter=wcs_jitter,
-                                   rotation_jitter=0.02, seed=field_seed)
+                                   rotation_jitter=0.02, seed=field_seed, **variation)
     true_coords = SkyCoord(truth["ra"], truth["dec"], unit="deg")
     if detect:
         det = detect_sources(images, band="r" if "r" in images else bands[0])
@@ -227,9 +229,12 @@ def _check_positive(name, value):
 
 def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2,
                  stamp_size=25, field_size=2048, detect=False,
-                 split_fractions=(0.8, 0.1, 0.1), psf_scale_range=(0.85, 1.25),
-                 position_jitter=0.2, mag_range=(17.0, 26.0), bands=CSST_BANDS,
-                 pixel_scale=CSST_PIXEL_SCALE, progress=False):
+                 split_fractions=(0.8, 0.1, 0.1), psf_scale_range=(0.75, 1.5),
+                 psf_models=("airy", "moffat", "gaussian"), psf_beta_range=(2.5, 5.0),
+                 exptime_scale_range=(0.5, 2.0), galaxy_size_range=(0.8, 1.25),
+                 sersic_fraction=0.3, colour_scatter=0.05, position_jitter=0.3,
+                 mag_range=(17.0, 26.0), bands=CSST_BANDS, pixel_scale=CSST_PIXEL_SCALE,
+                 progress=False):
     """
     Simulate CSST-like fields and write a training set split by field.
 
@@ -255,8 +260,26 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
         Fractions of fields for train, validation and test. Splits never
         share a field.
     psf_scale_range : tuple of float, optional
-        Each field's PSF size is scaled by a factor drawn from this range,
-        so the model learns robustness to seeing/jitter differences.
+        Each field's PSF size is scaled by a factor drawn uniformly from this
+        range, so that the model learns robustness to PSF-width differences.
+    psf_models : sequence of str, optional
+        PSF families (`~astro_starglx.simulate.PSF_MODELS`); each field
+        draws one uniformly, so the model does not learn one PSF's shape.
+    psf_beta_range : tuple of float, optional
+        Range of the Moffat index of fields with a Moffat PSF.
+    exptime_scale_range : tuple of float, optional
+        Each field's exposure times are scaled by a factor drawn
+        log-uniformly from this range (noise-level augmentation: the default
+        moves depths by -0.4 to +0.4 mag).
+    galaxy_size_range : tuple of float, optional
+        Each field's galaxy sizes are scaled by a factor drawn log-uniformly
+        from this range.
+    sersic_fraction : float, optional
+        Fraction of galaxies drawn as single Sersic profiles (index 0.5-4)
+        rather than bulge + disk.
+    colour_scatter : float, optional
+        Per-band magnitude scatter (mag) added to every source off the
+        SED loci.
     position_jitter : float, optional
         Standard deviation in pixels of the centroid error applied to truth
         positions.
@@ -297,6 +320,24 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
     field_seeds = rng.integers(0, 2**31 - 1, size=n_fields)
     psf_scales = rng.uniform(*psf_scale_range, size=n_fields)
     split_of_field = _assign_splits(n_fields, split_fractions, rng)
+    # Per-field variations, drawn after the seeds and splits, so that a data
+    # seed keeps its fields and splits whatever the variations.
+    from .simulate import PSF_MODELS
+
+    bad = [m for m in psf_models if m not in PSF_MODELS] or not len(psf_models)
+    if bad:
+        msg = f"psf_models must be a non-empty subset of {PSF_MODELS}, got {psf_models!r}"
+        raise ValueError(msg)
+    variations = [
+        {"psf_model": str(model), "psf_beta": float(beta),
+         "exptime_scale": float(np.exp(log_t)), "galaxy_size_scale": float(np.exp(log_s)),
+         "sersic_fraction": float(sersic_fraction), "colour_scatter": float(colour_scatter)}
+        for model, beta, log_t, log_s in zip(
+            rng.choice(list(psf_models), size=n_fields),
+            rng.uniform(*psf_beta_range, size=n_fields),
+            rng.uniform(*np.log(exptime_scale_range), size=n_fields),
+            rng.uniform(*np.log(galaxy_size_range), size=n_fields))
+    ]
 
     tasks = []
     for i in range(n_fields):
@@ -308,7 +349,7 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
                           field_size=field_size, stamp_size=stamp_size,
                           pixel_scale=pixel_scale, bands=tuple(bands), detect=detect,
                           psf_scale=float(psf_scales[i]), position_jitter=position_jitter,
-                          mag_range=tuple(mag_range)))
+                          mag_range=tuple(mag_range), **variations[i]))
     log.info("%d fields (%d to simulate), %d sources per field", n_fields, len(tasks),
              per_field)
     from tqdm.auto import tqdm
@@ -334,8 +375,14 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
         "bands": list(bands), "stamp_size": stamp_size, "pixel_scale": pixel_scale,
         "feature_names": None, "n_fields": n_fields, "seed": seed,
         "field_size": field_size, "detect": detect, "position_jitter": position_jitter,
-        "psf_scale_range": list(psf_scale_range), "mag_range": list(mag_range),
+        "psf_scale_range": list(psf_scale_range), "psf_models": list(psf_models),
+        "psf_beta_range": list(psf_beta_range),
+        "exptime_scale_range": list(exptime_scale_range),
+        "galaxy_size_range": list(galaxy_size_range), "sersic_fraction": sersic_fraction,
+        "colour_scatter": colour_scatter, "mag_range": list(mag_range),
         "split_fractions": list(split_fractions),
+        "field_conditions": [{"psf_scale": float(psf_scales[i]), **variations[i]}
+                             for i in range(n_fields)],
         "fields": {split: [int(i) for i in np.flatnonzero(split_of_field == k)]
                    for k, split in enumerate(SPLITS)},
         "class_names": ["star", "galaxy"],

@@ -82,7 +82,7 @@ FEATURE_NAMES = ("mag", "mag_err", "concentration", "radius", "ellipticity")
 _MAG_INDEX = FEATURE_NAMES.index("mag")
 
 #: Header keywords searched, in order, for a band's AB zero point.
-ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "ZP")
+ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "MAGZP", "MAGZPT", "ZP")
 
 # Aperture radii in arcsec for CSST (0.074"/pixel, PSF FWHM 0.15-0.2",
 # 80 % encircled-energy radius 0.11-0.15"): the small aperture is about r80,
@@ -394,7 +394,8 @@ def get_zeropoint(image, band, zeropoints=None):
     ----------
     image : `~astropy.nddata.NDData`
         The band's image; its ``meta`` (``header`` for CCDData) is searched
-        for ``MAGZERO``, then ``PHOTZP``, then ``ZP``.
+        for the keywords of `ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
+        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``).
     band : str
         Band name, the key looked up in ``zeropoints``.
     zeropoints : mapping, optional
@@ -431,7 +432,7 @@ def get_zeropoint(image, band, zeropoints=None):
             f"no photometric zero point for band {band!r}: magnitude features need one. "
             f"Pass zeropoints={{{band!r}: value}} (the AB magnitude of a source of one image "
             f"unit in total) or set the MAGZERO keyword in the image header "
-            f"(PHOTZP and ZP are read too)"
+            f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too)"
         )
         raise ValueError(msg)
     try:

@@ -72,7 +72,6 @@ _TOTAL_RADIUS = 2.0
 _PSF_SNR = 30.0
 # Radius of the size measurement's total flux, arcsec.
 _SIZE_RADIUS = 0.6
-_ZP_KEYS = ("MAGZERO", "PHOTZP", "ZP")
 
 
 class SimReportWarning(AstropyUserWarning):
@@ -90,12 +89,10 @@ def _import_matplotlib():
 
 
 def _zeropoint(image, band):
-    for key in _ZP_KEYS:
-        if key in image.meta:
-            return float(image.meta[key])
-    msg = (f"images[{band!r}] has no zero point: its header lacks {list(_ZP_KEYS)}; "
-           "add MAGZERO (AB magnitude of one image unit) to the header")
-    raise ValueError(msg)
+    # The classifier's own look-up, so both read the same keywords.
+    from .features import get_zeropoint
+
+    return get_zeropoint(image, band)
 
 
 def _variance(image):

@@ -91,7 +91,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from astropy import units as u
@@ -119,6 +119,7 @@ __all__ = [
     "SIM_STAR_COUNT_SLOPE",
     "SIM_GALAXY_COUNT_SLOPE",
     "SIM_REFERENCE_BAND",
+    "PSF_MODELS",
 ]
 
 # pytest-doctestplus: the examples need the sim extra.
@@ -167,6 +168,16 @@ SIM_GALAXY_COUNT_SLOPE = 0.35
 
 #: Band in which magnitudes are drawn (``mag_range``) and SEDs normalised.
 SIM_REFERENCE_BAND = "r"
+
+#: PSF families `simulate_field` can draw: the diffraction-limited default
+#: (``"airy"``, an Airy pattern convolved with Gaussian jitter) and two
+#: analytic stand-ins of other simulators and ground-like optics, each given
+#: the FWHM of the band's nominal PSF before ``psf_scale`` dilates it.
+PSF_MODELS = ("airy", "moffat", "gaussian")
+
+# Sersic indices of single-component galaxies (a grid, since GalSim builds and
+# caches its Hankel tables per index).
+_SERSIC_N_GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 
 # Softness of the top-hat edges (tanh width, nm) and the wavelength grid of
 # the bandpass lookup tables.
@@ -425,7 +436,7 @@ class SimBand:
         """Total count rate (e-/s) of a point source at the 5-sigma depth."""
         return 10.0 ** (-0.4 * (self.depth - self.zeropoint))
 
-    def psf(self, *, psf_scale=1.0):
+    def psf(self, *, psf_scale=1.0, psf_model="airy", psf_beta=3.0):
         """
         The band's PSF as a GalSim profile (without the pixel).
 
@@ -433,6 +444,11 @@ class SimBand:
         ----------
         psf_scale : float, optional
             Factor by which the PSF is dilated (flux kept).
+        psf_model : {"airy", "moffat", "gaussian"}, optional
+            PSF family (see `PSF_MODELS`). ``"moffat"`` and ``"gaussian"``
+            have the FWHM of the nominal ``"airy"`` PSF before dilation.
+        psf_beta : float, optional
+            Moffat index, used when ``psf_model="moffat"``.
 
         Returns
         -------
@@ -440,16 +456,75 @@ class SimBand:
             Unit-flux profile in arcsec.
         """
         return _psf_profile(_import_galsim(), self.lam_over_diam, self.obscuration,
-                            self.jitter_sigma, psf_scale)
+                            self.jitter_sigma, psf_scale, psf_model, psf_beta)
+
+    def psf_size(self, *, psf_scale=1.0, psf_model="airy", psf_beta=3.0):
+        """
+        FWHM and 80 % encircled-energy radius of a PSF, pixel included.
+
+        Parameters
+        ----------
+        psf_scale, psf_model, psf_beta
+            As for `psf`.
+
+        Returns
+        -------
+        fwhm, r80 : float
+            Arcsec. For the nominal PSF these are ``fwhm`` and ``r80``.
+        """
+        if psf_model == "airy":
+            return self.fwhm * psf_scale, self.r80 * psf_scale
+        fwhm_ratio, r80_ratio = _psf_size_ratios(self.name, self.pixel_scale,
+                                                 self.obscuration, psf_model, psf_beta)
+        return (float(self.fwhm * fwhm_ratio * psf_scale),
+                float(self.r80 * r80_ratio * psf_scale))
 
 
-def _psf_profile(galsim, lam_over_diam, obscuration, jitter_sigma, psf_scale=1.0):
-    psf = galsim.Airy(lam_over_diam=lam_over_diam, obscuration=obscuration)
-    if jitter_sigma > 0:
-        psf = galsim.Convolve(psf, galsim.Gaussian(sigma=jitter_sigma))
+@functools.lru_cache(maxsize=None)
+def _nominal_fwhm(lam_over_diam, obscuration, jitter_sigma):
+    # FWHM of the (pixel-free) Airy x jitter profile, measured on a fine grid.
+    galsim = _import_galsim()
+    psf = _psf_profile(galsim, lam_over_diam, obscuration, jitter_sigma)
+    return float(psf.calculateFWHM(scale=lam_over_diam / 20.0, size=400))
+
+
+def _psf_profile(galsim, lam_over_diam, obscuration, jitter_sigma, psf_scale=1.0,
+                 psf_model="airy", psf_beta=3.0):
+    if psf_model == "airy":
+        psf = galsim.Airy(lam_over_diam=lam_over_diam, obscuration=obscuration)
+        if jitter_sigma > 0:
+            psf = galsim.Convolve(psf, galsim.Gaussian(sigma=jitter_sigma))
+    else:
+        fwhm = _nominal_fwhm(lam_over_diam, obscuration, jitter_sigma)
+        if psf_model == "moffat":
+            psf = galsim.Moffat(beta=psf_beta, fwhm=fwhm)
+        else:
+            psf = galsim.Gaussian(fwhm=fwhm)
     if psf_scale != 1.0:
         psf = psf.dilate(psf_scale)
     return psf
+
+
+@functools.lru_cache(maxsize=None)
+def _psf_size_ratios(band, pixel_scale, obscuration, psf_model, psf_beta):
+    # FWHM and R80 (pixel included) of a non-Airy PSF relative to the band's
+    # nominal one, both measured the same way on a 5x oversampled image.
+    galsim = _import_galsim()
+    model = band_model(band, pixel_scale=pixel_scale, obscuration=obscuration)
+    pixel = galsim.Pixel(pixel_scale)
+    scale = pixel_scale / _EE_OVERSAMPLE
+    sizes = []
+    for name in ("airy", psf_model):
+        psf = model.psf(psf_model=name, psf_beta=psf_beta)
+        # calculateFWHM samples the profile ("sb"), so the pixel is convolved
+        # in; calculateHLR draws with pixel integration itself.
+        # (GSObject.calculateHLR would return a Moffat's half-light radius
+        # whatever flux_frac is, so R80 is measured on a drawn image.)
+        image = psf.drawImage(nx=512, ny=512, scale=scale, dtype=float)
+        sizes.append((galsim.Convolve(psf, pixel).calculateFWHM(scale=scale, size=256),
+                      image.calculateHLR(center=image.true_center, flux=psf.flux,
+                                         flux_frac=0.8)))
+    return sizes[1][0] / sizes[0][0], sizes[1][1] / sizes[0][1]
 
 
 @functools.lru_cache(maxsize=4)
@@ -698,7 +773,8 @@ def _component_radii(hlr, bulge_fraction, ratio):
     return ratio * s * hlr, s * hlr
 
 
-def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slope):
+def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slope, *,
+                     rng_var=None, size_scale=1.0, sersic_fraction=0.0):
     n = n_stars + n_galaxies
     pop = {
         "label": np.array(["star"] * n_stars + ["galaxy"] * n_galaxies),
@@ -720,7 +796,7 @@ def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slo
     bt_lo = np.array([t[2][0] for t in _GALAXY_TYPES])[gtype]
     bt_hi = np.array([t[2][1] for t in _GALAXY_TYPES])[gtype]
     bulge_fraction = rng.uniform(bt_lo, bt_hi)
-    log_hlr = (math.log10(_HLR_AT_25) + _HLR_SLOPE * (mag_g - 25.0)
+    log_hlr = (math.log10(_HLR_AT_25 * size_scale) + _HLR_SLOPE * (mag_g - 25.0)
                + rng.normal(0.0, _HLR_SCATTER, n_galaxies))
     hlr = np.clip(10.0**log_hlr, *_HLR_RANGE)
     ratio = rng.uniform(0.3, 0.6, n_galaxies)
@@ -730,6 +806,14 @@ def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slo
     # Overall ellipticity: the bulge-fraction-weighted mean of the two.
     g_total = bulge_fraction * g_bulge + (1.0 - bulge_fraction) * g_disk
     beta = rng.uniform(0.0, np.pi, n_galaxies)
+    # Single-Sersic galaxies (drawn from their own stream, so that the default
+    # population does not change): one profile with the composite's size and
+    # ellipticity, instead of bulge + disk.
+    sersic_n = np.full(n_galaxies, np.nan)
+    if sersic_fraction > 0:
+        single = rng_var.uniform(0.0, 1.0, n_galaxies) < sersic_fraction
+        sersic_n[single] = rng_var.choice(_SERSIC_N_GRID, size=np.count_nonzero(single))
+        bulge_fraction = np.where(single, np.nan, bulge_fraction)
 
     def pad(values, fill):
         out = np.full(n, fill, dtype=float)
@@ -744,6 +828,7 @@ def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slo
     pop["g_bulge"] = pad(g_bulge, np.nan)
     pop["g_disk"] = pad(g_disk, np.nan)
     pop["ellipticity"] = pad(g_total, 0.0)
+    pop["sersic_n"] = pad(sersic_n, np.nan)
     pop["beta"] = pad(beta, np.nan)
     sed = np.array(["blackbody"] * n_stars
                    + [_GALAXY_TYPES[k][0].removesuffix("_ext") for k in gtype])
@@ -767,6 +852,10 @@ def _population_mags(galsim, pop, bands):
 
 def _galaxy_profile(galsim, pop, k):
     beta = float(pop["beta"][k]) * galsim.radians
+    if np.isfinite(pop["sersic_n"][k]):
+        return galsim.Sersic(n=float(pop["sersic_n"][k]),
+                             half_light_radius=float(pop["hlr"][k])).shear(
+                                 g=float(pop["ellipticity"][k]), beta=beta)
     bt = float(pop["bulge_fraction"][k])
     parts = []
     if bt > 0:
@@ -878,7 +967,8 @@ def _observe(model, source_rate, rng, *, subtract_sky):
     return data.astype(np.float32), saturated
 
 
-def _band_header(model, band, *, psf_scale, subtract_sky):
+def _band_header(model, band, *, psf_scale, psf_model, psf_beta, subtract_sky):
+    fwhm, r80 = model.psf_size(psf_scale=psf_scale, psf_model=psf_model, psf_beta=psf_beta)
     offset = model.sky_rate + model.dark_rate if subtract_sky else model.dark_rate
     header = fits.Header()
     cards = [
@@ -897,9 +987,11 @@ def _band_header(model, band, *, psf_scale, subtract_sky):
         ("SKYSB", model.sky_brightness, "[AB mag/arcsec2] sky surface brightness"),
         ("SKYSUB", bool(subtract_sky), "sky subtracted from the image"),
         ("PIXSCALE", model.pixel_scale, "[arcsec] pixel scale"),
-        ("PSFR80", model.r80 * psf_scale, "[arcsec] PSF 80% encircled-energy radius"),
-        ("PSFFWHM", model.fwhm * psf_scale, "[arcsec] PSF FWHM (with pixel)"),
+        ("PSFR80", r80, "[arcsec] PSF 80% encircled-energy radius"),
+        ("PSFFWHM", fwhm, "[arcsec] PSF FWHM (with pixel)"),
         ("PSFSCALE", psf_scale, "PSF dilation factor"),
+        ("PSFMODEL", psf_model, "PSF family: airy (x jitter), moffat or gaussian"),
+        ("PSFBETA", psf_beta, "Moffat index (PSFMODEL = moffat)"),
         ("PSFJITTR", model.jitter_sigma, "[arcsec] Gaussian jitter sigma"),
         ("OBSCURAT", model.obscuration, "linear central obscuration"),
         ("WAVEEFF", model.wave_eff, "[nm] effective wavelength"),
@@ -918,14 +1010,27 @@ def _band_header(model, band, *, psf_scale, subtract_sky):
 
 def _seed_stream(seed):
     rng = np.random.default_rng(seed)
-    return rng.spawn(3)
+    # Streams: catalog, WCS, noise, and the optional variations (a fourth
+    # child, so that the first three, and the default field, stay as before).
+    return rng.spawn(4)
+
+
+def _scaled_exposure(model, exptime_scale):
+    # The band with every exposure lengthened by exptime_scale; the design
+    # depth moves as for a sky-limited point source, 1.25 log10(scale).
+    if exptime_scale == 1.0:
+        return model
+    return replace(model, exptime=model.exptime * exptime_scale,
+                   depth=model.depth + 1.25 * math.log10(exptime_scale))
 
 
 def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
                    density=SIM_DENSITY, star_fraction=SIM_STAR_FRACTION,
                    mag_range=(17.0, 26.0), bands=CSST_BANDS, pixel_scale=CSST_PIXEL_SCALE,
                    ra=150.0, dec=2.0, wcs_jitter=0.0, rotation_jitter=0.0,
-                   psf_scale=1.0, obscuration=SIM_OBSCURATION,
+                   psf_scale=1.0, psf_model="airy", psf_beta=3.0,
+                   obscuration=SIM_OBSCURATION, exptime_scale=1.0,
+                   galaxy_size_scale=1.0, sersic_fraction=0.0, colour_scatter=0.0,
                    star_slope=SIM_STAR_COUNT_SLOPE, galaxy_slope=SIM_GALAXY_COUNT_SLOPE,
                    subtract_sky=True, seed=None):
     """
@@ -967,9 +1072,29 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
         Factor by which every band's PSF is dilated. The sky is calibrated for
         the nominal PSF, so a larger PSF gives shallower depths, as on a real
         telescope.
+    psf_model : {"airy", "moffat", "gaussian"}, optional
+        PSF family (`PSF_MODELS`): the diffraction-limited default, or a
+        Moffat or Gaussian with the nominal PSF's FWHM (then dilated by
+        ``psf_scale``), to test or train against other simulators' PSFs.
+    psf_beta : float, optional
+        Moffat index (> 1.1) when ``psf_model="moffat"``; smaller values give
+        stronger wings.
     obscuration : float, optional
         Linear central obscuration of the pupil (0 for CSST's off-axis design;
         see `band_model` for its effect on the PSF).
+    exptime_scale : float, optional
+        Factor on every exposure's time: 4 gives about 0.75 mag deeper images
+        (sky-limited), 0.25 about 0.75 mag shallower. Header depths follow.
+    galaxy_size_scale : float, optional
+        Factor on every galaxy's half-light radius (the size-magnitude
+        relation's normalisation).
+    sersic_fraction : float, optional
+        Fraction of galaxies drawn as one Sersic profile (index from
+        0.5 to 4) instead of a de Vaucouleurs bulge plus exponential disk.
+    colour_scatter : float, optional
+        Standard deviation (mag) of independent Gaussian offsets added to
+        every source's magnitude in each band other than r: colours scattered
+        off the templates' and blackbodies' loci.
     star_slope, galaxy_slope : float, optional
         Slopes d log10 N / dm of the star and galaxy number counts.
     subtract_sky : bool, optional
@@ -998,8 +1123,10 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
         stars), ``hlr`` (half-light radius of the circularised profile, arcsec;
         0 for stars), ``bulge_fraction``, ``ellipticity`` (flux-weighted mean
         of the bulge's and disk's ``(a-b)/(a+b)``; 0 for stars), ``pa``
-        (position angle of the major axis east of north, deg), ``teff`` (K,
-        stars), ``sed`` (SED name: ``blackbody`` or the CWW template).
+        (position angle of the major axis east of north, deg), ``sersic_n``
+        (index of single-Sersic galaxies, NaN otherwise, when their
+        ``bulge_fraction`` is NaN too), ``teff`` (K, stars), ``sed`` (SED
+        name: ``blackbody`` or the CWW template).
         ``meta`` holds the simulation parameters. Faint galaxies are small: at
         r = 25 about half have half-light radii of 0.1-0.2 arcsec.
 
@@ -1041,6 +1168,15 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
     wcs_jitter = _check_real("wcs_jitter", wcs_jitter, low=0.0)
     rotation_jitter = _check_real("rotation_jitter", rotation_jitter, low=0.0)
     psf_scale = _check_real("psf_scale", psf_scale, low=0.0, low_open=True)
+    if psf_model not in PSF_MODELS:
+        msg = f"psf_model must be one of {PSF_MODELS}, got {psf_model!r}"
+        raise ValueError(msg)
+    psf_beta = _check_real("psf_beta", psf_beta, low=1.1, hint="; e.g. psf_beta=3.0")
+    exptime_scale = _check_real("exptime_scale", exptime_scale, low=0.0, low_open=True)
+    galaxy_size_scale = _check_real("galaxy_size_scale", galaxy_size_scale, low=0.0,
+                                    low_open=True)
+    sersic_fraction = _check_real("sersic_fraction", sersic_fraction, low=0.0, high=1.0)
+    colour_scatter = _check_real("colour_scatter", colour_scatter, low=0.0)
     obscuration = _check_real("obscuration", obscuration, low=0.0, high=0.95)
     star_slope = _check_real("star_slope", star_slope)
     galaxy_slope = _check_real("galaxy_slope", galaxy_slope)
@@ -1050,7 +1186,7 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
 
     galsim = _import_galsim()
     t_start = time.perf_counter()
-    rng_cat, rng_wcs, rng_noise = _seed_stream(seed)
+    rng_cat, rng_wcs, rng_noise, rng_var = _seed_stream(seed)
 
     area = shape[0] * shape[1] * (pixel_scale / 60.0) ** 2
     n_total = int(round(density * area))
@@ -1060,12 +1196,14 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
     if n_galaxies is None:
         n_galaxies = n_total - n_star_default
 
-    models = {b: band_model(b, pixel_scale=pixel_scale, obscuration=obscuration)
+    models = {b: _scaled_exposure(band_model(b, pixel_scale=pixel_scale,
+                                             obscuration=obscuration), exptime_scale)
               for b in bands}
     mag_bands = bands if SIM_REFERENCE_BAND in bands else (*bands, SIM_REFERENCE_BAND)
 
     pop = _draw_population(rng_cat, n_stars, n_galaxies, (m_lo, m_hi), star_slope,
-                           galaxy_slope)
+                           galaxy_slope, rng_var=rng_var, size_scale=galaxy_size_scale,
+                           sersic_fraction=sersic_fraction)
     n = n_stars + n_galaxies
     ny, nx = shape
     base = _base_wcs(shape, pixel_scale, ra, dec)
@@ -1074,6 +1212,10 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
     src_ra, src_dec = base.all_pix2world(x_ref, y_ref, 0)
     src_ra = np.mod(src_ra, 360.0)
     mags = _population_mags(galsim, pop, mag_bands)
+    if colour_scatter > 0:
+        scatter = rng_var.normal(0.0, colour_scatter, mags.shape)
+        scatter[:, mag_bands.index(SIM_REFERENCE_BAND)] = 0.0
+        mags = mags + scatter
 
     truth = Table()
     truth["id"] = np.arange(n, dtype=np.int64)
@@ -1088,6 +1230,8 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
     # (99.9 % of an exponential), 15 bulge ones (98 % of a de Vaucouleurs).
     extent = np.fmax(6.0 * np.nan_to_num(pop["disk_hlr"]) * (pop["bulge_fraction"] < 1),
                      15.0 * np.nan_to_num(pop["bulge_hlr"]) * (pop["bulge_fraction"] > 0))
+    # Single Sersic: (4 + 3 n) half-light radii (7 for n = 1, 16 for n = 4).
+    extent = np.fmax(extent, np.nan_to_num((4.0 + 3.0 * pop["sersic_n"]) * pop["hlr"]))
     bands_wcs = {b: _jittered_wcs(base, rng_wcs, wcs_jitter, rotation_jitter)
                  for b in bands}
     noise_rngs = dict(zip(bands, rng_noise.spawn(len(bands))))
@@ -1105,7 +1249,7 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
         half, snr = _stamp_half_sizes(model, flux, extent, pixel_scale, psf_scale)
         # Objects far below the noise (S/N < 0.02) are not drawn; they stay in truth.
         draw = np.flatnonzero(snr >= 0.02)
-        psf = model.psf(psf_scale=psf_scale)
+        psf = model.psf(psf_scale=psf_scale, psf_model=psf_model, psf_beta=psf_beta)
         rate, n_drawn = _render(galsim, shape, wcs, psf, [profiles[k] for k in draw],
                                 flux[draw], x[draw], y[draw], half[draw])
         n_renders += n_drawn
@@ -1114,6 +1258,7 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
         images[b] = CCDData(data, unit=u.electron / u.s, wcs=wcs, mask=mask,
                             uncertainty=InverseVariance(ivar),
                             meta=_band_header(model, b, psf_scale=psf_scale,
+                                              psf_model=psf_model, psf_beta=psf_beta,
                                               subtract_sky=subtract_sky))
 
     for b in mag_bands:
@@ -1126,6 +1271,7 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
     truth["hlr"].unit = u.arcsec
     truth["bulge_fraction"] = pop["bulge_fraction"]
     truth["ellipticity"] = pop["ellipticity"]
+    truth["sersic_n"] = pop["sersic_n"]
     pa = np.mod(90.0 - np.rad2deg(pop["beta"]), 180.0)
     truth["pa"] = pa
     truth["pa"].unit = u.deg
@@ -1139,7 +1285,10 @@ def simulate_field(*, shape=(1024, 1024), n_stars=None, n_galaxies=None,
         "mag_range": [m_lo, m_hi], "reference_band": SIM_REFERENCE_BAND,
         "star_slope": star_slope, "galaxy_slope": galaxy_slope,
         "wcs_jitter": wcs_jitter, "rotation_jitter": rotation_jitter,
-        "psf_scale": psf_scale, "obscuration": obscuration,
+        "psf_scale": psf_scale, "psf_model": psf_model, "psf_beta": psf_beta,
+        "obscuration": obscuration, "exptime_scale": exptime_scale,
+        "galaxy_size_scale": galaxy_size_scale, "sersic_fraction": sersic_fraction,
+        "colour_scatter": colour_scatter,
         "seed": seed if isinstance(seed, (int, np.integer)) else None,
     })
     elapsed = time.perf_counter() - t_start
@@ -1236,14 +1385,17 @@ def inject_point_sources(images, ra, dec, mag, *, seed=None):
         model = band_model(hdr["FILTER"], pixel_scale=float(hdr["PIXSCALE"]),
                            obscuration=float(hdr["OBSCURAT"]))
         psf_scale = float(hdr["PSFSCALE"])
+        psf_kw = {"psf_scale": psf_scale, "psf_model": str(hdr.get("PSFMODEL", "airy")),
+                  "psf_beta": float(hdr.get("PSFBETA", 3.0))}
         x, y = image.wcs.all_world2pix(ra, dec, 0)
         flux = 10.0 ** (-0.4 * (mags[band] - float(hdr["MAGZERO"])))
         half, _ = _stamp_half_sizes(model, flux, np.zeros_like(flux), model.pixel_scale,
                                     psf_scale)
         rate, _ = _render(galsim, image.data.shape, image.wcs,
-                          model.psf(psf_scale=psf_scale), [None] * ra.size, flux, x, y, half)
+                          model.psf(**psf_kw), [None] * ra.size, flux, x, y, half)
         t_total = float(hdr["EXPTIME"])
-        added = band_rngs[band].poisson(rate * t_total) / t_total
+        # FFT-drawn profiles (Moffat) ring at the 1e-9 level: clip below zero.
+        added = band_rngs[band].poisson(np.clip(rate, 0.0, None) * t_total) / t_total
         data = image.data.astype(float) + added
         background = float(hdr["SKYLEVEL"]) + float(hdr["DARKCUR"])
         offset = background if hdr["SKYSUB"] else float(hdr["DARKCUR"])

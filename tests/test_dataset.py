@@ -89,3 +89,48 @@ def test_errors(tmp_path):
         ds.load_dataset(tmp_path, "holdout")
     with pytest.raises(FileNotFoundError, match="astro-starglx make-dataset"):
         ds.load_dataset(tmp_path, "train")
+
+
+def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
+    """Each field draws its PSF, depth and galaxy variations; they are recorded."""
+    from astro_starglx import simulate
+
+    calls = []
+    real = simulate.simulate_field
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(simulate, "simulate_field", recording)
+    path = ds.make_dataset(tmp_path / "v", n_stars=4, n_galaxies=8, field_size=96,
+                           stamp_size=11, n_workers=1, seed=3, psf_scale_range=(0.7, 1.6),
+                           psf_models=("moffat", "gaussian"), exptime_scale_range=(0.5, 2.0),
+                           galaxy_size_range=(0.8, 1.25), sersic_fraction=0.5,
+                           colour_scatter=0.05)
+    info = json.loads((path / "dataset.json").read_text())
+    conditions = info["field_conditions"]
+    assert len(conditions) == len(calls) == info["n_fields"] >= 3
+    for cond, kwargs in zip(conditions, calls):
+        for key in ("psf_scale", "psf_model", "psf_beta", "exptime_scale",
+                    "galaxy_size_scale", "sersic_fraction", "colour_scatter"):
+            assert kwargs[key] == cond[key], key
+        assert 0.7 <= cond["psf_scale"] <= 1.6
+        assert cond["psf_model"] in ("moffat", "gaussian")
+        assert 0.5 <= cond["exptime_scale"] <= 2.0
+        assert 0.8 <= cond["galaxy_size_scale"] <= 1.25
+    assert len({c["psf_scale"] for c in conditions}) == len(conditions)
+    # The stored per-source PSF scale is the field's.
+    for split in ds.SPLITS:
+        data = ds.load_dataset(path, split)
+        for field in set(data.catalog["field"]):
+            rows = data.catalog["field"] == field
+            np.testing.assert_allclose(data.catalog["psf_scale"][rows],
+                                       conditions[field]["psf_scale"], rtol=1e-6)
+
+
+def test_psf_models_error(tmp_path):
+    with pytest.raises(ValueError, match="psf_models must be a non-empty subset"):
+        ds.make_dataset(tmp_path, n_stars=3, psf_models=("airy", "kolmogorov"))
+    with pytest.raises(ValueError, match="psf_models must be a non-empty subset"):
+        ds.make_dataset(tmp_path, n_stars=3, psf_models=())

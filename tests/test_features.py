@@ -362,6 +362,11 @@ def test_get_zeropoint_sources():
     header["ZP"] = 24.0
     assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta=header), "g") == 23.0
     assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta={"zp": 24.0}), "g") == 24.0
+    # Other surveys' spellings: MAGZP (ZTF-like), MAGZPT; MAGZERO still wins.
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu",
+                                 meta={"MAGZPT": 26.0, "ZP": 24.0}), "g") == 26.0
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu",
+                                 meta={"MAGZP": 27.0, "MAGZPT": 26.0}), "g") == 27.0
 
 
 def test_get_zeropoint_errors():

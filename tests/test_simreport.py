@@ -118,7 +118,9 @@ def test_invalid_inputs(field, tmp_path):
     with pytest.raises(ValueError, match="no celestial WCS"):
         sim_report({"r": CCDData(np.zeros((8, 8)), unit="electron/s")}, truth, outdir=tmp_path)
     no_zp = images["r"].copy()
-    for key in ("MAGZERO", "PHOTZP", "ZP"):
+    from astro_starglx.features import ZEROPOINT_KEYWORDS
+
+    for key in ZEROPOINT_KEYWORDS:
         no_zp.meta.pop(key, None)
     with pytest.raises(ValueError, match="MAGZERO"):
         sim_report({"r": no_zp}, truth, outdir=tmp_path)

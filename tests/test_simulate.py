@@ -328,6 +328,12 @@ def test_simulate_without_galsim_names_the_extra(monkeypatch):
     ({"star_slope": float("inf")}, "star_slope"),
     ({"galaxy_slope": "steep"}, "galaxy_slope"),
     ({"subtract_sky": "yes"}, "subtract_sky"),
+    ({"psf_model": "kolmogorov"}, "psf_model must be one of"),
+    ({"psf_beta": 1.0}, "psf_beta must be a finite number >= 1.1"),
+    ({"exptime_scale": 0.0}, "exptime_scale"),
+    ({"galaxy_size_scale": -1.0}, "galaxy_size_scale"),
+    ({"sersic_fraction": 1.5}, "sersic_fraction"),
+    ({"colour_scatter": -0.1}, "colour_scatter"),
 ])
 def test_invalid_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -363,3 +369,91 @@ def test_inject_errors(field):
         inject_point_sources(images, [150.0], [2.0], {"r": [20.0]})
     with pytest.raises(ValueError, match="mag must be a scalar"):
         inject_point_sources(images, [150.0], [2.0], [20.0, 21.0])
+
+
+@requires_galsim
+@pytest.mark.parametrize(("psf_model", "psf_beta"), [("airy", 3.0), ("moffat", 2.5),
+                                                     ("moffat", 4.5), ("gaussian", 3.0)])
+def test_psf_models_match_their_headers(psf_model, psf_beta):
+    # A bright star put in the middle of an empty field: its measured 80 %
+    # radius is the header's PSFR80.
+    empty = {"shape": (64, 64), "n_stars": 0, "n_galaxies": 0, "bands": ("r",), "seed": 4}
+    images, _ = simulate_field(**empty, psf_model=psf_model, psf_beta=psf_beta,
+                               psf_scale=1.3)
+    header = images["r"].meta
+    assert header["PSFMODEL"] == psf_model and header["PSFBETA"] == psf_beta
+    ra, dec = images["r"].wcs.pixel_to_world_values([31.6], [32.3])
+    out, star = inject_point_sources(images, ra, dec, 17.0, seed=1)
+    data = (out["r"].data - images["r"].data).astype(float).ravel()
+    yy, xx = np.indices((64, 64))
+    r = np.hypot(xx - star["x_r"][0], yy - star["y_r"][0]).ravel() * CSST_PIXEL_SCALE
+    order = np.argsort(r)
+    ee = np.cumsum(data[order]) / star["flux_r"][0]
+    assert r[order][np.searchsorted(ee, 0.8)] == pytest.approx(header["PSFR80"],
+                                                              abs=0.5 * CSST_PIXEL_SCALE)
+    # The FWHM is the nominal one dilated by psf_scale, pixel included.
+    nominal = band_model("r")
+    assert header["PSFFWHM"] == pytest.approx(1.3 * nominal.fwhm, rel=0.06)
+
+
+@requires_galsim
+def test_moffat_wings_are_stronger_than_gaussian():
+    fractions = {}
+    for psf_model in ("moffat", "gaussian"):
+        images, truth = simulate_field(shape=(64, 64), n_stars=1, n_galaxies=0,
+                                       bands=("r",), mag_range=(17.0, 17.1), seed=4,
+                                       psf_model=psf_model, psf_beta=2.5)
+        yy, xx = np.indices(images["r"].data.shape)
+        r = np.hypot(xx - truth["x_r"][0], yy - truth["y_r"][0])
+        fractions[psf_model] = images["r"].data[r > 5].sum() / truth["flux_r"][0]
+    assert fractions["moffat"] > 0.02 > abs(fractions["gaussian"])
+
+
+@requires_galsim
+def test_variations_leave_the_sources_and_change_what_they_say():
+    kwargs = {"shape": (96, 96), "n_stars": 20, "n_galaxies": 60, "seed": 11}
+    base_images, base = simulate_field(**kwargs)
+    images, truth = simulate_field(**kwargs, colour_scatter=0.1, sersic_fraction=1.0,
+                                   galaxy_size_scale=0.5, exptime_scale=4.0)
+    np.testing.assert_array_equal(truth["ra"], base["ra"])
+    np.testing.assert_array_equal(truth["mag_r"], base["mag_r"])
+    # Colours scattered off the SED loci, in every band but the reference one.
+    scatter = np.concatenate([truth[f"mag_{b}"] - base[f"mag_{b}"]
+                              for b in CSST_BANDS if b != "r"])
+    assert 0.08 < np.std(scatter) < 0.12
+    gal = truth["label"] == "galaxy"
+    # Every galaxy a single Sersic from the grid; half the size (before clipping).
+    assert np.all(np.isin(truth["sersic_n"][gal], [0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0]))
+    assert np.all(np.isnan(truth["bulge_fraction"][gal]))
+    assert np.all(np.isnan(truth["sersic_n"][~gal]))
+    unclipped = gal & (base["hlr"] > 0.07)
+    np.testing.assert_allclose(truth["hlr"][unclipped], 0.5 * base["hlr"][unclipped],
+                               rtol=1e-12)
+    # Four times the exposure: the background noise nearly halves (less than
+    # half: the read noise counts less), the design depth is 0.75 mag deeper.
+    for band in ("g", "y"):
+        model = band_model(band)
+        t, n_exp = 4 * model.total_exptime, model.n_exposures
+        expected = math.sqrt(((model.sky_rate + model.dark_rate) * t
+                              + n_exp * model.read_noise**2) / t**2
+                             / model.background_variance)
+        ratio = np.sqrt(base_images[band].uncertainty.array[0, 0]
+                        / images[band].uncertainty.array[0, 0])
+        assert ratio == pytest.approx(expected, rel=1e-5)
+        assert 0.45 < ratio < 0.5
+        assert images[band].meta["EXPTIME"] == 4 * base_images[band].meta["EXPTIME"]
+        assert images[band].meta["DEPTH5"] == pytest.approx(
+            base_images[band].meta["DEPTH5"] + 1.25 * math.log10(4.0))
+
+
+@requires_galsim
+def test_inject_point_sources_uses_the_field_psf():
+    images, _ = simulate_field(shape=(64, 64), n_stars=0, n_galaxies=0, bands=("r",),
+                               psf_model="moffat", psf_beta=2.5, seed=0)
+    ra, dec = images["r"].wcs.pixel_to_world_values([31.7], [32.2])
+    out, table = inject_point_sources(images, ra, dec, 18.0, seed=1)
+    yy, xx = np.indices((64, 64))
+    r = np.hypot(xx - table["x_r"][0], yy - table["y_r"][0])
+    added = out["r"].data - images["r"].data
+    # Moffat beta = 2.5 wings: about 3 % of the light beyond 5 pixels.
+    assert added[r > 5].sum() / table["flux_r"][0] > 0.02
