@@ -231,22 +231,35 @@ class StarGalaxyClassifier:
         image_sigma = {band: image_noise(img) for band, img in images.items()
                        if img.uncertainty is None}
         predict = self._predictor()
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm.auto import tqdm
 
-        starts = range(0, n_sources, self.batch_size)
-        for start in tqdm(starts, disable=not self.progress, unit="batch",
-                          desc="astro_starglx"):
-            sl = slice(start, start + self.batch_size)
-            inputs = extract_inputs(
+        def extract(sl):
+            return extract_inputs(
                 images, {b: v[sl] for b, v in x.items()}, {b: v[sl] for b, v in y.items()},
                 bands=meta["bands"], size=meta["stamp_size"],
                 pixel_scale=meta["pixel_scale"], zeropoints=self.zeropoints,
                 image_sigma=image_sigma)
-            batch_features = inputs.features if table_features is None else table_features[sl]
-            off = ~np.isfinite(inputs.stamps).any(axis=(1, 2, 3))
-            proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
-            proba[sl][off] = np.nan
-            flags[sl] = inputs.flags
+
+        slices = [slice(start, start + self.batch_size)
+                  for start in range(0, n_sources, self.batch_size)]
+        # Cutouts and features of batch k+1 are extracted in a thread while
+        # the network runs on batch k (both release the GIL in their inner
+        # loops); results do not depend on it.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(extract, slices[0])
+            for k, sl in enumerate(tqdm(slices, disable=not self.progress, unit="batch",
+                                        desc="astro_starglx")):
+                inputs = pending.result()
+                if k + 1 < len(slices):
+                    pending = pool.submit(extract, slices[k + 1])
+                batch_features = (inputs.features if table_features is None
+                                  else table_features[sl])
+                off = ~np.isfinite(inputs.stamps).any(axis=(1, 2, 3))
+                proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
+                proba[sl][off] = np.nan
+                flags[sl] = inputs.flags
         return proba, flags
 
     def _predictor(self):

@@ -17,6 +17,7 @@ It writes ECSV tables and PNG figures and returns the summary table.
 """
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,14 @@ def evaluate_model(model, dataset, *, outdir, split="test", device="cpu", baseli
     scores = {}
     for m in (model, *extra_models):
         p, threshold, name = model_scores(m, test, device=device)
+        if name in scores:
+            # Two releases of one model (e.g. rbim-lite v1 and v2): tell them
+            # apart by what the caller passed.
+            label = Path(m).stem if isinstance(m, (str, os.PathLike)) else str(m)
+            name = f"{name} [{label}]"
+        if name in scores:
+            msg = (f"extra_models gives the model {name!r} twice; pass each model once")
+            raise ValueError(msg)
         scores[name] = (p, threshold)
     if baselines:
         train = load_dataset(dataset, "train")

@@ -23,6 +23,7 @@ from astropy.table import Table
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
 from astro_starglx.simulate import simulate_field
+from fresh_fields import recall  # the sibling benchmark (run from benchmarks/ or its parent)
 
 #: name -> simulate_field keywords (on top of the nominal CSST-like field).
 CONDITIONS = {
@@ -40,15 +41,6 @@ CONDITIONS = {
     "colour scatter 0.1": {"colour_scatter": 0.1},
     "sky kept": {"subtract_sky": False},
 }
-
-
-def recall(pred, label, cls):
-    sel = label == cls
-    n = int(sel.sum())
-    if n == 0:
-        return float("nan"), 0.0, 0
-    r = float(np.mean(pred[sel] == cls))
-    return r, float(np.sqrt(max(r * (1 - r), 1.0 / n) / n)), n
 
 
 def main():

@@ -65,3 +65,22 @@ def test_evaluate_refuses_incompatible_model(trained, tiny_meta, tmp_path):
     save_weights(path, build_model(meta["architecture"]).state_dict(), meta)
     with pytest.raises(ValueError, match="reads stamp_size=17 but the data set has 15"):
         evaluate_model(path, data, outdir=tmp_path / "out", plots=False)
+
+
+def test_evaluate_two_releases_of_one_model(trained, tmp_path):
+    """Two files of one model name get one row each, told apart by file name."""
+    import shutil
+
+    from astro_starglx.evaluation import evaluate_model
+
+    data, weights = trained
+    copy = tmp_path / "rbim-lite-old.safetensors"
+    shutil.copy(weights, copy)
+    summary = evaluate_model(weights, data, outdir=tmp_path / "out", plots=False,
+                             extra_models=[copy])
+    assert list(summary["classifier"]) == ["rbim-lite", "rbim-lite [rbim-lite-old]"]
+    # Same weights, same scores.
+    assert summary["roc_auc"][0] == summary["roc_auc"][1]
+    with pytest.raises(ValueError, match="gives the model .* twice"):
+        evaluate_model(weights, data, outdir=tmp_path / "out", plots=False,
+                       extra_models=[copy, copy])
