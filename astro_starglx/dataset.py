@@ -324,8 +324,7 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
     # seed keeps its fields and splits whatever the variations.
     from .simulate import PSF_MODELS
 
-    bad = [m for m in psf_models if m not in PSF_MODELS] or not len(psf_models)
-    if bad:
+    if not len(psf_models) or any(m not in PSF_MODELS for m in psf_models):
         msg = f"psf_models must be a non-empty subset of {PSF_MODELS}, got {psf_models!r}"
         raise ValueError(msg)
     variations = [

@@ -371,6 +371,13 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
                      normalization=normalization)
 
 
+# Data-set settings copied into a release's recipe.
+_RECIPE_DATASET_KEYS = ("n_fields", "field_size", "detect", "psf_scale_range", "psf_models",
+                        "psf_beta_range", "exptime_scale_range", "galaxy_size_range",
+                        "sersic_fraction", "colour_scatter", "position_jitter", "mag_range",
+                        "counts")
+
+
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,
                   progress=True):
     """
@@ -446,9 +453,9 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         "architecture": config.architecture(n_bands=len(info["bands"]),
                                             n_features=len(info["feature_names"])),
         "recipe": {"command": command or "astro-starglx train", "data_seed": info["seed"],
-                   "dataset": {k: info[k] for k in ("n_fields", "field_size", "detect",
-                                                    "psf_scale_range", "position_jitter",
-                                                    "mag_range", "counts")},
+                   # The data set's settings; the per-field variations only
+                   # where the set has them (sets built before they existed do not).
+                   "dataset": {k: info[k] for k in _RECIPE_DATASET_KEYS if k in info},
                    "config": dataclasses.asdict(config), "best_epoch": result.best_epoch,
                    "epochs_run": len(result.history)},
         "metrics": {"test": test_metrics, "history": result.history},

@@ -1,5 +1,7 @@
 """The release recipe and the evaluation command on a tiny simulated data set."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,11 @@ def test_exported_meta_is_complete(trained):
     assert 0.0 < meta["threshold"] < 1.0 and meta["temperature"] > 0
     assert meta["recipe"]["command"] == "pytest"
     assert meta["recipe"]["config"]["epochs"] == 2
+    # The data set's per-field variations are part of the recipe.
+    info = json.loads((data / "dataset.json").read_text())
+    for key in ("psf_scale_range", "psf_models", "exptime_scale_range", "galaxy_size_range",
+                "sersic_fraction", "colour_scatter", "position_jitter"):
+        assert meta["recipe"]["dataset"][key] == info[key], key
     test = meta["metrics"]["test"]["all"]
     assert test["n_star"] + test["n_galaxy"] > 0
     assert 0.0 <= test["recall_star"] <= 1.0
