@@ -16,9 +16,11 @@ from astropy.nddata import NDData
 from astropy.table import MaskedColumn, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .features import extract_inputs, features_from_table, image_noise
+from ._validation import check_catalog, check_mapping
+from .background import image_noise
+from .features import features_from_table
 from .flags import ClassFlag
-from .positions import pixel_positions
+from .inputs import blend_flags, extract_inputs, pixel_positions
 
 __all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "OUTPUT_COLUMNS"]
 
@@ -81,7 +83,7 @@ class StarGalaxyClassifier:
                    f"got {type(zeropoints).__name__}")
             raise TypeError(msg)
         self.model = model
-        from .weights import resolve_device
+        from .inference import resolve_device
 
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
@@ -89,7 +91,7 @@ class StarGalaxyClassifier:
         self.zeropoints = None if zeropoints is None else dict(zeropoints)
         self.progress = bool(progress)
         self._loaded = None
-        self._inference_network = None
+        self._predict = None
 
     def __repr__(self):
         name = self.model if isinstance(self.model, str) or self.model is None \
@@ -111,18 +113,18 @@ class StarGalaxyClassifier:
 
     @property
     def meta(self):
-        """The model's metadata (bands, stamp size, normalisation, ...)."""
+        """The model's `~astro_starglx.meta.ModelMeta` (bands, stamp size, normalisation, ...)."""
         return self.loaded.meta
 
     @property
     def bands(self):
         """Bands the model reads, in order."""
-        return tuple(self.meta["bands"])
+        return self.meta.bands
 
     # -- public API -----------------------------------------------------------
     def predict_proba(self, catalog, images, *, ra_column="ra", dec_column="dec",
                       coord_column=None, x_column="x", y_column="y", shared_grid=False,
-                      feature_columns=None):
+                      feature_columns=None, zeropoints=None, psf=None):
         """
         Class probabilities for every source.
 
@@ -131,18 +133,19 @@ class StarGalaxyClassifier:
         Returns
         -------
         proba : `~numpy.ndarray`
-            ``(N, 2)`` float32, columns in ``meta["class_names"]`` order
+            ``(N, 2)`` float32, columns in ``meta.class_names`` order
             (``star``, ``galaxy``); rows of sources off every image are NaN.
         """
-        proba, _ = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
-                             coord_column=coord_column, x_column=x_column,
-                             y_column=y_column, shared_grid=shared_grid,
-                             feature_columns=feature_columns)
+        proba, _, _ = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
+                                coord_column=coord_column, x_column=x_column,
+                                y_column=y_column, shared_grid=shared_grid,
+                                feature_columns=feature_columns, zeropoints=zeropoints,
+                                psf=psf)
         return proba
 
     def classify(self, catalog, images, *, ra_column="ra", dec_column="dec",
                  coord_column=None, x_column="x", y_column="y", shared_grid=False,
-                 feature_columns=None, overwrite=False):
+                 feature_columns=None, zeropoints=None, psf=None, overwrite=False):
         """
         Classify every source of ``catalog``.
 
@@ -174,7 +177,18 @@ class StarGalaxyClassifier:
         feature_columns : dict or None, optional
             Read the catalog features from table columns instead of measuring
             them on the stamps: ``{feature: "column_{band}"}`` for every
-            feature name in ``meta["feature_names"]``.
+            feature name in ``meta.feature_names``.
+        zeropoints : dict or None, optional
+            ``{band: AB zero point}`` of the images (the AB magnitude of one
+            image unit); overrides the constructor's ``zeropoints`` and the
+            ``MAGZERO`` header keywords.
+        psf : float, Quantity, array, PSF model or dict, optional
+            The PSF per band for PSF-aware models: a FWHM in arcsec (or an
+            angle Quantity), a PSF image, or a photutils ``ImagePSF``; one
+            value for all bands or ``{band: value}``. Bands without one use
+            the header (``PSFFWHM``, ``SEEING``, ...), else the PSF measured
+            from the catalog's own point sources (`astro_starglx.psf`).
+            What was used is reported in the result's meta.
         overwrite : bool, optional
             Replace output columns that already exist in ``catalog``.
 
@@ -186,7 +200,9 @@ class StarGalaxyClassifier:
             ``class`` (``"star"``/``"galaxy"``, masked likewise) and
             ``class_flags`` (`~astro_starglx.flags.ClassFlag` bits). Its
             ``meta["astro_starglx"]`` holds the provenance: model name,
-            weights sha256, package version, threshold, bands and device.
+            weights sha256, package version, threshold, bands, device and,
+            for PSF-aware models, ``psf``: the PSF used per band (FWHM,
+            source, number of stars, spatial model).
 
         Raises
         ------
@@ -197,35 +213,42 @@ class StarGalaxyClassifier:
             WCS, or existing output columns without ``overwrite=True``.
         """
         if not isinstance(catalog, Table):
-            _check_catalog(catalog)
+            check_catalog(catalog)
         existing = [name for name in OUTPUT_COLUMNS if name in catalog.colnames]
         if existing and not overwrite:
             msg = (f"catalog already has output column(s) {existing}; pass overwrite=True to "
                    "replace them, or rename them first")
             raise ValueError(msg)
-        proba, flags = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
-                                 coord_column=coord_column, x_column=x_column,
-                                 y_column=y_column, shared_grid=shared_grid,
-                                 feature_columns=feature_columns)
-        return self._build_table(catalog, proba, flags)
+        proba, flags, conditions = self._run(
+            catalog, images, ra_column=ra_column, dec_column=dec_column,
+            coord_column=coord_column, x_column=x_column, y_column=y_column,
+            shared_grid=shared_grid, feature_columns=feature_columns, zeropoints=zeropoints,
+            psf=psf)
+        return self._build_table(catalog, proba, flags, conditions)
 
     # -- internals ------------------------------------------------------------
     def _run(self, catalog, images, *, ra_column, dec_column, coord_column, x_column,
-             y_column, shared_grid, feature_columns):
-        _check_catalog(catalog)
+             y_column, shared_grid, feature_columns, zeropoints, psf):
+        check_catalog(catalog)
         meta = self.meta
         images = self._check_images(images, meta)
+        if zeropoints is not None:
+            check_mapping("zeropoints", zeropoints, what="{band: zero point}")
+            zeropoints = {**(self.zeropoints or {}), **zeropoints}
+        else:
+            zeropoints = self.zeropoints
         x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                                coord_column=coord_column, x_column=x_column,
                                y_column=y_column, shared_grid=shared_grid)
         n_sources = len(catalog)
-        proba = np.full((n_sources, len(meta["class_names"])), np.nan, dtype=np.float32)
+        proba = np.full((n_sources, len(meta.class_names)), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)
         if n_sources == 0:
-            return proba, flags
+            return proba, flags, {}
+        estimates, flags[:] = self._conditions(images, x, y, psf)
         table_features = None
         if feature_columns is not None:
-            table_features = features_from_table(catalog, bands=meta["bands"],
+            table_features = features_from_table(catalog, bands=meta.bands,
                                                  column_map=feature_columns)
         # Whole-image noise is computed once per call, not once per batch.
         image_sigma = {band: image_noise(img) for band, img in images.items()
@@ -238,9 +261,9 @@ class StarGalaxyClassifier:
         def extract(sl):
             return extract_inputs(
                 images, {b: v[sl] for b, v in x.items()}, {b: v[sl] for b, v in y.items()},
-                bands=meta["bands"], size=meta["stamp_size"],
-                pixel_scale=meta["pixel_scale"], zeropoints=self.zeropoints,
-                image_sigma=image_sigma)
+                bands=meta.bands, size=meta.stamp_size,
+                pixel_scale=meta.pixel_scale, zeropoints=zeropoints,
+                image_sigma=image_sigma, feature_names=meta.feature_names, psf=estimates)
 
         slices = [slice(start, start + self.batch_size)
                   for start in range(0, n_sources, self.batch_size)]
@@ -259,39 +282,48 @@ class StarGalaxyClassifier:
                 off = ~np.isfinite(inputs.stamps).any(axis=(1, 2, 3))
                 proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
                 proba[sl][off] = np.nan
-                flags[sl] = inputs.flags
-        return proba, flags
+                flags[sl] |= inputs.flags
+        return proba, flags, {"psf": {band: est.to_dict() for band, est in estimates.items()}}
+
+    def _conditions(self, images, x, y, psf):
+        """PSF estimates per band, and the BLENDED / OUT_OF_RANGE bits of every source."""
+        meta = self.meta
+        ref = "r" if "r" in images else next(iter(images))
+        flags = blend_flags(images[ref], x[ref], y[ref], size=meta.stamp_size)
+        if meta.psf is None:
+            if psf is not None:
+                msg = (f"the model {meta.name!r} does not read the PSF, so psf= is ignored; "
+                       "use a PSF-aware model (see `astro-starglx weights list`)")
+                warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
+            return {}, flags
+        from .psf import resolve_psf
+
+        estimates = resolve_psf(images, {band: (x[band], y[band]) for band in images},
+                                psf=psf, pixel_scale=meta.pixel_scale,
+                                nominal_fwhm=meta.psf["nominal_fwhm"])
+        fell_back = [band for band, est in estimates.items() if est.fell_back]
+        if fell_back:
+            msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "
+                   f"the model {meta.name!r} assumed its nominal PSF there and flagged every "
+                   "source OUT_OF_RANGE. Pass psf={band: fwhm_arcsec} if you know it.")
+            warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
+        for band, est in estimates.items():
+            low, high = meta.psf["fwhm_range"][band]
+            fwhm = est.at(x[band], y[band])
+            out = est.fell_back | (fwhm < low) | (fwhm > high)
+            flags[np.broadcast_to(out, flags.shape)] |= np.uint16(ClassFlag.OUT_OF_RANGE)
+        return estimates, flags
 
     def _predictor(self):
-        """A function (stamps, noise, features) -> (N, n_classes) probabilities."""
-        import torch
+        """The `~astro_starglx.inference.Predictor`: (stamps, noise, features) -> proba."""
+        if self._predict is None:
+            from .inference import Predictor
 
-        from .metrics import softmax
-        from .model import fuse_for_inference, predict_batch
-        from .preprocess import prepare_inputs
-
-        loaded = self.loaded
-        if self._inference_network is None:
-            # BatchNorm folded into the convs and channels-last layout: twice the
-            # CPU throughput of the plain network (see fuse_for_inference).
-            self._inference_network = fuse_for_inference(loaded.network).to(
-                memory_format=torch.channels_last)
-        network = self._inference_network
-        normalization = loaded.meta["normalization"]
-        # Probability calibration (temperature scaling fitted on validation
-        # fields at training time).
-        temperature = float(loaded.meta.get("temperature", 1.0))
-
-        def predict(stamps, noise, features):
-            x_image, x_catalog = prepare_inputs(stamps, noise, features, normalization)
-            logits = predict_batch(network, x_image, x_catalog, device=self.device,
-                                   memory_format=torch.channels_last)
-            return softmax(logits, temperature=temperature)
-
-        return predict
+            self._predict = Predictor(self.loaded.network, self.loaded.meta, device=self.device)
+        return self._predict
 
     def _check_images(self, images, meta):
-        bands = list(meta["bands"])
+        bands = list(meta.bands)
         if isinstance(images, NDData):
             images = {_single_band(images, bands): images}
         elif isinstance(images, Mapping):
@@ -313,23 +345,23 @@ class StarGalaxyClassifier:
         if unknown:
             log.info("ignoring bands the model does not read: %s", unknown)
         if not present:
-            msg = (f"images has bands {sorted(images)} but the model {meta['name']!r} reads "
+            msg = (f"images has bands {sorted(images)} but the model {meta.name!r} reads "
                    f"{bands}; name the mapping's keys after the model's bands")
             raise ValueError(msg)
-        if missing and not meta.get("allow_missing_bands", False):
-            msg = (f"images is missing band(s) {missing} that model {meta['name']!r} needs "
+        if missing and not meta.allow_missing_bands:
+            msg = (f"images is missing band(s) {missing} that model {meta.name!r} needs "
                    f"(it reads {bands}); add them to the mapping, or use a model that allows "
                    "missing bands")
             raise ValueError(msg)
         _warn_pixel_scale({band: images[band] for band in present}, meta)
         return {band: images[band] for band in present}
 
-    def _build_table(self, catalog, proba, flags):
+    def _build_table(self, catalog, proba, flags, conditions):
         from . import __version__
 
         meta = self.meta
-        threshold = self.threshold if self.threshold is not None else float(meta["threshold"])
-        class_names = list(meta["class_names"])
+        threshold = self.threshold if self.threshold is not None else float(meta.threshold)
+        class_names = list(meta.class_names)
         i_star, i_gal = class_names.index("star"), class_names.index("galaxy")
         result = Table(catalog, copy=True)
         for name in OUTPUT_COLUMNS:
@@ -349,24 +381,19 @@ class StarGalaxyClassifier:
         result["class_flags"] = MaskedColumn(
             flags.astype(np.uint16), mask=np.zeros(len(flags), bool),
             description="astro_starglx.ClassFlag bits: 1 OFF_IMAGE, 2 PARTIAL, 4 MASKED, "
-                        "8 BAND_MISSING, 16 NO_FEATURES, 32 SATURATED")
+                        "8 BAND_MISSING, 16 NO_FEATURES, 32 SATURATED, 64 BLENDED, "
+                        "128 OUT_OF_RANGE")
         result.meta["astro_starglx"] = {
             "model": self.loaded.name,
             "weights_sha256": self.loaded.sha256,
             "version": __version__,
             "threshold": threshold,
-            "bands": list(meta["bands"]),
+            "bands": list(meta.bands),
             "device": str(self.device),
+            **conditions,
         }
         _warn_flags(flags, bad)
         return result
-
-
-def _check_catalog(catalog):
-    if not isinstance(catalog, Table):
-        hint = " (use Table.from_pandas(df))" if hasattr(catalog, "to_numpy") else ""
-        msg = f"catalog must be an astropy Table, got {type(catalog).__name__}{hint}"
-        raise TypeError(msg)
 
 
 def _single_band(image, bands):
@@ -386,7 +413,7 @@ def _warn_pixel_scale(images, meta, *, tolerance=0.1):
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    expected = float(meta["pixel_scale"])
+    expected = float(meta.pixel_scale)
     off = {}
     for band, image in images.items():
         if not isinstance(image.wcs, WCS) or not image.wcs.has_celestial:
@@ -396,7 +423,7 @@ def _warn_pixel_scale(images, meta, *, tolerance=0.1):
             off[band] = round(scale, 4)
     if off:
         msg = (f"pixel scale (arcsec) of {off} differs by more than {tolerance:.0%} from the "
-               f"{expected} arcsec the model {meta['name']!r} was trained on; sizes and "
+               f"{expected} arcsec the model {meta.name!r} was trained on; sizes and "
                "profiles will be misread: resample the images to the model's pixel scale")
         warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
 

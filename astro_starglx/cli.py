@@ -66,12 +66,37 @@ def _cmd_weights(args):
     return 0
 
 
+def _json_config(text):
+    """A ``--config`` value: a JSON object, or the path of a file holding one."""
+    if not text:
+        return {}
+    from pathlib import Path
+
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        text = path.read_text()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        msg = f"--config must be a JSON object or a JSON file, got {text!r}: {err}"
+        raise SystemExit(msg) from None
+    if not isinstance(config, dict):
+        msg = f"--config must be a JSON object, got {config!r}"
+        raise SystemExit(msg)
+    return config
+
+
+def _sim_settings(args):
+    # SimConfig fields: --config's, with the shape from --size.
+    return {**_json_config(args.config), "shape": (args.size, args.size)}
+
+
 def _cmd_demo(args):
     from .classifier import StarGalaxyClassifier, StarGalaxyWarning
     from .simulate import simulate_field
 
     t0 = time.perf_counter()
-    images, truth = simulate_field(shape=(args.size, args.size), seed=args.seed)
+    images, truth = simulate_field(seed=args.seed, **_sim_settings(args))
     t_sim = time.perf_counter() - t0
     catalog = truth["id", "ra", "dec"]
     clf = StarGalaxyClassifier(args.model, device=args.device)
@@ -144,10 +169,10 @@ def _cmd_classify(args):
 
 
 def _cmd_sim_report(args):
-    from .simreport import sim_report
     from .simulate import simulate_field
+    from .simulate.report import sim_report
 
-    images, truth = simulate_field(shape=(args.size, args.size), seed=args.seed)
+    images, truth = simulate_field(seed=args.seed, **_sim_settings(args))
     table = sim_report(images, truth, outdir=args.outdir)
     table.pprint(max_lines=-1, max_width=-1)
     return 0
@@ -156,11 +181,11 @@ def _cmd_sim_report(args):
 def _cmd_make_dataset(args):
     from .dataset import make_dataset
 
-    overrides = json.loads(args.config) if args.config else {}
-    path = make_dataset(args.output, n_stars=args.n_stars, n_galaxies=args.n_galaxies,
-                        seed=args.seed, n_workers=args.workers, stamp_size=args.stamp_size,
-                        field_size=args.field_size, detect=args.detect, progress=True,
-                        **overrides)
+    # Options given on the command line override --config, which overrides
+    # DatasetConfig's defaults.
+    given = {name: getattr(args, name) for name in getattr(args, "explicit", ())}
+    path = make_dataset(args.output, n_workers=args.workers, progress=True,
+                        **{**_json_config(args.config), **given})
     print(path)
     return 0
 
@@ -187,6 +212,21 @@ def _cmd_evaluate(args):
     return 0
 
 
+class _Explicit(argparse.Action):
+    """Store the value (or ``const`` for a flag) and note that it was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.explicit = (*getattr(namespace, "explicit", ()), self.dest)
+
+
+# DatasetConfig fields with their own make-dataset option (the integers, then detect).
+_DATASET_OPTIONS = ("n_stars", "n_galaxies", "seed", "stamp_size", "field_size", "detect")
+
+_SIM_CONFIG_HELP = ("SimConfig settings as a JSON object or JSON file, e.g. "
+                    "'{\"psf_scale\": 1.3, \"psf_gradient\": 0.3}' (shape comes from --size)")
+
+
 def build_parser():
     """The argument parser of ``astro-starglx``."""
     parser = argparse.ArgumentParser(prog="astro-starglx", description=__doc__.split("\n")[1])
@@ -200,6 +240,7 @@ def build_parser():
     p.add_argument("--model", default=None, help="model name or weights file")
     p.add_argument("--device", default=None)
     p.add_argument("--output", default=None, help="write the result table (e.g. .ecsv)")
+    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("classify", help="classify a catalog against FITS images")
@@ -223,21 +264,24 @@ def build_parser():
     p.add_argument("--outdir", default="sim-report")
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
     p.set_defaults(func=_cmd_sim_report)
 
     p = sub.add_parser("make-dataset", help="simulate fields into an on-disk training set")
     p.add_argument("output", help="output directory")
-    p.add_argument("--n-stars", type=int, default=32371)
-    p.add_argument("--n-galaxies", type=int, default=93525)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--stamp-size", type=int, default=25)
-    p.add_argument("--field-size", type=int, default=2048)
-    p.add_argument("--detect", action="store_true",
+    from .dataset import DatasetConfig
+
+    for name in _DATASET_OPTIONS[:-1]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, action=_Explicit,
+                       default=getattr(DatasetConfig, name), help="default %(default)s")
+    p.add_argument("--detect", nargs=0, action=_Explicit, const=True,
+                   default=DatasetConfig.detect,
                    help="detect sources with photutils instead of using truth positions")
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--config", default=None,
-                   help="JSON object of further make_dataset keywords, e.g. "
-                        "'{\"psf_scale_range\": [0.85, 1.25]}'")
+                   help="DatasetConfig settings as a JSON object or JSON file, e.g. "
+                        "'{\"psf_scale_range\": [0.85, 1.25]}'; the options above "
+                        "override it")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("train", help="train a model and export .safetensors weights")

@@ -2,22 +2,27 @@
 Simulated CSST-like fields turned into an on-disk training set.
 
 Every field goes through the same inference-side path that ``classify()``
-runs (sky positions -> each band's WCS -> `~astro_starglx.features.extract_inputs`),
-so the network is trained on exactly the inputs it will later see.
+runs (sky positions -> each band's WCS -> `~astro_starglx.inputs.extract_inputs`),
+so the network is trained on exactly the inputs it will later see. The
+settings of a data set are one frozen `DatasetConfig`, recorded in its
+``dataset.json``; each field's simulator settings are a
+`~astro_starglx.simulate.SimConfig` drawn from it.
 
 On-disk format
 --------------
 A directory holding, per split (``train``, ``val``, ``test``), plain ``.npy``
 files opened as memory maps::
 
-    dataset.json               provenance, counts, bands, stamp size, feature names
+    dataset.json               settings (config), provenance, counts, feature names,
+                               each field's simulator settings (field_conditions)
     {split}_stamps.npy         (N, C, H, W) float32, background-subtracted, image units
     {split}_noise.npy          (N, C) float32 per-pixel noise
     {split}_features.npy       (N, C, F) float32 catalog features (NaN = not measured)
     {split}_labels.npy         (N,) int8, 0 = star, 1 = galaxy
     {split}_flags.npy          (N,) uint16 `~astro_starglx.flags.ClassFlag` bits
-    {split}_catalog.ecsv       truth per source: id, field, ra, dec, label, mag_<band>,
-                               redshift, hlr
+    {split}_catalog.ecsv       truth per source: id, field, ra, dec, label, flags,
+                               mag_<band>, psf_fwhm_<band>, redshift, hlr, psf_scale,
+                               neighbour_sep
     shards/field_NNNNN.npz     one finished field each (kept for resume; safe to delete)
 
 Why ``.npy`` memory maps rather than HDF5: they need no extra dependency,
@@ -29,17 +34,20 @@ its own shard first, so an interrupted build resumes where it stopped.
 
 import json
 import logging
+import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from ._optional import atomic_write
+from ._validation import check_bool, check_count, check_range, check_real
 from .csst import CSST_BANDS, CSST_PIXEL_SCALE
 
-__all__ = ["make_dataset", "load_dataset", "SplitData", "simulate_inputs", "detect_sources",
-           "SPLITS", "FEATURE_ARRAYS"]
+__all__ = ["DatasetConfig", "make_dataset", "load_dataset", "SplitData", "simulate_inputs",
+           "detect_sources", "SPLITS", "FEATURE_ARRAYS"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +123,7 @@ def detect_sources(images, *, band="r", nsigma=1.5, n_pixels=5, fwhm=2.0):
     from photutils.segmentation import SourceCatalog, make_2dgaussian_kernel
     from photutils.segmentation import detect_sources as _detect
 
-    from .features import image_noise
+    from .background import image_noise
 
     image = images[band]
     data = np.asarray(image.data, dtype=float)
@@ -136,9 +144,215 @@ def detect_sources(images, *, band="r", nsigma=1.5, n_pixels=5, fwhm=2.0):
     return cat.sky_centroid
 
 
-def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, stamp_size,
-                    pixel_scale, bands, detect, psf_scale, position_jitter, mag_range,
-                    wcs_jitter=0.5, match_radius=0.2, **variation):
+def _positive_range(name, value, *, hint=""):
+    lo, hi = check_range(name, value, low=0.0, hint=hint)
+    if lo <= 0:
+        msg = f"{name} must be a (lo, hi) pair of positive numbers, got {value!r}{hint}"
+        raise ValueError(msg)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """
+    The settings of a simulated training set (frozen, validated on creation).
+
+    `make_dataset` records them in ``dataset.json`` (``info["config"]``,
+    via `dataclasses.asdict`), so that a data set can be rebuilt from its
+    record: ``make_dataset(path, DatasetConfig(**info["config"]))``.
+
+    Parameters
+    ----------
+    n_stars, n_galaxies : int
+        Total sources (before companions, see ``neighbour_fraction``); the
+        defaults are the paper's 32,371 and 93,525.
+    seed : int
+        Data seed: field ``i`` is simulated with a seed derived from it.
+    stamp_size : int
+        Stamp side in pixels.
+    field_size : int
+        Field side in pixels; the number of fields follows from the source
+        count (about 1000 sources per 2048 x 2048 field, at least 3 fields).
+    detect : bool
+        Cut stamps at photutils detections matched to the truth (within
+        ``match_radius``) instead of at (jittered) truth positions.
+    split_fractions : tuple of float
+        Fractions of fields for train, validation and test. Splits never
+        share a field.
+    bands : tuple of str
+        Bands to simulate and store.
+    pixel_scale : float
+        Pixel scale in arcsec.
+    mag_range : tuple of float
+        r-band magnitude range of the simulated sources.
+    psf_scale_range : tuple of float
+        Each field's PSF size is scaled by a factor drawn uniformly from this
+        range, so that the model learns robustness to PSF-width differences.
+    psf_models : tuple of str
+        PSF families (`~astro_starglx.simulate.PSF_MODELS`); each field
+        draws one uniformly, so the model does not learn one PSF's shape.
+    psf_beta_range : tuple of float
+        Range of the Moffat index of fields with a Moffat PSF.
+    psf_gradient_range : tuple of float
+        Each field's PSF gradient across the field
+        (`~astro_starglx.simulate.SimConfig.psf_gradient`) is drawn uniformly
+        from this range.
+    exptime_scale_range : tuple of float
+        Each field's exposure times are scaled by a factor drawn
+        log-uniformly from this range (noise-level augmentation: the default
+        moves depths by about -1.2 to +1.0 mag;
+        `~astro_starglx.simulate.exptime_scale_for_depth` gives the factor
+        of a depth change).
+    galaxy_size_range : tuple of float
+        Each field's galaxy sizes are scaled by a factor drawn log-uniformly
+        from this range.
+    sersic_fraction : float
+        Fraction of galaxies drawn as single Sersic profiles (index 0.5-4)
+        rather than bulge + disk.
+    colour_scatter : float
+        Per-band magnitude scatter (mag) added to every source off the
+        SED loci.
+    neighbour_fraction : float
+        Fraction of sources given a close companion (blends), see
+        `~astro_starglx.simulate.SimConfig`.
+    neighbour_separation : tuple of float
+        Separation range of companions, arcsec.
+    position_jitter : float
+        Standard deviation in pixels of the centroid error applied to truth
+        positions.
+    wcs_jitter : float
+        Pointing offset of each band's WCS, arcsec (bands are not
+        pixel-aligned).
+    rotation_jitter : float
+        Rotation of each band's WCS, degrees.
+    match_radius : float
+        Detection-truth match radius, arcsec, with ``detect=True``.
+
+    Raises
+    ------
+    ValueError
+        If a setting is invalid; the message names it.
+    """
+
+    n_stars: int = 32371
+    n_galaxies: int = 93525
+    seed: int = 0
+    stamp_size: int = 25
+    field_size: int = 2048
+    detect: bool = False
+    split_fractions: tuple = (0.8, 0.1, 0.1)
+    bands: tuple = CSST_BANDS
+    pixel_scale: float = CSST_PIXEL_SCALE
+    mag_range: tuple = (17.0, 26.0)
+    psf_scale_range: tuple = (0.65, 1.9)
+    psf_models: tuple = ("airy", "moffat", "gaussian")
+    psf_beta_range: tuple = (2.5, 5.0)
+    psf_gradient_range: tuple = (-0.4, 0.4)
+    exptime_scale_range: tuple = (0.18, 5.0)
+    galaxy_size_range: tuple = (0.7, 1.3)
+    sersic_fraction: float = 0.3
+    colour_scatter: float = 0.05
+    neighbour_fraction: float = 0.1
+    neighbour_separation: tuple = (0.5, 2.0)
+    position_jitter: float = 0.3
+    wcs_jitter: float = 0.5
+    rotation_jitter: float = 0.02
+    match_radius: float = 0.2
+
+    def __post_init__(self):
+        from .simulate import PSF_MODELS
+
+        n_stars = check_count("n_stars", self.n_stars, hint="; e.g. n_stars=1000")
+        n_galaxies = check_count("n_galaxies", self.n_galaxies, hint="; e.g. n_galaxies=3000")
+        if n_stars + n_galaxies == 0:
+            msg = "n_stars + n_galaxies must be positive, got 0 sources"
+            raise ValueError(msg)
+        try:
+            fractions = tuple(float(f) for f in self.split_fractions)
+            ok = (len(fractions) == 3 and all(math.isfinite(f) and f >= 0 for f in fractions)
+                  and sum(fractions) > 0)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            msg = (f"split_fractions must be three non-negative fractions (train, val, test), "
+                   f"got {self.split_fractions!r}")
+            raise ValueError(msg)
+        models = (self.psf_models,) if isinstance(self.psf_models, str) else self.psf_models
+        try:
+            models = tuple(models)
+        except TypeError:
+            models = ()
+        if not models or any(m not in PSF_MODELS for m in models):
+            msg = (f"psf_models must be a non-empty subset of {PSF_MODELS}, "
+                   f"got {self.psf_models!r}")
+            raise ValueError(msg)
+        values = {
+            "n_stars": n_stars, "n_galaxies": n_galaxies,
+            "seed": check_count("seed", self.seed),
+            "stamp_size": check_count("stamp_size", self.stamp_size, low=2),
+            "field_size": check_count("field_size", self.field_size, low=16),
+            "detect": check_bool("detect", self.detect),
+            "split_fractions": fractions,
+            "psf_scale_range": _positive_range("psf_scale_range", self.psf_scale_range),
+            "psf_models": models,
+            "psf_beta_range": check_range("psf_beta_range", self.psf_beta_range, low=1.1),
+            "psf_gradient_range": check_range("psf_gradient_range", self.psf_gradient_range,
+                                              low=-1.0, high=1.0),
+            "exptime_scale_range": _positive_range("exptime_scale_range",
+                                                   self.exptime_scale_range),
+            "galaxy_size_range": _positive_range("galaxy_size_range", self.galaxy_size_range),
+            "position_jitter": check_real("position_jitter", self.position_jitter, low=0.0),
+            "match_radius": check_real("match_radius", self.match_radius, low=0.0,
+                                       low_open=True),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        # The simulator validates (and normalises) the settings it shares.
+        sim = self.field_config()
+        for name in ("bands", "pixel_scale", "mag_range", "sersic_fraction", "colour_scatter",
+                     "neighbour_fraction", "neighbour_separation", "wcs_jitter",
+                     "rotation_jitter"):
+            object.__setattr__(self, name, getattr(sim, name))
+
+    def field_config(self, **overrides):
+        """
+        The `~astro_starglx.simulate.SimConfig` of a field before its
+        per-field draws (``overrides`` replace its fields).
+        """
+        from .simulate import SimConfig
+
+        settings = {
+            "shape": (self.field_size, self.field_size), "bands": self.bands,
+            "pixel_scale": self.pixel_scale, "mag_range": self.mag_range,
+            "wcs_jitter": self.wcs_jitter, "rotation_jitter": self.rotation_jitter,
+            "sersic_fraction": self.sersic_fraction, "colour_scatter": self.colour_scatter,
+            "neighbour_fraction": self.neighbour_fraction,
+            "neighbour_separation": self.neighbour_separation,
+        }
+        return SimConfig(**{**settings, **overrides})
+
+    def record(self):
+        """The settings as a JSON-friendly dict (`dataclasses.asdict`, tuples
+        as lists): ``dataset.json``'s ``config``."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _resolve_config(config, overrides):
+    names = [f.name for f in fields(DatasetConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        msg = f"unknown data set settings {unknown}; DatasetConfig has {names}"
+        raise TypeError(msg)
+    if config is None:
+        return DatasetConfig(**overrides)
+    if not isinstance(config, DatasetConfig):
+        msg = f"config must be a DatasetConfig or None, got {type(config).__name__}"
+        raise TypeError(msg)
+    return replace(config, **overrides) if overrides else config
+
+
+def simulate_inputs(sim_config, *, seed, field_id, stamp_size, detect, position_jitter,
+                    match_radius=0.2):
     """
     Simulate one field and extract the model inputs of its sources.
 
@@ -146,31 +360,46 @@ def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, st
     a Gaussian ``position_jitter`` in pixels, as a real catalog's centroids
     are) or, with ``detect=True``, photutils detections matched to the truth
     within ``match_radius`` arcsec (unmatched detections have no label and
-    are dropped). ``variation`` holds further `~astro_starglx.simulate.simulate_field`
-    keywords (``psf_model``, ``psf_beta``, ``exptime_scale``,
-    ``galaxy_size_scale``, ``sersic_fraction``, ``colour_scatter``).
+    are dropped).
+
+    Parameters
+    ----------
+    sim_config : `~astro_starglx.simulate.SimConfig`
+        The field's simulator settings.
+    seed : int
+        The field's seed (simulation and position jitter).
+    field_id : int
+        Stored with every source.
+    stamp_size : int
+        Stamp side in pixels.
+    detect : bool
+        Cut at detections instead of truth positions.
+    position_jitter : float
+        Centroid error, pixels.
+    match_radius : float, optional
+        Detection-truth match radius, arcsec.
 
     Returns
     -------
     arrays : dict
         ``stamps``, ``noise``, ``features``, ``labels``, ``flags`` and the
         truth columns (``id``, ``field``, ``ra``, ``dec``, ``mag_<band>``,
-        ``redshift``, ``hlr``) as numpy arrays.
+        ``redshift``, ``hlr``, ``psf_scale``, ``psf_fwhm_<band>``,
+        ``neighbour_sep``) as numpy arrays.
     """
     import astropy.units as u
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
-    from .features import extract_inputs
-    from .positions import pixel_positions
+    from .features import FEATURE_NAMES, PSF_FEATURE_NAMES
+    from .inputs import blend_flags, extract_inputs, pixel_positions
+    from .psf import resolve_psf
     from .simulate import simulate_field
 
-    rng = np.random.default_rng(field_seed)
-    images, truth = simulate_field(shape=(field_size, field_size), n_stars=n_stars,
-                                   n_galaxies=n_galaxies, bands=bands,
-                                   pixel_scale=pixel_scale, mag_range=mag_range,
-                                   psf_scale=psf_scale, wcs_jitter=wcs_jitter,
-                                   rotation_jitter=0.02, seed=field_seed, **variation)
+    bands = sim_config.bands
+    pixel_scale = sim_config.pixel_scale
+    rng = np.random.default_rng(seed)
+    images, truth = simulate_field(sim_config, seed=seed)
     true_coords = SkyCoord(truth["ra"], truth["dec"], unit="deg")
     if detect:
         det = detect_sources(images, band="r" if "r" in images else bands[0])
@@ -193,48 +422,109 @@ def simulate_inputs(field_seed, *, field_id, n_stars, n_galaxies, field_size, st
         positions = Table({"ra": ra, "dec": dec})
     x, y = pixel_positions(positions, images, ra_column="ra", dec_column="dec",
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    # The PSF exactly as classify() finds it on images without PSF keywords:
+    # measured from the field's own sources, so that training sees the
+    # estimator's noise and failures rather than the simulator's truth.
+    estimates = resolve_psf(
+        {band: _without_psf_keywords(image) for band, image in images.items()},
+        {band: (x[band], y[band]) for band in images}, pixel_scale=pixel_scale,
+        nominal_fwhm=nominal_fwhm(bands, pixel_scale=pixel_scale))
     inputs = extract_inputs(images, x, y, bands=bands, size=stamp_size,
-                            pixel_scale=pixel_scale)
+                            pixel_scale=pixel_scale,
+                            feature_names=FEATURE_NAMES + PSF_FEATURE_NAMES, psf=estimates)
+    ref = "r" if "r" in images else bands[0]
+    flags = inputs.flags | blend_flags(images[ref], x[ref], y[ref], size=stamp_size)
     n = len(truth)
     arrays = {
         "stamps": inputs.stamps, "noise": inputs.noise, "features": inputs.features,
         "labels": np.array([_LABELS[str(v)] for v in truth["label"]], dtype=np.int8),
-        "flags": inputs.flags,
+        "flags": flags,
+        "psf_fell_back": np.full(n, any(est.fell_back for est in estimates.values())),
         "id": np.asarray(truth["id"]), "field": np.full(n, field_id, dtype=np.int32),
         "ra": np.asarray(positions["ra"]), "dec": np.asarray(positions["dec"]),
         "redshift": np.asarray(truth["redshift"], dtype=np.float32),
         "hlr": np.asarray(truth["hlr"], dtype=np.float32),
-        "psf_scale": np.full(n, psf_scale, dtype=np.float32),
+        "psf_scale": np.full(n, sim_config.psf_scale, dtype=np.float32),
+        "neighbour_sep": np.asarray(truth["neighbour_sep"], dtype=np.float32),
     }
     for band in bands:
         arrays[f"mag_{band}"] = np.asarray(truth[f"mag_{band}"], dtype=np.float32)
+        arrays[f"psf_fwhm_{band}"] = np.asarray(truth[f"psf_fwhm_{band}"], dtype=np.float32)
+        arrays[f"psf_est_{band}"] = np.asarray(estimates[band].at(x[band], y[band]),
+                                               dtype=np.float32)
     return arrays
+
+
+# Header keywords that state a PSF (astro_starglx.psf reads them first).
+_PSF_KEYWORDS = ("PSFFWHM", "PSF_FWHM", "SEEING", "FWHM", "PSFR80", "PSFSCALE", "PSFMODEL",
+                 "PSFBETA", "PSFGRAD")
+
+
+def _without_psf_keywords(image):
+    """A shallow NDData view of ``image`` whose header states no PSF."""
+    from astropy.nddata import NDData
+
+    meta = {k: v for k, v in dict(image.meta).items() if k.upper() not in _PSF_KEYWORDS}
+    return NDData(image.data, mask=image.mask, uncertainty=image.uncertainty, wcs=image.wcs,
+                  meta=meta, unit=image.unit)
+
+
+def nominal_fwhm(bands, *, pixel_scale):
+    """
+    The simulator's nominal PSF FWHM per band (arcsec, pixel included).
+
+    Parameters
+    ----------
+    bands : sequence of str
+    pixel_scale : float
+
+    Returns
+    -------
+    fwhm : dict
+        ``{band: arcsec}``.
+    """
+    from .simulate import band_model
+
+    return {band: float(band_model(band, pixel_scale=pixel_scale).psf_size()[0])
+            for band in bands}
 
 
 def _field_task(task):
     """Worker: simulate one field and write its shard atomically."""
+    task = dict(task)
     path = Path(task.pop("path"))
-    arrays = simulate_inputs(**task)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    arrays = simulate_inputs(task.pop("sim"), **task)
+    with atomic_write(path, "wb") as fh:
+        np.savez(fh, **arrays)
     return str(path)
 
 
-def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        msg = f"{name} must be a non-negative int, got {value!r}"
-        raise ValueError(msg)
+def _field_plan(config):
+    """Each field's seed, split and `SimConfig` (the per-field draws)."""
+    per_field = max(1, round(_SOURCES_PER_FIELD_2048 * (config.field_size / 2048) ** 2))
+    n_fields = max(3, int(np.ceil((config.n_stars + config.n_galaxies) / per_field)))
+    stars = np.diff(np.linspace(0, config.n_stars, n_fields + 1).round().astype(int))
+    galaxies = np.diff(np.linspace(0, config.n_galaxies, n_fields + 1).round().astype(int))
+    rng = np.random.default_rng(config.seed)
+    field_seeds = rng.integers(0, 2**31 - 1, size=n_fields)
+    psf_scales = rng.uniform(*config.psf_scale_range, size=n_fields)
+    split_of_field = _assign_splits(n_fields, config.split_fractions, rng)
+    # Per-field variations, drawn after the seeds and splits (and the newer
+    # ones after the older), so that a data seed keeps its fields and splits.
+    models = rng.choice(list(config.psf_models), size=n_fields)
+    betas = rng.uniform(*config.psf_beta_range, size=n_fields)
+    log_t = rng.uniform(*np.log(config.exptime_scale_range), size=n_fields)
+    log_s = rng.uniform(*np.log(config.galaxy_size_range), size=n_fields)
+    gradients = rng.uniform(*config.psf_gradient_range, size=n_fields)
+    sims = [config.field_config(
+        n_stars=int(stars[i]), n_galaxies=int(galaxies[i]), psf_scale=float(psf_scales[i]),
+        psf_model=str(models[i]), psf_beta=float(betas[i]),
+        exptime_scale=float(np.exp(log_t[i])), galaxy_size_scale=float(np.exp(log_s[i])),
+        psf_gradient=float(gradients[i])) for i in range(n_fields)]
+    return [int(s) for s in field_seeds], split_of_field, sims, per_field
 
 
-def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2,
-                 stamp_size=25, field_size=2048, detect=False,
-                 split_fractions=(0.8, 0.1, 0.1), psf_scale_range=(0.75, 1.5),
-                 psf_models=("airy", "moffat", "gaussian"), psf_beta_range=(2.5, 5.0),
-                 exptime_scale_range=(0.5, 2.0), galaxy_size_range=(0.8, 1.25),
-                 sersic_fraction=0.3, colour_scatter=0.05, position_jitter=0.3,
-                 mag_range=(17.0, 26.0), bands=CSST_BANDS, pixel_scale=CSST_PIXEL_SCALE,
-                 progress=False):
+def make_dataset(output, config=None, *, n_workers=2, progress=False, **overrides):
     """
     Simulate CSST-like fields and write a training set split by field.
 
@@ -242,115 +532,81 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
     ----------
     output : path-like
         Output directory (created; an existing partial build is resumed).
-    n_stars, n_galaxies : int, optional
-        Total sources; the defaults are the paper's 32,371 and 93,525.
-    seed : int, optional
-        Data seed: field ``i`` is simulated with a seed derived from it.
+    config : `DatasetConfig` or None, optional
+        The settings; ``None`` for the defaults.
     n_workers : int, optional
         Worker processes simulating fields in parallel.
-    stamp_size : int, optional
-        Stamp side in pixels.
-    field_size : int, optional
-        Field side in pixels; the number of fields follows from the source
-        count (about 1000 sources per 2048 x 2048 field).
-    detect : bool, optional
-        Cut stamps at photutils detections matched to the truth instead of
-        at (jittered) truth positions.
-    split_fractions : tuple of float, optional
-        Fractions of fields for train, validation and test. Splits never
-        share a field.
-    psf_scale_range : tuple of float, optional
-        Each field's PSF size is scaled by a factor drawn uniformly from this
-        range, so that the model learns robustness to PSF-width differences.
-    psf_models : sequence of str, optional
-        PSF families (`~astro_starglx.simulate.PSF_MODELS`); each field
-        draws one uniformly, so the model does not learn one PSF's shape.
-    psf_beta_range : tuple of float, optional
-        Range of the Moffat index of fields with a Moffat PSF.
-    exptime_scale_range : tuple of float, optional
-        Each field's exposure times are scaled by a factor drawn
-        log-uniformly from this range (noise-level augmentation: the default
-        moves depths by -0.4 to +0.4 mag).
-    galaxy_size_range : tuple of float, optional
-        Each field's galaxy sizes are scaled by a factor drawn log-uniformly
-        from this range.
-    sersic_fraction : float, optional
-        Fraction of galaxies drawn as single Sersic profiles (index 0.5-4)
-        rather than bulge + disk.
-    colour_scatter : float, optional
-        Per-band magnitude scatter (mag) added to every source off the
-        SED loci.
-    position_jitter : float, optional
-        Standard deviation in pixels of the centroid error applied to truth
-        positions.
-    mag_range : tuple of float, optional
-        r-band magnitude range of the simulated sources.
-    bands : sequence of str, optional
-        Bands to simulate and store.
-    pixel_scale : float, optional
-        Pixel scale in arcsec.
     progress : bool, optional
         Show a progress bar.
+    **overrides
+        `DatasetConfig` fields that replace those of ``config``, e.g.
+        ``make_dataset(path, n_stars=100, n_galaxies=300, field_size=512)``.
 
     Returns
     -------
     path : `~pathlib.Path`
-        The data set directory.
+        The data set directory. Its ``dataset.json`` holds the settings
+        (``config``, and for readers of format 1 the same keys at the top
+        level), ``n_fields``, ``field_conditions`` (each field's full
+        `~astro_starglx.simulate.SimConfig` record and ``seed``), the fields
+        of each split, ``counts``, ``feature_names``, ``class_names`` and
+        ``package_version``.
+
+    Raises
+    ------
+    ValueError
+        If a setting or ``n_workers`` is invalid; the message names it.
+    TypeError
+        If an override is not a `DatasetConfig` field.
     """
-    _check_positive("n_stars", n_stars)
-    _check_positive("n_galaxies", n_galaxies)
-    if n_stars + n_galaxies == 0:
-        msg = "n_stars + n_galaxies must be positive, got 0 sources"
-        raise ValueError(msg)
-    if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) <= 0:
-        msg = (f"split_fractions must be three non-negative fractions (train, val, test), "
-               f"got {split_fractions!r}")
-        raise ValueError(msg)
-    if not isinstance(n_workers, (int, np.integer)) or n_workers < 1:
+    config = _resolve_config(config, overrides)
+    if (isinstance(n_workers, (bool, np.bool_)) or not isinstance(n_workers, (int, np.integer))
+            or n_workers < 1):
         msg = f"n_workers must be a positive int, got {n_workers!r}"
         raise ValueError(msg)
     output = Path(output)
     shards = output / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    per_field = max(1, round(_SOURCES_PER_FIELD_2048 * (field_size / 2048) ** 2))
-    n_fields = max(3, int(np.ceil((n_stars + n_galaxies) / per_field)))
-    stars = np.diff(np.linspace(0, n_stars, n_fields + 1).round().astype(int))
-    galaxies = np.diff(np.linspace(0, n_galaxies, n_fields + 1).round().astype(int))
-    rng = np.random.default_rng(seed)
-    field_seeds = rng.integers(0, 2**31 - 1, size=n_fields)
-    psf_scales = rng.uniform(*psf_scale_range, size=n_fields)
-    split_of_field = _assign_splits(n_fields, split_fractions, rng)
-    # Per-field variations, drawn after the seeds and splits, so that a data
-    # seed keeps its fields and splits whatever the variations.
-    from .simulate import PSF_MODELS
-
-    if not len(psf_models) or any(m not in PSF_MODELS for m in psf_models):
-        msg = f"psf_models must be a non-empty subset of {PSF_MODELS}, got {psf_models!r}"
-        raise ValueError(msg)
-    variations = [
-        {"psf_model": str(model), "psf_beta": float(beta),
-         "exptime_scale": float(np.exp(log_t)), "galaxy_size_scale": float(np.exp(log_s)),
-         "sersic_fraction": float(sersic_fraction), "colour_scatter": float(colour_scatter)}
-        for model, beta, log_t, log_s in zip(
-            rng.choice(list(psf_models), size=n_fields),
-            rng.uniform(*psf_beta_range, size=n_fields),
-            rng.uniform(*np.log(exptime_scale_range), size=n_fields),
-            rng.uniform(*np.log(galaxy_size_range), size=n_fields))
-    ]
-
+    field_seeds, split_of_field, sims, per_field = _field_plan(config)
+    n_fields = len(sims)
     tasks = []
     for i in range(n_fields):
         path = shards / f"field_{i:05d}.npz"
         if path.exists():
             continue
-        tasks.append(dict(path=str(path), field_seed=int(field_seeds[i]), field_id=i,
-                          n_stars=int(stars[i]), n_galaxies=int(galaxies[i]),
-                          field_size=field_size, stamp_size=stamp_size,
-                          pixel_scale=pixel_scale, bands=tuple(bands), detect=detect,
-                          psf_scale=float(psf_scales[i]), position_jitter=position_jitter,
-                          mag_range=tuple(mag_range), **variations[i]))
+        tasks.append({"path": str(path), "sim": sims[i], "seed": field_seeds[i],
+                      "field_id": i, "stamp_size": config.stamp_size, "detect": config.detect,
+                      "position_jitter": config.position_jitter,
+                      "match_radius": config.match_radius})
     log.info("%d fields (%d to simulate), %d sources per field", n_fields, len(tasks),
              per_field)
+    _run_tasks(tasks, n_fields, n_workers=n_workers, progress=progress)
+
+    from . import __version__
+    from .features import FEATURE_NAMES, PSF_FEATURE_NAMES
+
+    record = config.record()
+    info = {
+        "format": "astro_starglx-dataset-1",
+        **record,
+        "config": record,
+        "n_fields": n_fields,
+        "feature_names": list(FEATURE_NAMES + PSF_FEATURE_NAMES),
+        "nominal_fwhm": nominal_fwhm(config.bands, pixel_scale=config.pixel_scale),
+        "field_conditions": [{**sim.record(), "seed": seed}
+                             for sim, seed in zip(sims, field_seeds)],
+        "fields": {split: [int(i) for i in np.flatnonzero(split_of_field == k)]
+                   for k, split in enumerate(SPLITS)},
+        "class_names": ["star", "galaxy"],
+        "package_version": __version__,
+    }
+    info["counts"] = _consolidate(output, info)
+    with atomic_write(output / "dataset.json", "w") as fh:
+        fh.write(json.dumps(info, indent=2))
+    return output
+
+
+def _run_tasks(tasks, n_fields, *, n_workers, progress):
     from tqdm.auto import tqdm
 
     with tqdm(total=n_fields, initial=n_fields - len(tasks), disable=not progress,
@@ -368,32 +624,6 @@ def make_dataset(output, *, n_stars=32371, n_galaxies=93525, seed=0, n_workers=2
             with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
                 for _ in pool.map(_field_task, tasks):
                     bar.update()
-
-    info = {
-        "format": "astro_starglx-dataset-1",
-        "bands": list(bands), "stamp_size": stamp_size, "pixel_scale": pixel_scale,
-        "feature_names": None, "n_fields": n_fields, "seed": seed,
-        "field_size": field_size, "detect": detect, "position_jitter": position_jitter,
-        "psf_scale_range": list(psf_scale_range), "psf_models": list(psf_models),
-        "psf_beta_range": list(psf_beta_range),
-        "exptime_scale_range": list(exptime_scale_range),
-        "galaxy_size_range": list(galaxy_size_range), "sersic_fraction": sersic_fraction,
-        "colour_scatter": colour_scatter, "mag_range": list(mag_range),
-        "split_fractions": list(split_fractions),
-        "field_conditions": [{"psf_scale": float(psf_scales[i]), **variations[i]}
-                             for i in range(n_fields)],
-        "fields": {split: [int(i) for i in np.flatnonzero(split_of_field == k)]
-                   for k, split in enumerate(SPLITS)},
-        "class_names": ["star", "galaxy"],
-    }
-    from . import __version__
-    from .features import FEATURE_NAMES
-
-    info["feature_names"] = list(FEATURE_NAMES)
-    info["package_version"] = __version__
-    info["counts"] = _consolidate(output, info)
-    (output / "dataset.json").write_text(json.dumps(info, indent=2))
-    return output
 
 
 def _assign_splits(n_fields, fractions, rng):
@@ -450,7 +680,8 @@ def _consolidate(output, info):
             os.replace(tmp, output / f"{split}_{name}.npy")
         catalog = vstack(tables) if tables else Table()
         catalog.meta["split"] = split
-        catalog.write(output / f"{split}_catalog.ecsv", overwrite=True)
+        with atomic_write(output / f"{split}_catalog.ecsv", "w") as fh:
+            catalog.write(fh, format="ascii.ecsv")
     return counts
 
 

@@ -52,22 +52,22 @@ def model_scores(model, data, *, device="cpu", batch_size=1024):
     threshold : float
     name : str
     """
-    from .training import predict_logits
+    from .inference import calibrated_proba, predict_logits
     from .weights import load_model
 
     loaded = load_model(model, device=device)
     meta = loaded.meta
     _check_compatible(meta, data.info)
-    logits = predict_logits(loaded.network, data, meta["normalization"],
+    logits = predict_logits(loaded.network, data, meta.normalization,
                             batch_size=batch_size, device=device)
-    p = metrics.softmax(logits, temperature=float(meta.get("temperature", 1.0)))[:, 1]
-    return p, float(meta["threshold"]), loaded.name
+    return calibrated_proba(logits, meta)[:, 1], meta.threshold, loaded.name
 
 
 def _check_compatible(meta, info):
     for key in ("bands", "stamp_size", "feature_names"):
-        if list(np.atleast_1d(meta[key])) != list(np.atleast_1d(info[key])):
-            msg = (f"model {meta['name']!r} reads {key}={meta[key]!r} but the data set has "
+        value = getattr(meta, key)
+        if list(np.atleast_1d(value)) != list(np.atleast_1d(info[key])):
+            msg = (f"model {meta.name!r} reads {key}={value!r} but the data set has "
                    f"{info[key]!r}; build the data set with the model's settings")
             raise ValueError(msg)
 
@@ -100,7 +100,7 @@ def morphology_cut_baseline(train, test, *, band_index=None, feature="radius"):
     p_galaxy : `~numpy.ndarray`
         Scores on ``test``.
     threshold : float
-        Always 0.5 (the cut maps there).
+        The size cut, in score units (tuned on ``train``).
     """
     bands = list(train.info["bands"])
     if band_index is None:
@@ -109,16 +109,16 @@ def morphology_cut_baseline(train, test, *, band_index=None, feature="radius"):
     x_train = np.nan_to_num(np.asarray(train.features[:, band_index, j]), nan=0.0)
     x_test = np.nan_to_num(np.asarray(test.features[:, band_index, j]), nan=0.0)
     y_train = np.asarray(train.labels)
-    candidates = np.quantile(x_train, np.linspace(0.01, 0.99, 197))
-    best, cut = -1.0, candidates[0]
-    for c in candidates:
-        pred = x_train > c
-        rs = np.mean(~pred[y_train == 0])
-        rg = np.mean(pred[y_train == 1])
-        if min(rs, rg) > best:
-            best, cut = min(rs, rg), c
-    scale = max(np.std(x_train) * 0.1, 1e-6)
-    return 1.0 / (1.0 + np.exp(-(x_test - cut) / scale)), 0.5
+    # A monotone map of the radius to [0, 1]; the cut itself is then the
+    # threshold that maximises the smaller recall on the training fields.
+    centre = float(np.median(x_train))
+    scale = max(float(np.std(x_train)) * 0.1, 1e-6)
+
+    def score(x):
+        return 0.5 * (1.0 + np.tanh((x - centre) / (2.0 * scale)))
+
+    threshold = metrics.best_threshold(y_train, score(x_train), criterion="balanced")
+    return score(x_test), float(threshold)
 
 
 def gbt_baseline(train, test, *, seed=0, max_train=200_000):
@@ -280,9 +280,11 @@ def evaluate_model(model, dataset, *, outdir, split="test", device="cpu", baseli
 
 
 def _plots(results, outdir):
+    from ._optional import import_optional
     from .plotting import plot_recall_vs_magnitude, plot_reliability, plot_roc
 
-    import matplotlib.pyplot as plt
+    plt = import_optional("matplotlib.pyplot", "plot", feature="evaluation figures",
+                          hint=" or pass plots=False")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, res in results.items():

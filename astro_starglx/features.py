@@ -1,5 +1,5 @@
 """
-Per-band catalog features and the shared input extraction.
+Per-band catalog features, measured on stamps or read from table columns.
 
 The model's BiLSTM reads, for every band, the features named in
 `FEATURE_NAMES`, in this order:
@@ -48,41 +48,43 @@ whose weights reach past the stamp, gives NaN for what it measures, and so
 do moments that miss more than 1 % of their weight. ``radius`` and
 ``ellipticity`` are NaN too where the weighted flux is not positive (a
 source not detected in that band); magnitudes stay finite there.
+
+`measure_features` validates its arguments; ``measure_band`` is its core,
+which trusts its input: it is called by
+`astro_starglx.inputs.extract_inputs` after it has validated everything once.
 """
 
 import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from astropy import units as u
-from astropy.stats import mad_std, sigma_clip
 
-from .cutouts import _validate_positions, _validate_size, cutout_origin, extract_band
-from .flags import ClassFlag
+from ._validation import (
+    as_per_source,
+    as_pixel_scale,
+    as_stamps,
+    check_bands,
+    check_feature_stamps,
+    check_mapping,
+)
 
-__all__ = [
-    "FEATURE_NAMES",
-    "SourceInputs",
-    "estimate_background_noise",
-    "extract_inputs",
-    "features_from_table",
-    "get_zeropoint",
-    "image_noise",
-    "measure_features",
-]
+__all__ = ["FEATURE_NAMES", "PSF_FEATURE_NAMES", "features_from_table", "measure_features",
+           "point_source_features", "psf_features"]
 
 log = logging.getLogger(__name__)
 
 #: Per-band catalog features, in the order the model reads them.
 FEATURE_NAMES = ("mag", "mag_err", "concentration", "radius", "ellipticity")
 
-_MAG_INDEX = FEATURE_NAMES.index("mag")
-
-#: Header keywords searched, in order, for a band's AB zero point.
-ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "MAGZP", "MAGZPT", "ZP")
+#: Per-band features that need the band's PSF (`astro_starglx.psf`), which
+#: PSF-aware models read after `FEATURE_NAMES`: ``psf_fwhm`` (arcsec, the
+#: local PSF FWHM), ``radius_excess`` and ``concentration_excess`` (the
+#: source's ``radius`` and ``concentration`` minus those this measurement
+#: gives a point source of that FWHM, `point_source_features`). A point
+#: source has excesses near 0 whatever the seeing; a galaxy has positive ones.
+PSF_FEATURE_NAMES = ("psf_fwhm", "radius_excess", "concentration_excess")
 
 # Aperture radii in arcsec for CSST (0.074"/pixel, PSF FWHM 0.15-0.2",
 # 80 % encircled-energy radius 0.11-0.15"): the small aperture is about r80,
@@ -109,340 +111,6 @@ _POGSON = 2.5 / math.log(10.0)
 _N_SUBPIXEL = 21
 # Sources per chunk: bounds the (chunk, 3, H, W) weight gather to ~20 MB.
 _CHUNK = 2048
-
-
-@dataclass(frozen=True)
-class SourceInputs:
-    """
-    Raw model inputs for N sources in C bands (see :ref:`internals`).
-
-    Attributes
-    ----------
-    stamps : `~numpy.ndarray`, shape (N, C, H, W), float32
-        Local-background-subtracted stamps in image units, NaN where there
-        is no data (off image, masked, band missing).
-    noise : `~numpy.ndarray`, shape (N, C), float32
-        Per-pixel background standard deviation in image units.
-    features : `~numpy.ndarray`, shape (N, C, F), float32
-        Catalog features in `FEATURE_NAMES` order, NaN where not measurable.
-    offsets : `~numpy.ndarray`, shape (N, C, 2), float32
-        Source position inside its stamp, x then y (NaN if not finite).
-    flags : `~numpy.ndarray`, shape (N,), uint16
-        `~astro_starglx.flags.ClassFlag` bits OR-ed over the bands.
-    """
-
-    stamps: np.ndarray
-    noise: np.ndarray
-    features: np.ndarray
-    offsets: np.ndarray
-    flags: np.ndarray
-
-
-# --------------------------------------------------------------------------
-# validation helpers
-
-
-def _pixel_scale_value(pixel_scale):
-    """Pixel scale in arcsec per pixel from a float or an angle Quantity."""
-    if isinstance(pixel_scale, u.Quantity):
-        try:
-            value = pixel_scale.to_value(u.arcsec / u.pix, equivalencies=u.dimensionless_angles())
-        except u.UnitConversionError:
-            try:
-                value = pixel_scale.to_value(u.arcsec)
-            except u.UnitConversionError:
-                value = None
-    else:
-        try:
-            value = float(pixel_scale)
-        except (TypeError, ValueError):
-            value = None
-    if value is None or not np.isfinite(value) or value <= 0:
-        msg = (
-            f"pixel_scale must be a positive number of arcsec per pixel, got {pixel_scale!r}; "
-            "pass the model's meta['pixel_scale'], for example pixel_scale=0.074"
-        )
-        raise ValueError(msg)
-    return float(value)
-
-
-def _as_stamps(stamps, name="stamps"):
-    stamps = np.asarray(stamps)
-    if stamps.ndim != 3:
-        msg = f"{name} must have shape (N, H, W), got shape {stamps.shape}"
-        raise ValueError(msg)
-    if not np.issubdtype(stamps.dtype, np.number):
-        msg = f"{name} must hold numbers, got dtype {stamps.dtype}"
-        raise ValueError(msg)
-    return stamps.astype(np.float32, copy=False)
-
-
-def _per_source(value, n, name):
-    arr = np.array(value, dtype=np.float64)  # a copy: callers may write to it
-    if arr.ndim == 0:
-        arr = np.full(n, float(arr))
-    if arr.shape != (n,):
-        msg = f"{name} must be a scalar or have shape ({n},), got shape {arr.shape}"
-        raise ValueError(msg)
-    return arr
-
-
-# --------------------------------------------------------------------------
-# robust row statistics (hand-written: astropy.stats.sigma_clip along an axis
-# warns on the all-NaN rows that off-image stamps give, and is ~10x slower,
-# 0.26 s versus 0.02 s for 10,000 rows of 184 border pixels)
-
-
-def _sorted_median(srt, lo, hi):
-    """Median of srt[i, lo[i]:hi[i]] for ascending rows; NaN where empty."""
-    count = hi - lo
-    last = srt.shape[1] - 1
-    i1 = np.clip(lo + (count - 1) // 2, 0, last)
-    i2 = np.clip(lo + count // 2, 0, last)
-    v1 = np.take_along_axis(srt, i1[:, None], axis=1)[:, 0]
-    v2 = np.take_along_axis(srt, i2[:, None], axis=1)[:, 0]
-    med = 0.5 * (v1.astype(np.float64) + v2)
-    med[count <= 0] = np.nan
-    return med
-
-
-def _nanmedian_rows(values):
-    """Row medians ignoring NaN (and inf), NaN for empty rows, without warnings."""
-    srt = np.sort(np.where(np.isfinite(values), values, np.nan), axis=1)
-    hi = np.isfinite(srt).sum(axis=1)
-    return _sorted_median(srt, np.zeros_like(hi), hi)
-
-
-def _clipped_rows(values, scale=None, *, sigma=3.0, n_iter=5):
-    """
-    Sigma-clipped median (and MAD standard deviation) of each row.
-
-    Rows are sorted once (NaN last): the values kept by a symmetric clip are
-    a contiguous range of the sorted row, so each iteration is two counts.
-    ``scale`` (N,) is the known noise used for clipping; without it the MAD
-    of the kept values is used (one extra sort per iteration).
-    """
-    srt = np.sort(np.where(np.isfinite(values), values, np.nan), axis=1)
-    n_rows = srt.shape[0]
-    lo = np.zeros(n_rows, dtype=np.int64)
-    hi = np.isfinite(srt).sum(axis=1)
-    positions = np.arange(srt.shape[1])
-    med = _sorted_median(srt, lo, hi)
-    for _ in range(n_iter):
-        width = _mad_std_range(srt, lo, hi, med, positions) if scale is None else scale
-        usable = np.isfinite(width) & (width > 0)
-        w = np.where(usable, sigma * width, np.inf)
-        # NaN compares False, so the counts stop at the sorted-last NaNs.
-        new_lo = (srt < (med - w)[:, None]).sum(axis=1)
-        new_hi = (srt <= (med + w)[:, None]).sum(axis=1)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
-            break
-        lo, hi = new_lo, new_hi
-        med = _sorted_median(srt, lo, hi)
-    std = None if scale is not None else _mad_std_range(srt, lo, hi, med, positions)
-    return med, std
-
-
-def _mad_std_range(srt, lo, hi, med, positions):
-    """1.4826 x median absolute deviation from ``med`` of srt[i, lo[i]:hi[i]]."""
-    keep = (positions >= lo[:, None]) & (positions < hi[:, None])
-    dev = np.where(keep, np.abs(srt - med[:, None]), np.nan)
-    return 1.482602218505602 * _nanmedian_rows(dev)
-
-
-def _border_mask(height, width):
-    """(H, W) bool: the outer ring of width max(1, min(H, W) // 10)."""
-    ring = max(1, min(height, width) // 10)
-    mask = np.ones((height, width), dtype=bool)
-    if height > 2 * ring and width > 2 * ring:
-        mask[ring:-ring, ring:-ring] = False
-    return mask
-
-
-def estimate_background_noise(stamps, sigma_stamps=None, *, image_sigma=None):
-    """
-    Local background level and per-pixel noise of each stamp.
-
-    Parameters
-    ----------
-    stamps : array_like, shape (N, H, W)
-        Stamps in image units, NaN where there is no data.
-    sigma_stamps : array_like, shape (N, H, W), optional
-        Per-pixel standard deviations (from the image's ``uncertainty``).
-    image_sigma : float or array_like of shape (N,), optional
-        Image-level per-pixel noise (see `image_noise`), used when
-        ``sigma_stamps`` is not given.
-
-    Returns
-    -------
-    background : `~numpy.ndarray`, shape (N,), float32
-        Sigma-clipped median of the border pixels (the outer ring of width
-        ``max(1, min(H, W) // 10)``: 2 pixels for a 25-pixel stamp), clipped
-        at 3 times the noise, or at 4 times their MAD standard deviation
-        when the noise is estimated from them too. Where the ring has no
-        data (masked) the whole stamp is used; NaN when that has none.
-    noise : `~numpy.ndarray`, shape (N,), float32
-        Median of ``sigma_stamps`` over the same border ring (where the
-        source's own Poisson noise is smallest; the whole stamp if the ring
-        has none), else ``image_sigma``, else the clipped MAD standard
-        deviation of the border pixels.
-
-    Raises
-    ------
-    ValueError
-        If the shapes disagree.
-    """
-    stamps = _as_stamps(stamps)
-    n, height, width = stamps.shape
-    border = _border_mask(height, width)
-    ring = stamps[:, border]
-    if sigma_stamps is not None:
-        sigma_stamps = _as_stamps(sigma_stamps, name="sigma_stamps")
-        if sigma_stamps.shape != stamps.shape:
-            msg = (
-                f"sigma_stamps must have the shape of stamps {stamps.shape}, "
-                f"got {sigma_stamps.shape}"
-            )
-            raise ValueError(msg)
-        noise = _nanmedian_rows(sigma_stamps[:, border])
-        empty = np.flatnonzero(~np.isfinite(noise))
-        if empty.size:
-            noise[empty] = _nanmedian_rows(sigma_stamps[empty].reshape(empty.size, -1))
-        background, _ = _clipped_rows(ring, noise)
-    elif image_sigma is not None:
-        noise = _per_source(image_sigma, n, "image_sigma")
-        background, _ = _clipped_rows(ring, noise)
-    else:
-        # 4 sigma here: the MAD of values clipped at 3 of their own MAD
-        # sigmas drifts ~1 % low over the iterations for Gaussian noise.
-        background, noise = _clipped_rows(ring, None, sigma=4.0, n_iter=3)
-    # A ring with no data (masked) but data inside: use the whole stamp.
-    empty = np.flatnonzero(~np.isfinite(background) & np.isfinite(stamps).any(axis=(1, 2)))
-    if empty.size:
-        whole = stamps[empty].reshape(empty.size, -1)
-        if sigma_stamps is None and image_sigma is None:
-            background[empty], noise[empty] = _clipped_rows(whole, None, sigma=4.0, n_iter=3)
-        else:
-            background[empty], _ = _clipped_rows(whole, noise[empty])
-    return background.astype(np.float32), noise.astype(np.float32)
-
-
-def image_noise(image):
-    """
-    Robust per-pixel noise of a whole image.
-
-    Used when an image has no ``uncertainty``: the MAD standard deviation
-    (`astropy.stats.mad_std`) of the unmasked, finite pixels of a regular
-    subsample of at most about 2**18 pixels (deterministic: every k-th row
-    and column), after clipping them at 4 sigma
-    (`astropy.stats.sigma_clip`).
-
-    Parameters
-    ----------
-    image : `~astropy.nddata.NDData` or array_like
-        The image; ``mask`` True marks bad pixels.
-
-    Returns
-    -------
-    sigma : float
-        Per-pixel standard deviation in image units.
-
-    Raises
-    ------
-    ValueError
-        If the image has fewer than 16 usable pixels.
-    """
-    data = np.asanyarray(getattr(image, "data", image))
-    mask = getattr(image, "mask", None)
-    if isinstance(data, np.ma.MaskedArray):
-        mask = np.ma.getmaskarray(data) if mask is None else mask
-        data = data.data
-    if data.ndim != 2:
-        msg = f"image must be a 2-D image, got data of shape {data.shape}"
-        raise ValueError(msg)
-    step = max(1, math.ceil(math.sqrt(data.size / 2**18)))
-    values = np.asarray(data[::step, ::step], dtype=np.float64)
-    good = np.isfinite(values)
-    if mask is not None:
-        good &= ~(np.asanyarray(mask)[::step, ::step] != 0)
-    values = values[good]
-    if values.size < 16:
-        msg = (
-            f"image has {values.size} usable (unmasked, finite) pixels in its noise "
-            "subsample; at least 16 are needed to estimate the noise. Give the image an "
-            "uncertainty (e.g. StdDevUncertainty) or pass image_sigma={band: value}"
-        )
-        raise ValueError(msg)
-    # The MAD of the clipped values, not their standard deviation (which
-    # sigma_clipped_stats returns): faint source wings inside the clip
-    # limits inflate the latter (13 % in the tests' field), not the former.
-    # A 4-sigma clip: at 3 sigma the iterated MAD of pure Gaussian noise
-    # drifts 1.3 % low (measured), at 4 sigma < 0.1 %.
-    kept = sigma_clip(values, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False,
-                      axis=None)
-    return float(mad_std(kept))
-
-
-def get_zeropoint(image, band, zeropoints=None):
-    """
-    AB zero point of one band.
-
-    The zero point is the AB magnitude of a source that gives one image unit
-    in total: ``mag = zp - 2.5 log10(flux)``.
-
-    Parameters
-    ----------
-    image : `~astropy.nddata.NDData`
-        The band's image; its ``meta`` (``header`` for CCDData) is searched
-        for the keywords of `ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
-        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``).
-    band : str
-        Band name, the key looked up in ``zeropoints``.
-    zeropoints : mapping, optional
-        ``{band: zero point}``; takes precedence over the header.
-
-    Returns
-    -------
-    zeropoint : float
-
-    Raises
-    ------
-    ValueError
-        If no zero point is found or it is not a finite number.
-    """
-    if zeropoints is not None and not isinstance(zeropoints, Mapping):
-        msg = (
-            "zeropoints must be a mapping {band: AB zero point}, got "
-            f"{type(zeropoints).__name__}; pass for example zeropoints={{{band!r}: 25.0}}"
-        )
-        raise TypeError(msg)
-    value, source = None, None
-    if zeropoints is not None and band in zeropoints:
-        value, source = zeropoints[band], f"zeropoints[{band!r}]"
-    else:
-        meta = getattr(image, "meta", None) or {}
-        keys = {str(key).upper(): key for key in meta.keys()}
-        for keyword in ZEROPOINT_KEYWORDS:
-            if keyword in keys:
-                value = meta[keys[keyword]]
-                source = f"header keyword {keyword} of band {band!r}"
-                break
-    if source is None:
-        msg = (
-            f"no photometric zero point for band {band!r}: magnitude features need one. "
-            f"Pass zeropoints={{{band!r}: value}} (the AB magnitude of a source of one image "
-            f"unit in total) or set the MAGZERO keyword in the image header "
-            f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too)"
-        )
-        raise ValueError(msg)
-    try:
-        zeropoint = float(getattr(value, "value", value))
-    except (TypeError, ValueError):
-        zeropoint = math.nan
-    if not math.isfinite(zeropoint):
-        msg = f"the zero point from {source} must be a finite number, got {value!r}"
-        raise ValueError(msg)
-    return zeropoint
 
 
 # --------------------------------------------------------------------------
@@ -642,9 +310,9 @@ def measure_features(stamps, noise, *, zeropoint, offsets, pixel_scale):
     >>> f.shape, f.dtype
     ((1, 5), dtype('float32'))
     """
-    stamps = _as_stamps(stamps)
+    stamps = as_stamps("stamps", stamps)
     n, height, width = stamps.shape
-    noise = _per_source(noise, n, "noise")
+    noise = as_per_source("noise", noise, n)
     offsets = np.asarray(offsets, dtype=np.float64)
     if offsets.shape != (n, 2):
         msg = f"offsets must have shape ({n}, 2) (x, y in the stamp), got {offsets.shape}"
@@ -656,181 +324,33 @@ def measure_features(stamps, noise, *, zeropoint, offsets, pixel_scale):
     if not math.isfinite(zeropoint):
         msg = f"zeropoint must be a finite AB magnitude, got {zeropoint!r}"
         raise ValueError(msg)
-    scale = _pixel_scale_value(pixel_scale)
+    scale = as_pixel_scale(pixel_scale)
+    check_feature_stamps(height, width)
+    return measure_band(stamps, noise, zeropoint=zeropoint, offsets=offsets, pixel_scale=scale)
+
+
+def measure_band(stamps, noise, *, zeropoint, offsets, pixel_scale):
+    """
+    Core of `measure_features`: no validation.
+
+    ``stamps`` must be (N, H, W) float32 with H, W >= 2, ``noise`` an (N,)
+    float64 array, ``offsets`` (N, 2) float64, ``zeropoint`` a finite float
+    and ``pixel_scale`` a positive float in arcsec per pixel (as
+    `measure_features` makes them).
+    """
+    n, height, width = stamps.shape
     cap = (min(height, width) - 1) / 2.0
-    if cap <= 0:
-        msg = f"stamps must be at least 2 x 2 pixels to measure features, got {height} x {width}"
-        raise ValueError(msg)
-    radii = tuple(round(min(r / scale, cap), 6) for r in (_R_SMALL, _R_PHOT, _R_LARGE))
-    moment_sigma = _MOMENT_SIGMA / scale
+    radii = tuple(round(min(r / pixel_scale, cap), 6) for r in (_R_SMALL, _R_PHOT, _R_LARGE))
+    moment_sigma = _MOMENT_SIGMA / pixel_scale
     out = np.empty((n, len(FEATURE_NAMES)), dtype=np.float32)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         chunk = _measure_chunk(stamps[start:stop], noise[start:stop], zeropoint,
                                offsets[start:stop, 0], offsets[start:stop, 1], radii,
                                moment_sigma)
-        chunk[:, 3] *= scale
+        chunk[:, 3] *= pixel_scale
         out[start:stop] = chunk
     return out
-
-
-# --------------------------------------------------------------------------
-# the shared input extraction
-
-
-def _band_positions(values, band, name):
-    if isinstance(values, Mapping):
-        if band not in values:
-            msg = (
-                f"{name} has no positions for band {band!r} (keys: {sorted(values)}); "
-                f"give {name}={{band: array}} for every band in images"
-            )
-            raise ValueError(msg)
-        return values[band]
-    return values
-
-
-def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
-                   image_sigma=None):
-    """
-    Cut stamps and measure features of N sources in every band.
-
-    This is the one input extraction shared by
-    ``StarGalaxyClassifier.classify`` and the training-set builder.
-
-    Parameters
-    ----------
-    images : mapping
-        ``{band: NDData or CCDData}``. Bands of ``bands`` absent from it get
-        NaN stamps and features and the ``BAND_MISSING`` flag; other keys are
-        ignored.
-    x, y : mapping or array_like
-        ``{band: (N,) pixel positions}`` in each band's own pixel grid
-        (0-based), or one (N,) array used for every band when all bands
-        share one pixel grid.
-    bands : sequence of str
-        Band order of the output axis C (the model's ``meta["bands"]``).
-    size : int
-        Stamp side in pixels.
-    pixel_scale : float
-        Arcsec per pixel of the model (``meta["pixel_scale"]``).
-    zeropoints : mapping, optional
-        ``{band: AB zero point}``; else read from the header (`get_zeropoint`).
-    image_sigma : mapping, optional
-        ``{band: per-pixel noise}`` for bands whose image has no uncertainty,
-        so that a caller streaming batches computes `image_noise` once;
-        otherwise it is computed here, once per band and call.
-
-    Returns
-    -------
-    inputs : `SourceInputs`
-        ``stamps`` (N, C, size, size), ``noise`` (N, C), ``features`` (N, C,
-        F), ``offsets`` (N, C, 2), all float32, and ``flags`` (N,) uint16:
-        the cutout flags (``OFF_IMAGE``, ``PARTIAL``, ``MASKED``) OR-ed over
-        bands, ``BAND_MISSING`` where a band is absent or its stamp has no
-        data at all, ``NO_FEATURES`` where a band with data has no
-        measurable magnitude (missing pixels in the aperture).
-
-    Raises
-    ------
-    TypeError
-        If ``images`` is not a mapping of NDData.
-    ValueError
-        If ``bands`` is empty or repeats a band, positions are missing or of
-        different lengths, a present band has no zero point, or ``size`` or
-        ``pixel_scale`` is invalid.
-    """
-    if not isinstance(images, Mapping):
-        msg = (
-            f"images must be a mapping {{band: CCDData}}, got {type(images).__name__}; "
-            "for one band pass images={'r': image}"
-        )
-        raise TypeError(msg)
-    if isinstance(bands, str) or not isinstance(bands, Sequence) or len(bands) == 0:
-        msg = f"bands must be a non-empty sequence of band names, got {bands!r}"
-        raise ValueError(msg)
-    if len(set(bands)) != len(bands):
-        msg = f"bands must not repeat a band, got {list(bands)!r}"
-        raise ValueError(msg)
-    if image_sigma is not None and not isinstance(image_sigma, Mapping):
-        msg = f"image_sigma must be a mapping {{band: float}}, got {type(image_sigma).__name__}"
-        raise TypeError(msg)
-    size = _validate_size(size)
-    scale = _pixel_scale_value(pixel_scale)
-    present = [band for band in bands if band in images]
-    for band in present:
-        if not hasattr(images[band], "data") or not hasattr(images[band], "uncertainty"):
-            msg = (
-                f"images[{band!r}] must be an astropy NDData or CCDData, got "
-                f"{type(images[band]).__name__}"
-            )
-            raise TypeError(msg)
-
-    positions = {}
-    for band in present:
-        positions[band] = _validate_positions(_band_positions(x, band, "x"),
-                                              _band_positions(y, band, "y"))
-    if present:
-        n = positions[present[0]][0].size
-    else:
-        candidates = [v for v in (x.values() if isinstance(x, Mapping) else [x])]
-        if not candidates:
-            msg = "x holds no positions: cannot tell how many sources there are"
-            raise ValueError(msg)
-        n = np.atleast_1d(np.asarray(candidates[0])).size
-    for band in present:
-        if positions[band][0].size != n:
-            msg = (
-                f"all bands must have positions for the same N sources: band "
-                f"{present[0]!r} has {n}, band {band!r} has {positions[band][0].size}"
-            )
-            raise ValueError(msg)
-    zps = {band: get_zeropoint(images[band], band, zeropoints) for band in present}
-
-    n_bands = len(bands)
-    stamps = np.empty((n, n_bands, size, size), dtype=np.float32)
-    noise = np.full((n, n_bands), np.nan, dtype=np.float32)
-    features = np.full((n, n_bands, len(FEATURE_NAMES)), np.nan, dtype=np.float32)
-    offsets = np.full((n, n_bands, 2), np.nan, dtype=np.float32)
-    flags = np.zeros(n, dtype=np.uint16)
-    for c, band in enumerate(bands):
-        if band not in images:
-            stamps[:, c] = np.nan
-            flags |= np.uint16(ClassFlag.BAND_MISSING)
-            continue
-        image = images[band]
-        xb, yb = positions[band]
-        cut = extract_band(image, xb, yb, size=size)
-        if cut.sigma is None:
-            if image_sigma is not None and band in image_sigma:
-                sigma = float(image_sigma[band])
-            else:
-                sigma = image_noise(image)
-        else:
-            sigma = None
-        background, band_noise = estimate_background_noise(cut.data, cut.sigma,
-                                                           image_sigma=sigma)
-        # in place: cut.data is this call's own array (contiguous, unlike
-        # stamps[:, c], which keeps the einsums in measure_features fast)
-        band_stamps = np.subtract(cut.data, background[:, None, None], out=cut.data)
-        stamps[:, c] = band_stamps
-        x0, y0 = cutout_origin(xb, yb, size=size)
-        band_offsets = np.column_stack([xb - x0, yb - y0])
-        band_features = measure_features(band_stamps, band_noise, zeropoint=zps[band],
-                                         offsets=band_offsets, pixel_scale=scale)
-        no_data = ~np.isfinite(band_stamps).any(axis=(1, 2))
-        flags |= cut.flags
-        flags[no_data] |= np.uint16(ClassFlag.BAND_MISSING)
-        # Missing pixels in the photometry aperture, not a mere non-detection:
-        # radius/ellipticity of an undetected source are NaN by definition
-        # and common for faint sources, so they do not raise the flag.
-        partly = np.isnan(band_features[:, _MAG_INDEX]) & ~no_data
-        flags[partly] |= np.uint16(ClassFlag.NO_FEATURES)
-        noise[:, c] = band_noise
-        features[:, c] = band_features
-        offsets[:, c] = band_offsets
-    return SourceInputs(stamps=stamps, noise=noise, features=features, offsets=offsets,
-                        flags=flags)
 
 
 def features_from_table(table, *, bands, column_map):
@@ -862,23 +382,15 @@ def features_from_table(table, *, bands, column_map):
     KeyError
         If a column is not in ``table`` (the message lists the columns).
     """
-    if not isinstance(column_map, Mapping):
-        msg = (
-            f"column_map must be a mapping {{feature: column template}}, got "
-            f"{type(column_map).__name__}; e.g. {{'mag': 'mag_{{band}}', ...}}"
-        )
-        raise TypeError(msg)
+    check_mapping("column_map", column_map, what="{feature: column template}",
+                  hint="; e.g. {'mag': 'mag_{band}', ...}")
     missing = [name for name in FEATURE_NAMES if name not in column_map]
     unknown = [name for name in column_map if name not in FEATURE_NAMES]
     if missing or unknown:
-        msg = (
-            f"column_map must map exactly the features {list(FEATURE_NAMES)}; "
-            f"missing {missing}, unknown {unknown}"
-        )
+        msg = (f"column_map must map exactly the features {list(FEATURE_NAMES)}; "
+               f"missing {missing}, unknown {unknown}")
         raise ValueError(msg)
-    if isinstance(bands, str) or not isinstance(bands, Sequence) or len(bands) == 0:
-        msg = f"bands must be a non-empty sequence of band names, got {bands!r}"
-        raise ValueError(msg)
+    check_bands("bands", bands)
     n = len(table)
     out = np.full((n, len(bands), len(FEATURE_NAMES)), np.nan, dtype=np.float32)
     for c, band in enumerate(bands):
@@ -910,4 +422,86 @@ def features_from_table(table, *, bands, column_map):
             if mask is not None:
                 values = np.where(mask, np.nan, values)
             out[:, c, f] = values
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _point_source_table(pixel_scale, size):
+    """log FWHM grid (arcsec) -> (radius, concentration) of centred Gaussian point sources."""
+    from scipy.special import erf
+
+    fwhm = np.geomspace(0.3, 12.0, 80) * pixel_scale
+    sigma_px = fwhm / pixel_scale / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    centre = (size - 1) / 2.0
+    edges = np.arange(size + 1) - 0.5 - centre
+    # Pixel-integrated circular Gaussians of unit flux (the effective PSF).
+    cdf = 0.5 * (1.0 + erf(edges[None, :] / (math.sqrt(2.0) * sigma_px[:, None])))
+    line = np.diff(cdf, axis=1)
+    stamps = (line[:, :, None] * line[:, None, :]).astype(np.float32) * np.float32(1e6)
+    offsets = np.full((len(fwhm), 2), centre)
+    measured = measure_band(stamps, np.ones(len(fwhm)), zeropoint=30.0, offsets=offsets,
+                            pixel_scale=pixel_scale)
+    index = FEATURE_NAMES.index
+    return (np.log(fwhm), measured[:, index("radius")].astype(np.float64),
+            measured[:, index("concentration")].astype(np.float64))
+
+
+def point_source_features(fwhm, *, pixel_scale, size):
+    """
+    The ``radius`` and ``concentration`` a point source of a given FWHM gets.
+
+    The values `measure_features` returns for a noiseless, centred,
+    pixel-integrated circular Gaussian of that FWHM in a ``size`` pixel
+    stamp, interpolated in log FWHM from a table computed once per pixel
+    scale and stamp size (by the measurement itself, so the two agree by
+    construction).
+
+    Parameters
+    ----------
+    fwhm : array-like
+        PSF FWHM in arcsec (clipped to 0.3-12 pixels).
+    pixel_scale : float
+        Arcsec per pixel.
+    size : int
+        Stamp side in pixels.
+
+    Returns
+    -------
+    radius, concentration : `~numpy.ndarray`
+        Same shape as ``fwhm``; arcsec and magnitudes.
+    """
+    log_fwhm, radius, concentration = _point_source_table(float(pixel_scale), int(size))
+    x = np.log(np.clip(np.asarray(fwhm, dtype=np.float64), np.exp(log_fwhm[0]),
+                       np.exp(log_fwhm[-1])))
+    return np.interp(x, log_fwhm, radius), np.interp(x, log_fwhm, concentration)
+
+
+def psf_features(features, fwhm, *, pixel_scale, size):
+    """
+    `PSF_FEATURE_NAMES` of N sources in one band.
+
+    Parameters
+    ----------
+    features : `~numpy.ndarray`
+        ``(N, len(FEATURE_NAMES))`` from `measure_features`.
+    fwhm : `~numpy.ndarray`
+        ``(N,)`` local PSF FWHM of each source, arcsec.
+    pixel_scale : float
+        Arcsec per pixel.
+    size : int
+        Stamp side in pixels.
+
+    Returns
+    -------
+    psf_features : `~numpy.ndarray`
+        ``(N, 3)`` float32: ``psf_fwhm``, ``radius_excess``,
+        ``concentration_excess`` (NaN where the feature itself is NaN).
+    """
+    fwhm = np.asarray(fwhm, dtype=np.float64)
+    radius, concentration = point_source_features(fwhm, pixel_scale=pixel_scale, size=size)
+    index = FEATURE_NAMES.index
+    out = np.empty((len(fwhm), len(PSF_FEATURE_NAMES)), dtype=np.float32)
+    out[:, 0] = fwhm
+    out[:, 1] = features[:, index("radius")] - radius
+    out[:, 2] = features[:, index("concentration")] - concentration
     return out

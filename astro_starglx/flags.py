@@ -34,6 +34,12 @@ class ClassFlag(enum.IntFlag):
                        measured and were replaced by the training-set mean
                        (a mere non-detection is not flagged)
     SATURATED      32  the stamp holds pixels flagged as saturated
+    BLENDED        64  another catalog source with at least a tenth of this
+                       one's flux lies inside the stamp (reference band)
+    OUT_OF_RANGE  128  the local PSF FWHM of a band lies outside the range
+                       the model was trained on (see the model's
+                       ``meta.psf``), or the PSF could not be measured and
+                       the nominal one was assumed
     ==========  =====  ========================================================
     """
 
@@ -43,6 +49,8 @@ class ClassFlag(enum.IntFlag):
     BAND_MISSING = 8
     NO_FEATURES = 16
     SATURATED = 32
+    BLENDED = 64
+    OUT_OF_RANGE = 128
 
 
 def describe_flags(value):

@@ -8,89 +8,13 @@ says how to rebuild its network (torchvision's "weights as data" idea).
 This module imports torch and torchvision only.
 """
 
-import copy
-
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import resnet as tv_resnet
 
-__all__ = ["RBiM", "ImageEncoder", "CatalogEncoder", "build_model", "MODEL_CONFIGS",
-           "validate_config", "fuse_for_inference", "to_device", "predict_batch"]
+from .meta import MODEL_CONFIGS, validate_architecture
 
-_MODES = ("fused", "image", "catalog")
-
-#: Architecture configs of the named model families. ``n_bands``,
-#: ``n_features`` and ``stamp_size`` are filled in from the data at training
-#: time and stored in the weights meta with the rest.
-MODEL_CONFIGS = {
-    # Paper-faithful: torchvision ResNet-50 (Bottleneck [3, 4, 6, 3]) with a
-    # stride-1 3x3 stem and no max-pool, because CSST stamps are ~25-33 px
-    # rather than 224 px: the standard 7x7/2 stem + pool would shrink a 25 px
-    # stamp to 7 px before the first residual stage.
-    "rbim-resnet50": {
-        "mode": "fused",
-        "image_encoder": {"name": "resnet50", "stem": "small"},
-        "catalog_encoder": {"hidden_size": 128, "num_layers": 2, "dropout": 0.1},
-        "head": {"hidden": 256, "dropout": 0.2},
-    },
-    # Compact CPU model: three narrow BasicBlock stages.
-    "rbim-lite": {
-        "mode": "fused",
-        "image_encoder": {"name": "resnet", "block": "basic", "layers": [1, 1, 1],
-                          "widths": [16, 32, 64], "stem": "small"},
-        "catalog_encoder": {"hidden_size": 32, "num_layers": 1, "dropout": 0.0},
-        "head": {"hidden": 64, "dropout": 0.1},
-    },
-}
-
-_REQUIRED_KEYS = ("mode", "n_bands", "n_features", "n_classes", "image_encoder",
-                  "catalog_encoder", "head")
-
-
-def validate_config(config):
-    """
-    Check an architecture config and fill defaults.
-
-    Parameters
-    ----------
-    config : dict
-        Architecture config (``meta["architecture"]``).
-
-    Returns
-    -------
-    config : dict
-        A validated deep copy.
-
-    Raises
-    ------
-    ValueError
-        If a key is missing or has an unusable value.
-    """
-    if not isinstance(config, dict):
-        msg = f"config must be a dict (meta['architecture']), got {type(config).__name__}"
-        raise TypeError(msg)
-    config = copy.deepcopy(config)
-    config.setdefault("n_classes", 2)
-    missing = [key for key in _REQUIRED_KEYS if key not in config]
-    if missing:
-        msg = (f"architecture config is missing {missing}; it has {sorted(config)}. "
-               "Rebuild the weights with `astro-starglx train` or fix meta['architecture'].")
-        raise ValueError(msg)
-    if config["mode"] not in _MODES:
-        msg = f"architecture mode must be one of {_MODES}, got {config['mode']!r}"
-        raise ValueError(msg)
-    for key in ("n_bands", "n_features", "n_classes"):
-        value = config[key]
-        if not isinstance(value, int) or value < 1:
-            msg = f"architecture {key} must be a positive int, got {value!r}"
-            raise ValueError(msg)
-    name = config["image_encoder"].get("name")
-    if name not in ("resnet50", "resnet18", "resnet34", "resnet"):
-        msg = (f"image_encoder name must be 'resnet50', 'resnet18', 'resnet34' or 'resnet', "
-               f"got {name!r}")
-        raise ValueError(msg)
-    return config
+__all__ = ["RBiM", "ImageEncoder", "CatalogEncoder", "build_model", "MODEL_CONFIGS"]
 
 
 def _small_stem(in_channels, width):
@@ -197,7 +121,11 @@ class CatalogEncoder(nn.Module):
 
     def forward(self, x):
         """(N, C, F) float32 -> (N, 2 * hidden_size)."""
-        _, (h_n, _) = self.lstm(x)
+        # Always float32: under CPU bfloat16 autocast oneDNN has no LSTM
+        # primitive without native bf16 ("could not create a primitive
+        # descriptor"), and the LSTM is a negligible share of the cost.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            _, (h_n, _) = self.lstm(x.float())
         # Last layer's final states: forward direction saw NUV..y, backward y..NUV.
         return torch.cat([h_n[-2], h_n[-1]], dim=1)
 
@@ -287,101 +215,4 @@ def build_model(config):
     >>> net(torch.zeros(3, 7, 25, 25), torch.zeros(3, 7, 5)).shape
     torch.Size([3, 2])
     """
-    return RBiM(validate_config(config))
-
-
-def fuse_for_inference(model):
-    """
-    A copy of an eval-mode network with every BatchNorm folded into its conv.
-
-    Inference only: the folded network gives the same outputs (to float32
-    rounding) with fewer passes over the feature maps. Measured on the
-    2-core CPU with ``rbim-lite`` and 1024 stamps of 25 x 25 pixels: 2,060
-    objects/s plain, 2,360 folded, 4,300 folded with channels-last inputs.
-
-    Parameters
-    ----------
-    model : `torch.nn.Module`
-        A network from `build_model` (not modified).
-
-    Returns
-    -------
-    fused : `torch.nn.Module`
-        The folded copy, in eval mode.
-    """
-    fused = copy.deepcopy(model).eval()
-    for module in fused.modules():
-        # torchvision's residual blocks and ResNet stem: convN followed by bnN.
-        for suffix in ("", "1", "2", "3"):
-            conv = getattr(module, f"conv{suffix}", None)
-            bn = getattr(module, f"bn{suffix}", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(module, f"conv{suffix}", fuse_conv_bn_eval(conv, bn))
-                setattr(module, f"bn{suffix}", nn.Identity())
-        # Our stems and torchvision's downsample branches: Sequential(conv, bn, ...).
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:]):
-                conv, bn = module._modules[first], module._modules[second]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    module._modules[first] = fuse_conv_bn_eval(conv, bn)
-                    module._modules[second] = nn.Identity()
-    return fused
-
-
-def to_device(x_image, x_catalog, device, *, memory_format=torch.contiguous_format):
-    """
-    Network inputs from `~astro_starglx.preprocess.prepare_inputs` as tensors on ``device``.
-
-    On CUDA the arrays go through pinned host memory with non-blocking copies,
-    so the transfer overlaps with compute.
-
-    Parameters
-    ----------
-    x_image : `~numpy.ndarray`
-        ``(N, C, H, W)`` float32.
-    x_catalog : `~numpy.ndarray`
-        ``(N, C, F)`` float32.
-    device : `torch.device`
-    memory_format : `torch.memory_format`, optional
-        Layout of the image tensor (``torch.channels_last`` for a network
-        converted to it, see `fuse_for_inference`).
-
-    Returns
-    -------
-    x_image, x_catalog : `torch.Tensor`
-    """
-    x_image = torch.from_numpy(x_image).contiguous(memory_format=memory_format)
-    x_catalog = torch.from_numpy(x_catalog)
-    if device.type == "cuda":
-        x_image = x_image.pin_memory().to(device, non_blocking=True)
-        x_catalog = x_catalog.pin_memory().to(device, non_blocking=True)
-    return x_image, x_catalog
-
-
-def predict_batch(network, x_image, x_catalog, *, device, memory_format=torch.contiguous_format):
-    """
-    Logits of an eval-mode network on one batch of prepared numpy inputs.
-
-    The one inference forward shared by `~astro_starglx.StarGalaxyClassifier`
-    and the training/evaluation code: `torch.inference_mode`, and on CUDA
-    bf16 autocast (the precision the networks are trained with).
-
-    Parameters
-    ----------
-    network : `torch.nn.Module`
-    x_image, x_catalog : `~numpy.ndarray`
-        From `~astro_starglx.preprocess.prepare_inputs`.
-    device : `torch.device`
-    memory_format : `torch.memory_format`, optional
-        See `to_device`.
-
-    Returns
-    -------
-    logits : `~numpy.ndarray`
-        ``(N, n_classes)`` float32.
-    """
-    x_image, x_catalog = to_device(x_image, x_catalog, device, memory_format=memory_format)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                                enabled=device.type == "cuda"):
-        return network(x_image, x_catalog).float().cpu().numpy()
+    return RBiM(validate_architecture(config))

@@ -20,6 +20,8 @@ when a function is called; without it the error names the ``plot`` extra.
 
 import numpy as np
 
+from ._optional import import_optional
+
 __all__ = [
     "plot_confusion_matrix",
     "plot_recall_vs_magnitude",
@@ -33,13 +35,7 @@ _STRETCHES = ("asinh", "linear", "sqrt", "log")
 
 def _pyplot():
     """Import pyplot, or say which extra to install."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        msg = ("astro_starglx.plotting needs matplotlib, which could not be imported "
-               f"({exc}); install the plot extra: pip install \"astro_starglx[plot]\"")
-        raise ImportError(msg) from exc
-    return plt
+    return import_optional("matplotlib.pyplot", "plot", feature="astro_starglx.plotting")
 
 
 def _axes(ax):

@@ -1,7 +1,7 @@
 """
 The one normalisation shared by training and inference (numpy only).
 
-Raw inputs (`astro_starglx.features.SourceInputs`) become network inputs:
+Raw inputs (`astro_starglx.inputs.SourceInputs`) become network inputs:
 
 - image channels: each stamp divided by its per-pixel noise (so no model
   depends on the flux scale or unit of an image) and compressed with
@@ -15,15 +15,19 @@ training-set mean for features. The constants live in the weights metadata
 under ``meta["normalization"]``, produced by `compute_normalization`.
 """
 
+import functools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["compute_normalization", "prepare_inputs"]
+__all__ = ["Normalization", "compute_normalization", "prepare_inputs"]
 
 #: Keys of a normalisation dict.
 NORMALIZATION_KEYS = ("softening", "feature_mean", "feature_std")
+
+_FIX = "use the Normalization from compute_normalization() stored in the model's meta"
 
 
 def _check_array(value, name, ndim, shape_text):
@@ -37,54 +41,98 @@ def _check_array(value, name, ndim, shape_text):
     return arr
 
 
-def _check_normalization(normalization, n_bands, n_features):
-    """Validated (softening, mean (C, F) float32, std (C, F) float32)."""
-    fix = "use the dict from compute_normalization() stored in meta['normalization']"
-    if not isinstance(normalization, Mapping):
-        msg = (
-            f"normalization must be a dict with keys {list(NORMALIZATION_KEYS)}, got "
-            f"{type(normalization).__name__}; {fix}"
-        )
-        raise ValueError(msg)
-    missing = [key for key in NORMALIZATION_KEYS if key not in normalization]
-    if missing:
-        msg = (
-            f"normalization lacks the keys {missing} (has {sorted(normalization)}); {fix}"
-        )
-        raise ValueError(msg)
-    try:
-        softening = float(normalization["softening"])
-    except (TypeError, ValueError):
-        softening = math.nan
-    if not math.isfinite(softening) or softening <= 0:
-        msg = (
-            "normalization['softening'] must be a positive number of noise sigmas, got "
-            f"{normalization['softening']!r}; {fix}"
-        )
-        raise ValueError(msg)
-    arrays = []
-    for key in ("feature_mean", "feature_std"):
+@dataclass(frozen=True, eq=False)
+class Normalization:
+    """
+    The normalisation constants of a model, validated once.
+
+    Attributes
+    ----------
+    softening : float
+        ``arcsinh`` softening of the stamps, in noise sigmas.
+    feature_mean, feature_std : `~numpy.ndarray`
+        ``(C, F)`` float64 (read-only): per-band, per-feature mean and
+        standard deviation of the training set's features.
+    """
+
+    softening: float
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+
+    def __post_init__(self):
         try:
-            arr = np.asarray(normalization[key], dtype=np.float64)
+            softening = float(self.softening)
         except (TypeError, ValueError):
-            arr = None
-        if arr is None or arr.shape != (n_bands, n_features):
-            got = "non-numeric values" if arr is None else f"shape {arr.shape}"
-            msg = (
-                f"normalization[{key!r}] must be a nested list of shape (C, F) = "
-                f"({n_bands}, {n_features}) matching the features, got {got}; {fix} "
-                "for the same bands and feature names"
-            )
+            softening = math.nan
+        if not math.isfinite(softening) or softening <= 0:
+            msg = (f"normalization softening must be a positive number of noise sigmas, got "
+                   f"{self.softening!r}; {_FIX}")
             raise ValueError(msg)
-        if not np.all(np.isfinite(arr)):
-            msg = f"normalization[{key!r}] must be finite; {fix}"
+        object.__setattr__(self, "softening", softening)
+        arrays = {}
+        for key in ("feature_mean", "feature_std"):
+            try:
+                arr = np.array(getattr(self, key), dtype=np.float64)
+            except (TypeError, ValueError):
+                arr = None
+            if arr is None or arr.ndim != 2:
+                got = "non-numeric values" if arr is None else f"shape {arr.shape}"
+                msg = (f"normalization {key} must be a (C, F) table of numbers (bands x "
+                       f"features), got {got}; {_FIX}")
+                raise ValueError(msg)
+            if not np.all(np.isfinite(arr)):
+                msg = f"normalization {key} must be finite; {_FIX}"
+                raise ValueError(msg)
+            arr.flags.writeable = False
+            arrays[key] = arr
+        if arrays["feature_mean"].shape != arrays["feature_std"].shape:
+            msg = (f"normalization feature_mean {arrays['feature_mean'].shape} and feature_std "
+                   f"{arrays['feature_std'].shape} must have the same (C, F) shape; {_FIX}")
             raise ValueError(msg)
-        arrays.append(arr)
-    mean, std = arrays
-    if np.any(std <= 0):
-        msg = f"normalization['feature_std'] must be positive everywhere; {fix}"
-        raise ValueError(msg)
-    return softening, mean.astype(np.float32), std.astype(np.float32)
+        if np.any(arrays["feature_std"] <= 0):
+            msg = f"normalization feature_std must be positive everywhere; {_FIX}"
+            raise ValueError(msg)
+        for key, arr in arrays.items():
+            object.__setattr__(self, key, arr)
+
+    @classmethod
+    def from_dict(cls, value):
+        """A `Normalization` from ``{"softening", "feature_mean", "feature_std"}``."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            msg = (f"normalization must be a dict with keys {list(NORMALIZATION_KEYS)}, got "
+                   f"{type(value).__name__}; {_FIX}")
+            raise ValueError(msg)
+        missing = [key for key in NORMALIZATION_KEYS if key not in value]
+        if missing:
+            msg = f"normalization lacks the keys {missing} (has {sorted(value)}); {_FIX}"
+            raise ValueError(msg)
+        return cls(**{key: value[key] for key in NORMALIZATION_KEYS})
+
+    def to_dict(self):
+        """JSON-ready ``{"softening": float, "feature_mean": [[...]], "feature_std": [[...]]}``."""
+        return {"softening": self.softening, "feature_mean": self.feature_mean.tolist(),
+                "feature_std": self.feature_std.tolist()}
+
+    @property
+    def shape(self):
+        """``(C, F)``: bands x features."""
+        return self.feature_mean.shape
+
+    @functools.cached_property
+    def _float32(self):
+        # Cast once, not on every batch.
+        return self.feature_mean.astype(np.float32), self.feature_std.astype(np.float32)
+
+    def __eq__(self, other):
+        if not isinstance(other, Normalization):
+            return NotImplemented
+        return (self.softening == other.softening
+                and np.array_equal(self.feature_mean, other.feature_mean)
+                and np.array_equal(self.feature_std, other.feature_std))
+
+    __hash__ = None
 
 
 def prepare_inputs(stamps, noise, features, normalization):
@@ -100,9 +148,9 @@ def prepare_inputs(stamps, noise, features, normalization):
         non-finite noise makes that stamp all zeros.
     features : array_like, shape (N, C, F)
         Catalog features, NaN where not measurable.
-    normalization : dict
-        ``{"softening": float, "feature_mean": (C, F) nested list,
-        "feature_std": (C, F) nested list}`` (`compute_normalization`).
+    normalization : `Normalization` or dict
+        From `compute_normalization` (a dict with the same keys is validated
+        and converted, once per call).
 
     Returns
     -------
@@ -139,7 +187,14 @@ def prepare_inputs(stamps, noise, features, normalization):
             f"stamps, got {features.shape}"
         )
         raise ValueError(msg)
-    softening, mean, std = _check_normalization(normalization, n_bands, features.shape[2])
+    normalization = Normalization.from_dict(normalization)
+    if normalization.shape != (n_bands, features.shape[2]):
+        msg = (f"normalization is for (C, F) = {normalization.shape} (bands x features) but "
+               f"the features have {(n_bands, features.shape[2])}; {_FIX} for the same bands "
+               "and feature names")
+        raise ValueError(msg)
+    softening = normalization.softening
+    mean, std = normalization._float32
 
     noise = noise.astype(np.float32)
     usable = np.isfinite(noise) & (noise > 0)
@@ -173,9 +228,8 @@ def compute_normalization(features, *, softening=3.0, min_std=1e-3):
 
     Returns
     -------
-    normalization : dict
-        ``{"softening": float, "feature_mean": [[...F] * C],
-        "feature_std": [[...F] * C]}`` of plain Python floats (JSON ready).
+    normalization : `Normalization`
+        ``to_dict()`` gives the JSON form stored in the weights meta.
 
     Raises
     ------
@@ -188,7 +242,7 @@ def compute_normalization(features, *, softening=3.0, min_std=1e-3):
     >>> import numpy as np
     >>> from astro_starglx.preprocess import compute_normalization
     >>> norm = compute_normalization(np.array([[[1.0]], [[3.0]], [[np.nan]]]))
-    >>> norm["feature_mean"], norm["feature_std"]
+    >>> norm.feature_mean.tolist(), norm.feature_std.tolist()
     ([[2.0]], [[1.0]])
     """
     features = _check_array(features, "features", 3, "(N, C, F)").astype(np.float64)
@@ -211,8 +265,4 @@ def compute_normalization(features, *, softening=3.0, min_std=1e-3):
     std = np.maximum(np.sqrt(var), float(min_std))
     mean[count == 0] = 0.0
     std[count == 0] = 1.0
-    return {
-        "softening": float(softening),
-        "feature_mean": mean.tolist(),
-        "feature_std": std.tolist(),
-    }
+    return Normalization(softening=float(softening), feature_mean=mean, feature_std=std)

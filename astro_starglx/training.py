@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,12 @@ import torch
 from torch import nn
 
 from . import metrics
-from .model import MODEL_CONFIGS, build_model, predict_batch, to_device
-from .preprocess import compute_normalization, prepare_inputs
+from .inference import calibrated_proba, predict_logits, to_device
+from .meta import MODEL_CONFIGS, ModelMeta
+from .model import build_model
+from .preprocess import Normalization, compute_normalization, prepare_inputs
 
-__all__ = ["TrainConfig", "FitResult", "fit", "predict_logits", "train_release",
-           "augment_batch"]
+__all__ = ["TrainConfig", "FitResult", "fit", "train_release", "augment_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,18 @@ class TrainConfig:
         ``arcsinh`` softening of the stamps, in noise units.
     max_train : int or None
         Use at most this many training sources (quick runs).
+    features : tuple of str or None
+        Train on these of the data set's per-band features only (ablations);
+        None uses them all.
+    precision : {"auto", "fp32", "bf16"}
+        ``"bf16"`` trains the image encoder under `torch.autocast` in
+        bfloat16; ``"auto"`` does so on CUDA and on CPUs with native bfloat16
+        (AVX-512 BF16 or AMX), and uses float32 elsewhere. Tensors are
+        channels-last in every case.
+    checkpoint_minutes : float
+        Also checkpoint within an epoch once this many minutes have passed
+        since the last checkpoint (long runs on machines that stop jobs).
+        Not part of what makes two configs the same run.
     seed : int
         Seed of the initialisation, the batch order and the augmentation.
     """
@@ -93,6 +107,9 @@ class TrainConfig:
     patience: int = 5
     softening: float = 3.0
     max_train: int | None = None
+    features: tuple | None = None
+    precision: str = "auto"
+    checkpoint_minutes: float = 10.0
     seed: int = 0
 
     def __post_init__(self):
@@ -109,6 +126,32 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 msg = f"{name} must be >= 1, got {getattr(self, name)!r}"
                 raise ValueError(msg)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            msg = f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}"
+            raise ValueError(msg)
+        if not self.checkpoint_minutes > 0:
+            msg = f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes!r}"
+            raise ValueError(msg)
+        if self.features is not None:
+            if isinstance(self.features, str) or not all(
+                    isinstance(f, str) for f in self.features) or not self.features:
+                msg = (f"features must be None or a non-empty sequence of feature names, "
+                       f"got {self.features!r}")
+                raise ValueError(msg)
+            object.__setattr__(self, "features", tuple(self.features))
+
+    def run_key(self):
+        """The settings that make two configs the same run (checked on resume)."""
+        key = dataclasses.asdict(self)
+        key.pop("checkpoint_minutes")
+        key["features"] = None if self.features is None else list(self.features)
+        return key
+
+    def use_bf16(self, device):
+        """Whether this run trains under bfloat16 autocast on ``device``."""
+        if self.precision != "auto":
+            return self.precision == "bf16"
+        return device.type == "cuda" or _cpu_has_native_bf16()
 
     def architecture(self, *, n_bands, n_features):
         """The `~astro_starglx.model.build_model` config for this run."""
@@ -167,54 +210,40 @@ def augment_batch(stamps, features, *, rng, flips=True, band_dropout=0.0):
     return stamps, features
 
 
-def _batches(n, batch_size, rng=None):
-    order = np.arange(n) if rng is None else rng.permutation(n)
-    for start in range(0, n, batch_size):
-        # Sorted indices make the memory-map gather sequential.
-        yield np.sort(order[start:start + batch_size])
+class _FeatureSubset:
+    """A data split that shows only some of its per-band features (ablations)."""
+
+    def __init__(self, data, index):
+        self._data = data
+        self.features = np.asarray(data.features)[:, :, index]
+
+    def __getattr__(self, name):
+        return getattr(self._data, name)
 
 
-def predict_logits(network, data, normalization, *, batch_size=1024, device="cpu"):
-    """
-    Logits of a network over all sources of ``data``.
-
-    Parameters
-    ----------
-    network : `torch.nn.Module`
-    data : object
-        Has ``stamps``, ``noise`` and ``features`` arrays (a
-        `~astro_starglx.dataset.SplitData`).
-    normalization : dict
-        ``meta["normalization"]``.
-    batch_size : int, optional
-    device : str or `torch.device`, optional
-
-    Returns
-    -------
-    logits : `~numpy.ndarray`
-        ``(N, 2)`` float32.
-    """
-    device = torch.device(device)
-    network.eval()
-    out = np.empty((len(data.stamps), 2), dtype=np.float32)
-    for idx in _batches(len(data.stamps), batch_size):
-        x_image, x_catalog = prepare_inputs(data.stamps[idx], data.noise[idx],
-                                            data.features[idx], normalization)
-        out[idx] = predict_batch(network, x_image, x_catalog, device=device)
-    return out
+def _select_features(config, info, splits):
+    names = list(info["feature_names"])
+    if config.features is None:
+        return names, splits
+    unknown = [f for f in config.features if f not in names]
+    if unknown:
+        msg = (f"TrainConfig.features names {unknown}, which the data set does not have; "
+               f"it has {names}")
+        raise ValueError(msg)
+    index = [names.index(f) for f in config.features]
+    return list(config.features), [_FeatureSubset(s, index) for s in splits]
 
 
-def _lr_lambda(config, steps_per_epoch):
+def _scheduler(optimizer, config, steps_per_epoch):
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to 0 at the last step."""
     total = config.epochs * steps_per_epoch
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+    lr = torch.optim.lr_scheduler
+    return lr.SequentialLR(optimizer, [
+        lr.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
+                    total_iters=max(1, warmup - 1)),
+        lr.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup)),
+    ], milestones=[warmup])
 
 
 def _save_atomic(obj, path):
@@ -223,10 +252,153 @@ def _save_atomic(obj, path):
     os.replace(tmp, path)
 
 
+def _cpu_has_native_bf16():
+    # oneDNN's own check (AVX-512 BF16 / AMX); without it bfloat16 is emulated
+    # and slower than float32 (measured in benchmarks/bench_training.py).
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                    and (torch.cpu._is_avx512_bf16_supported()
+                         or torch.cpu._is_amx_tile_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _Run:
+    """The mutable state of one training run: network, optimiser, schedule, position."""
+
+    def __init__(self, config, arch, device, steps_per_epoch):
+        # Our own RNG streams: the global torch RNG is forked, never left changed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.network = build_model(arch).to(device)
+        self.bf16 = config.use_bf16(device)
+        # Channels-last in every set-up: 2.6x the fp32 training throughput of
+        # rbim-lite on the 2-core CPU (benchmarks/bench_training.py).
+        self.memory_format = torch.channels_last
+        self.network = self.network.to(memory_format=self.memory_format)
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=config.lr,
+                                               weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.network.parameters(), lr=config.lr,
+                                             momentum=0.9, nesterov=True,
+                                             weight_decay=config.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, config, steps_per_epoch)
+        self.history, self.epoch, self.step = [], 0, 0
+        self.best = {"loss": np.inf, "epoch": -1, "state": None}
+        self.bad_epochs = 0
+        # within the current epoch (mid-epoch checkpoints)
+        self.total, self.n_seen, self.rng_state, self.torch_rng = 0.0, 0, None, None
+
+    def state(self, config, normalization):
+        return {"config": config.run_key(), "epoch": self.epoch, "step": self.step,
+                "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "history": self.history,
+                "best_loss": self.best["loss"], "best_epoch": self.best["epoch"],
+                "best_state": self.best["state"], "bad_epochs": self.bad_epochs,
+                "total": self.total, "n_seen": self.n_seen, "rng_state": self.rng_state,
+                "torch_rng": self.torch_rng, "normalization": normalization.to_dict()}
+
+    def restore(self, ckpt):
+        self.network.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        self.best = {"loss": ckpt["best_loss"], "epoch": ckpt["best_epoch"],
+                     "state": ckpt["best_state"]}
+        self.bad_epochs = ckpt["bad_epochs"]
+        self.total, self.n_seen = ckpt["total"], ckpt["n_seen"]
+        self.rng_state, self.torch_rng = ckpt["rng_state"], ckpt["torch_rng"]
+
+
+def _load_checkpoint(path, config, device):
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt.get("config") != config.run_key():
+        msg = (f"checkpoint {path} was written with a different TrainConfig; "
+               "use another output directory or resume=False")
+        raise ValueError(msg)
+    return ckpt
+
+
+def _train_epoch(run, train, labels, normalization, loss_fn, *, config, device, n_train,
+                 save, progress):
+    """One epoch from ``run.step`` on; ``save()`` is called every checkpoint_minutes."""
+    from tqdm.auto import tqdm
+
+    epoch = run.epoch
+    # Per-epoch streams seeded from (seed, epoch); a mid-epoch checkpoint
+    # stores their state after the permutation, so a resume is exact.
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(n_train)
+    if run.rng_state is not None:
+        rng.bit_generator.state = run.rng_state
+    batches = [np.sort(order[start:start + config.batch_size])
+               for start in range(0, n_train, config.batch_size)]
+    cuda = device.type == "cuda"
+    last_save = time.monotonic()
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.manual_seed(config.seed * 100003 + epoch)
+        if run.torch_rng is not None:
+            torch.set_rng_state(run.torch_rng)
+        run.network.train()
+        bar = tqdm(batches[run.step:], total=len(batches), initial=run.step,
+                   disable=not progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   unit="batch")
+        for idx in bar:
+            stamps, feats = train.stamps[idx], train.features[idx]
+            if config.augment or config.band_dropout:
+                stamps, feats = augment_batch(stamps, feats, rng=rng, flips=config.augment,
+                                              band_dropout=config.band_dropout)
+            x_image, x_catalog = prepare_inputs(stamps, train.noise[idx], feats,
+                                                normalization)
+            x_image, x_catalog = to_device(x_image, x_catalog, device,
+                                           memory_format=run.memory_format)
+            y = torch.from_numpy(labels[idx]).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                enabled=run.bf16):
+                loss = loss_fn(run.network(x_image, x_catalog).float(), y)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()
+            run.total += loss.item() * len(idx)
+            run.n_seen += len(idx)
+            run.step += 1
+            bar.set_postfix(loss=f"{run.total / run.n_seen:.4f}")
+            if (time.monotonic() - last_save > 60.0 * config.checkpoint_minutes
+                    and run.step < len(batches)):
+                run.rng_state, run.torch_rng = rng.bit_generator.state, torch.get_rng_state()
+                save()
+                last_save = time.monotonic()
+                log.info("epoch %d: checkpoint after batch %d of %d (loss %.4f)", epoch,
+                         run.step, len(batches), run.total / run.n_seen)
+    return run.total / max(run.n_seen, 1)
+
+
+def _validate(run, val, normalization, *, device, train_loss):
+    logits = predict_logits(run.network, val, normalization, device=device)
+    y_val = np.asarray(val.labels).astype(np.int64)
+    val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                 torch.from_numpy(y_val)))
+    report = metrics.classification_report(y_val, metrics.softmax(logits)[:, 1],
+                                           threshold=0.5)
+    return {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "val_recall_star": report["recall_star"],
+            "val_recall_galaxy": report["recall_galaxy"],
+            "lr": run.scheduler.get_last_lr()[0]}
+
+
+def _log_file(output_dir):
+    handler = logging.FileHandler(output_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    return handler
+
+
 def fit(train, val, *, config, output_dir, normalization=None, device="cpu", resume=True,
         progress=False):
     """
-    Train a network; checkpoint every epoch; resume exactly.
+    Train a network; checkpoint every epoch and every few minutes; resume exactly.
 
     Parameters
     ----------
@@ -236,13 +408,16 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
         ``(N,)`` (0 = star, 1 = galaxy) arrays; memory maps are streamed.
     config : `TrainConfig`
     output_dir : path-like
-        Where ``checkpoint.pt`` is written after every epoch.
-    normalization : dict or None, optional
+        Where ``checkpoint.pt`` is written after every epoch and, within an
+        epoch, every ``config.checkpoint_minutes``; ``train.log`` gets one
+        line per epoch and checkpoint (``tail -f`` it).
+    normalization : `~astro_starglx.preprocess.Normalization` or None, optional
         Input normalisation; ``None`` computes it from the training features.
     device : str or `torch.device`, optional
     resume : bool, optional
         Continue from ``output_dir/checkpoint.pt`` if it exists and was
-        written with the same ``config``.
+        written with the same ``config`` (from the middle of an epoch too:
+        the result is the same as that of an uninterrupted run).
     progress : bool, optional
         Progress bar with loss and validation recall.
 
@@ -250,11 +425,25 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
     -------
     result : `FitResult`
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    handler = _log_file(output_dir)
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        return _fit(train, val, config=config, output_dir=output_dir,
+                    normalization=normalization, device=device, resume=resume,
+                    progress=progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _fit(train, val, *, config, output_dir, normalization, device, resume, progress):
+    from tqdm.auto import tqdm
+
     n_train = len(train.labels)
     if config.max_train is not None:
         n_train = min(config.max_train, n_train)
@@ -262,120 +451,73 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
         normalization = compute_normalization(np.asarray(train.features[:n_train]),
                                               softening=config.softening)
     n_bands, n_features = train.features.shape[1:]
-    arch = config.architecture(n_bands=n_bands, n_features=n_features)
-    labels_train = np.asarray(train.labels[:n_train]).astype(np.int64)
-    counts = np.bincount(labels_train, minlength=2).astype(float)
+    labels = np.asarray(train.labels[:n_train]).astype(np.int64)
+    counts = np.bincount(labels, minlength=2).astype(float)
     weight = (counts.sum() / (2 * np.maximum(counts, 1))) if config.class_balance \
         else np.ones(2)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32,
                                                       device=device),
                                   label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-
-    # Our own RNG streams: the global torch RNG is forked, never left changed.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        network = build_model(arch).to(device)
-    if config.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr,
-                                      weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(network.parameters(), lr=config.lr, momentum=0.9,
-                                    nesterov=True, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  _lr_lambda(config, steps_per_epoch))
-    history, start_epoch, best = [], 0, {"loss": np.inf, "epoch": -1, "state": None}
-    bad_epochs = 0
+    run = _Run(config, config.architecture(n_bands=n_bands, n_features=n_features), device,
+               steps_per_epoch)
     ckpt_path = output_dir / _CHECKPOINT
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt["config"] != dataclasses.asdict(config):
-            msg = (f"checkpoint {ckpt_path} was written with a different TrainConfig; "
-                   "use another output directory or resume=False")
-            raise ValueError(msg)
-        network.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
-        best = {"loss": ckpt["best_loss"], "epoch": ckpt["best_epoch"],
-                "state": ckpt["best_state"]}
-        bad_epochs = ckpt["bad_epochs"]
-        normalization = ckpt["normalization"]
-        log.info("resumed from %s after epoch %d", ckpt_path, ckpt["epoch"])
+        ckpt = _load_checkpoint(ckpt_path, config, device)
+        run.restore(ckpt)
+        normalization = Normalization.from_dict(ckpt["normalization"])
+        log.info("resumed from %s at epoch %d, batch %d", ckpt_path, run.epoch, run.step)
+    log.info("training %s on %s (%s, channels-last, %d sources, %d batches per epoch)",
+             config.model, device, "bf16 autocast" if run.bf16 else "fp32", n_train,
+             steps_per_epoch)
 
-    cuda = device.type == "cuda"
-    for epoch in range(start_epoch, config.epochs):
-        if bad_epochs >= config.patience:
-            break
-        # Per-epoch streams seeded from (seed, epoch): resuming needs no RNG state.
-        rng = np.random.default_rng([config.seed, epoch])
-        network.train()
-        total, n_seen = 0.0, 0
-        with torch.random.fork_rng(devices=[device] if cuda else []):
-            torch.manual_seed(config.seed * 100003 + epoch)
-            bar = tqdm(_batches(n_train, config.batch_size, rng), total=steps_per_epoch,
-                       disable=not progress, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       unit="batch")
-            for idx in bar:
-                stamps, feats = train.stamps[idx], train.features[idx]
-                if config.augment or config.band_dropout:
-                    stamps, feats = augment_batch(stamps, feats, rng=rng,
-                                                  flips=config.augment,
-                                                  band_dropout=config.band_dropout)
-                x_image, x_catalog = prepare_inputs(stamps, train.noise[idx], feats,
-                                                    normalization)
-                x_image, x_catalog = to_device(x_image, x_catalog, device)
-                y = torch.from_numpy(labels_train[idx]).to(device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                                    enabled=cuda):
-                    loss = loss_fn(network(x_image, x_catalog).float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(idx)
-                n_seen += len(idx)
-                bar.set_postfix(loss=f"{total / n_seen:.4f}")
-        logits = predict_logits(network, val, normalization, device=device)
-        y_val = np.asarray(val.labels).astype(np.int64)
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits),
-                                                     torch.from_numpy(y_val)))
-        p_gal = metrics.softmax(logits)[:, 1]
-        report = metrics.classification_report(y_val, p_gal, threshold=0.5)
-        entry = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "val_loss": val_loss,
-                 "val_recall_star": report["recall_star"],
-                 "val_recall_galaxy": report["recall_galaxy"],
-                 "lr": scheduler.get_last_lr()[0]}
-        history.append(entry)
-        log.info("epoch %d: %s", epoch, entry)
+    def save():
+        _save_atomic(run.state(config, normalization), ckpt_path)
+
+    while run.epoch < config.epochs and run.bad_epochs < config.patience:
+        train_loss = _train_epoch(run, train, labels, normalization, loss_fn, config=config,
+                                  device=device, n_train=n_train, save=save,
+                                  progress=progress)
+        entry = _validate(run, val, normalization, device=device, train_loss=train_loss)
+        run.history.append(entry)
+        log.info("epoch %d: %s", run.epoch, entry)
         if progress:
-            tqdm.write(f"epoch {epoch + 1}: train loss {entry['train_loss']:.4f}, val loss "
-                       f"{val_loss:.4f}, val recall star {report['recall_star']:.4f} "
-                       f"galaxy {report['recall_galaxy']:.4f}")
-        if val_loss < best["loss"]:
-            best = {"loss": val_loss, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in network.state_dict().items()}}
-            bad_epochs = 0
+            tqdm.write(f"epoch {run.epoch + 1}: train loss {train_loss:.4f}, val loss "
+                       f"{entry['val_loss']:.4f}, val recall star "
+                       f"{entry['val_recall_star']:.4f} galaxy "
+                       f"{entry['val_recall_galaxy']:.4f}")
+        if entry["val_loss"] < run.best["loss"]:
+            run.best = {"loss": entry["val_loss"], "epoch": run.epoch,
+                        "state": {k: v.detach().clone()
+                                  for k, v in run.network.state_dict().items()}}
+            run.bad_epochs = 0
         else:
-            bad_epochs += 1
-        _save_atomic({"config": dataclasses.asdict(config), "epoch": epoch,
-                      "model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "history": history,
-                      "best_loss": best["loss"], "best_epoch": best["epoch"],
-                      "best_state": best["state"], "bad_epochs": bad_epochs,
-                      "normalization": normalization}, ckpt_path)
-    if best["state"] is not None:
-        network.load_state_dict(best["state"])
+            run.bad_epochs += 1
+        run.epoch, run.step = run.epoch + 1, 0
+        run.total, run.n_seen, run.rng_state, run.torch_rng = 0.0, 0, None, None
+        save()
+    network = run.network.to(memory_format=torch.contiguous_format)
+    if run.best["state"] is not None:
+        network.load_state_dict(run.best["state"])
     network.eval()
-    return FitResult(network=network, history=history, best_epoch=best["epoch"],
+    return FitResult(network=network, history=run.history, best_epoch=run.best["epoch"],
                      normalization=normalization)
 
 
-# Data-set settings copied into a release's recipe.
-_RECIPE_DATASET_KEYS = ("n_fields", "field_size", "detect", "psf_scale_range", "psf_models",
-                        "psf_beta_range", "exptime_scale_range", "galaxy_size_range",
-                        "sersic_fraction", "colour_scatter", "position_jitter", "mag_range",
-                        "counts")
+def _psf_validity(info, train, feature_names):
+    """``ModelMeta.psf`` of a model that reads ``psf_fwhm``: nominal PSF and trained range."""
+    if "psf_fwhm" not in feature_names:
+        return None
+    column = np.asarray(train.features)[:, :, feature_names.index("psf_fwhm")]
+    ranges = {}
+    for c, band in enumerate(info["bands"]):
+        values = column[:, c][np.isfinite(column[:, c])]
+        # The central 99 % of the PSFs seen in training: outside, too few
+        # examples to trust the model.
+        low, high = np.quantile(values, [0.005, 0.995])
+        ranges[band] = [round(float(low), 4), round(float(high), 4)]
+    return {"nominal_fwhm": {band: float(info["nominal_fwhm"][band]) for band in info["bands"]},
+            "fwhm_range": ranges}
 
 
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,
@@ -411,7 +553,8 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         The exported ``.safetensors`` file.
     """
     from .dataset import load_dataset
-    from .weights import resolve_device, save_weights
+    from .inference import resolve_device
+    from .weights import save_weights
 
     config = config or TrainConfig()
     device = resolve_device(device)
@@ -420,16 +563,29 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     val = load_dataset(dataset, "val")
     test = load_dataset(dataset, "test")
     info = train.info
+    feature_names, (train, val, test) = _select_features(config, info, (train, val, test))
     result = fit(train, val, config=config, output_dir=output, device=device, resume=resume,
                  progress=progress)
     network = result.network
     val_logits = predict_logits(network, val, result.normalization, device=device)
     y_val = np.asarray(val.labels)
     temperature = float(metrics.fit_temperature(val_logits, y_val))
-    p_val = metrics.softmax(val_logits, temperature=temperature)[:, 1]
+    name = config.model if config.mode in (None, "fused") else f"{config.model}-{config.mode}"
+    meta = ModelMeta(
+        name=name, bands=tuple(info["bands"]), stamp_size=int(info["stamp_size"]),
+        pixel_scale=float(info["pixel_scale"]), feature_names=tuple(feature_names),
+        normalization=result.normalization, threshold=0.5, temperature=temperature,
+        allow_missing_bands=config.band_dropout > 0,
+        architecture=config.architecture(n_bands=len(info["bands"]),
+                                         n_features=len(feature_names)),
+        recipe={"command": command or "astro-starglx train", "data_seed": info["seed"],
+                "dataset": info.get("config"), "config": dataclasses.asdict(config),
+                "best_epoch": result.best_epoch, "epochs_run": len(result.history)},
+        psf=_psf_validity(info, train, feature_names))
+    p_val = calibrated_proba(val_logits, meta)[:, 1]
     threshold = float(metrics.best_threshold(y_val, p_val, criterion="balanced"))
     test_logits = predict_logits(network, test, result.normalization, device=device)
-    p_test = metrics.softmax(test_logits, temperature=temperature)[:, 1]
+    p_test = calibrated_proba(test_logits, meta)[:, 1]
     y_test = np.asarray(test.labels)
     mag_r = np.asarray(test.catalog["mag_r"]) if "mag_r" in test.catalog.colnames else None
     test_metrics = {"all": _jsonable(metrics.classification_report(y_test, p_test,
@@ -438,31 +594,11 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         bright = mag_r <= 25.0
         test_metrics["r<=25"] = _jsonable(metrics.classification_report(
             y_test[bright], p_test[bright], threshold=threshold))
-    name = config.model if config.mode in (None, "fused") else f"{config.model}-{config.mode}"
-    meta = {
-        "name": name,
-        "bands": list(info["bands"]),
-        "stamp_size": int(info["stamp_size"]),
-        "pixel_scale": float(info["pixel_scale"]),
-        "feature_names": list(info["feature_names"]),
-        "normalization": result.normalization,
-        "class_names": ["star", "galaxy"],
-        "threshold": threshold,
-        "temperature": temperature,
-        "allow_missing_bands": config.band_dropout > 0,
-        "architecture": config.architecture(n_bands=len(info["bands"]),
-                                            n_features=len(info["feature_names"])),
-        "recipe": {"command": command or "astro-starglx train", "data_seed": info["seed"],
-                   # The data set's settings; the per-field variations only
-                   # where the set has them (sets built before they existed do not).
-                   "dataset": {k: info[k] for k in _RECIPE_DATASET_KEYS if k in info},
-                   "config": dataclasses.asdict(config), "best_epoch": result.best_epoch,
-                   "epochs_run": len(result.history)},
-        "metrics": {"test": test_metrics, "history": result.history},
-    }
+    meta = meta.replace(threshold=threshold,
+                        metrics={"test": test_metrics, "history": result.history})
     path = output / f"{name}.safetensors"
     save_weights(path, network.state_dict(), meta)
-    (output / "metrics.json").write_text(json.dumps(meta["metrics"], indent=2))
+    (output / "metrics.json").write_text(json.dumps(meta.metrics, indent=2))
     log.info("wrote %s", path)
     return path
 

@@ -19,16 +19,13 @@ This module imports torch, safetensors and pooch, never astropy or photutils.
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import math
-import numbers
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pooch
@@ -36,7 +33,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .model import build_model, validate_config
+from ._optional import atomic_write
+from .meta import META_KEY, ModelMeta
+from .model import build_model
 
 __all__ = [
     "DEFAULT",
@@ -54,19 +53,15 @@ __all__ = [
     "get_weights",
     "list_weights",
     "default_weights_name",
-    "validate_meta",
     "save_weights",
     "read_meta",
-    "sha256sum",
     "cache_dir",
     "base_url",
     "fetch_weights",
     "download_weights",
     "verify_weights",
     "install_weights",
-    "register_weights",
     "load_model",
-    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,9 +79,6 @@ CACHE_ENV = "ASTRO_STARGLX_CACHE"
 #: Environment variable that overrides the download base URL (mirrors).
 URL_ENV = "ASTRO_STARGLX_WEIGHTS_URL"
 
-#: Key of the JSON model meta in a safetensors file's header metadata.
-META_KEY = "astro_starglx"
-
 #: Seconds a download may wait for the server to connect or send data.
 DOWNLOAD_TIMEOUT = 60.0
 
@@ -97,11 +89,10 @@ DOWNLOAD_RETRIES = 2
 _REGISTRY_PATH = Path(__file__).parent / "data" / "registry.json"
 _BUNDLED_DIR = Path(__file__).parent / "data"
 
-_REGISTRY_FORMAT = 1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_META_REQUIRED = ("bands", "stamp_size", "pixel_scale", "feature_names", "normalization",
-                  "class_names", "threshold", "allow_missing_bands", "architecture",
-                  "recipe", "metrics")
+# Header key of the sha256 over the tensors (names, dtypes, shapes, bytes):
+# local files are checked on every load, not only registry-pinned ones.
+_TENSORS_KEY = "tensors_sha256"
 _SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -132,7 +123,7 @@ class Weights:
         Lower-case hex sha256 of the file.
     bundled : bool
         True if the file ships inside the package (``astro_starglx/data``).
-    meta : dict
+    meta : `~astro_starglx.meta.ModelMeta`
         Copy of the file's metadata (see :ref:`internals`); the file header is
         authoritative. Not part of equality or hashing.
     """
@@ -141,7 +132,7 @@ class Weights:
     filename: str
     sha256: str
     bundled: bool
-    meta: dict = dataclasses.field(compare=False, hash=False, repr=False)
+    meta: ModelMeta = dataclasses.field(compare=False, hash=False, repr=False)
 
     @property
     def url(self):
@@ -183,7 +174,7 @@ class LoadedModel:
     ----------
     network : `torch.nn.Module`
         The `~astro_starglx.model.RBiM` network in ``eval()`` mode, float32.
-    meta : dict
+    meta : `~astro_starglx.meta.ModelMeta`
         Validated metadata read from the weights file.
     sha256 : str
         sha256 of the weights file (provenance).
@@ -194,7 +185,7 @@ class LoadedModel:
     """
 
     network: torch.nn.Module
-    meta: dict
+    meta: ModelMeta
     sha256: str
     name: str
     path: Path
@@ -259,9 +250,29 @@ def cache_dir():
         ``pooch.os_cache("astro_starglx")`` (e.g. ``~/.cache/astro_starglx``).
         Read at each call; the folder is not created here.
     """
-    value = os.environ.get(CACHE_ENV, "").strip()
-    path = Path(value) if value else Path(pooch.os_cache("astro_starglx"))
-    return path.expanduser()
+    return Path(_pooch().abspath)
+
+
+def _pooch():
+    """The one `pooch.Pooch` of the registry, for today's environment."""
+    registry = _read_registry()
+    files = tuple(sorted((entry["filename"], entry["sha256"])
+                         for entry in registry["models"].values()
+                         if isinstance(entry, dict) and "filename" in entry
+                         and "sha256" in entry))
+    return _make_pooch(base_url(), os.environ.get(CACHE_ENV, ""), files)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_pooch(url, cache_env_value, files):
+    # cache_env_value is part of the key: pooch reads the variable at create().
+    return pooch.create(path=pooch.os_cache("astro_starglx"), base_url=url, env=CACHE_ENV,
+                        registry={name: f"sha256:{digest}" for name, digest in files},
+                        retry_if_failed=DOWNLOAD_RETRIES)
+
+
+def _sha256(path):
+    return pooch.file_hash(os.fspath(path), alg="sha256")
 
 
 def base_url():
@@ -337,7 +348,7 @@ def _entry_to_weights(name, entry, registry_path):
         msg = f"{where}: bundled must be true or false, got {bundled!r}"
         raise ValueError(msg)
     try:
-        meta = validate_meta(entry["meta"])
+        meta = ModelMeta.from_dict(entry["meta"])
     except (TypeError, ValueError) as err:
         msg = f"{where} has invalid meta: {err}"
         raise ValueError(msg) from err
@@ -422,220 +433,37 @@ def _as_weights(weights):
     raise TypeError(msg)
 
 
-# ------------------------------------------------------------------------- meta
-
-
-def _is_number(value):
-    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _unique_strings(value):
-    return (isinstance(value, list) and len(value) > 0
-            and all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value))
-
-
-def _check_table(value, n_rows, n_cols, *, positive):
-    if not isinstance(value, list) or len(value) != n_rows:
-        return f"a list of {n_rows} rows (one per band)"
-    for row in value:
-        if not isinstance(row, list) or len(row) != n_cols:
-            return f"{n_rows} rows of {n_cols} numbers (bands x features)"
-        if not all(_is_number(v) and (v > 0 or not positive) for v in row):
-            return "finite numbers" + (" > 0" if positive else "")
-    return None
-
-
-def validate_meta(meta):
-    """
-    Check a weights metadata dict against the schema.
-
-    The schema is described in :ref:`internals` ("Weights metadata"):
-    ``bands``, ``stamp_size``, ``pixel_scale``, ``feature_names``,
-    ``normalization`` (``softening``, ``feature_mean``, ``feature_std`` of
-    shape bands x features), ``class_names``, ``threshold``,
-    ``allow_missing_bands``, ``architecture`` (a `~astro_starglx.model.build_model`
-    config consistent with the bands, features and classes), ``recipe``
-    (``command``, ``data_seed``) and ``metrics``; ``name`` is optional. Extra
-    keys are kept.
-
-    Parameters
-    ----------
-    meta : dict
-        The metadata.
-
-    Returns
-    -------
-    meta : dict
-        A validated deep copy in JSON form, exactly as a file stores it
-        (tuples and numpy arrays become lists; ``architecture`` has its
-        defaults filled in).
-
-    Raises
-    ------
-    TypeError
-        If ``meta`` is not a dict or holds values JSON cannot store.
-    ValueError
-        If keys are missing or values unusable (NaN included); the message
-        lists every problem found.
-    """
-    if not isinstance(meta, dict):
-        msg = f"meta must be a dict (the weights metadata), got {type(meta).__name__}"
-        raise TypeError(msg)
-    missing = [key for key in _META_REQUIRED if key not in meta]
-    if missing:
-        msg = (f"weights meta is missing {missing}; it has {sorted(meta)}. "
-               "See 'Weights metadata' in docs/internals.rst for the schema.")
-        raise ValueError(msg)
-    # The JSON round trip makes the copy exactly what a file stores (tuples and
-    # numpy arrays become lists) and rejects what JSON cannot hold.
-    meta = json.loads(_meta_to_json(meta))
-    problems = []
-
-    def bad(key, expected):
-        problems.append(f"{key} must be {expected}, got {meta_get(key)!r}")
-
-    def meta_get(key):
-        value = meta
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return value
-
-    if "name" in meta and not (isinstance(meta["name"], str) and meta["name"]):
-        bad("name", "a non-empty string")
-    bands_ok = _unique_strings(meta["bands"])
-    if not bands_ok:
-        bad("bands", "a non-empty list of distinct band names")
-    size = meta["stamp_size"]
-    if not (_is_int(size) and size > 0 and size % 2 == 1):
-        bad("stamp_size", "a positive odd integer")
-    if not (_is_number(meta["pixel_scale"]) and meta["pixel_scale"] > 0):
-        bad("pixel_scale", "a positive number (arcsec per pixel)")
-    features_ok = _unique_strings(meta["feature_names"])
-    if not features_ok:
-        bad("feature_names", "a non-empty list of distinct feature names")
-    classes_ok = _unique_strings(meta["class_names"]) and len(meta["class_names"]) >= 2
-    if not classes_ok:
-        bad("class_names", "a list of at least 2 distinct class names")
-    threshold = meta["threshold"]
-    if not (_is_number(threshold) and 0 < threshold < 1):
-        bad("threshold", "a number between 0 and 1 (exclusive)")
-    if not isinstance(meta["allow_missing_bands"], bool):
-        bad("allow_missing_bands", "true or false")
-
-    norm = meta["normalization"]
-    if not isinstance(norm, dict):
-        bad("normalization", "a dict with softening, feature_mean and feature_std")
-    else:
-        if not (_is_number(norm.get("softening")) and norm["softening"] > 0):
-            bad("normalization.softening", "a positive number")
-        if bands_ok and features_ok:
-            shape = (len(meta["bands"]), len(meta["feature_names"]))
-            for key, positive in (("feature_mean", False), ("feature_std", True)):
-                expected = _check_table(norm.get(key), *shape, positive=positive)
-                if expected:
-                    problems.append(f"normalization.{key} must be {shape[0]}x{shape[1]} "
-                                    f"(bands x features) {expected}")
-
-    arch = meta["architecture"]
-    try:
-        arch = validate_config(arch)
-    except (TypeError, ValueError) as err:
-        problems.append(f"architecture: {err}")
-    else:
-        meta["architecture"] = arch
-        checks = [("n_bands", "bands", bands_ok), ("n_features", "feature_names", features_ok),
-                  ("n_classes", "class_names", classes_ok)]
-        for arch_key, meta_key, ok in checks:
-            if ok and arch[arch_key] != len(meta[meta_key]):
-                problems.append(f"architecture {arch_key}={arch[arch_key]} does not match "
-                                f"len({meta_key})={len(meta[meta_key])}")
-        if "stamp_size" in arch and arch["stamp_size"] != size:
-            problems.append(f"architecture stamp_size={arch['stamp_size']} does not match "
-                            f"stamp_size={size}")
-
-    recipe = meta["recipe"]
-    if not (isinstance(recipe, dict) and isinstance(recipe.get("command"), str)
-            and "data_seed" in recipe
-            and (recipe["data_seed"] is None or _is_int(recipe["data_seed"]))):
-        bad("recipe", "a dict with 'command' (str) and 'data_seed' (int or None)")
-    if not isinstance(meta["metrics"], dict):
-        bad("metrics", "a dict (may be empty)")
-
-    if problems:
-        msg = "invalid weights meta:\n  - " + "\n  - ".join(problems)
-        raise ValueError(msg)
-    return meta
-
-
-def _json_default(value):
-    # numpy scalars and arrays (normalisation constants) -> plain lists/numbers
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    msg = f"meta values must be JSON-serialisable, got {type(value).__name__}: {value!r}"
-    raise TypeError(msg)
-
-
-def _meta_to_json(meta):
-    try:
-        text = json.dumps(meta, sort_keys=True, default=_json_default, allow_nan=False)
-    except ValueError as err:
-        msg = (f"meta must be strict JSON ({err}); write undefined metrics as None, "
-               "not NaN or inf")
-        raise ValueError(msg) from err
-    return text
-
-
 # -------------------------------------------------------------------------- files
 
 
-def sha256sum(path):
-    """
-    sha256 of a file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-
-    Returns
-    -------
-    digest : str
-        Lower-case hex digest.
-    """
+def _tensors_digest(tensors):
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:  # hashlib.file_digest needs Python 3.11
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # reshape: a 0-d tensor (num_batches_tracked) cannot be viewed as bytes
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
     return digest.hexdigest()
-
-
-def _atomic_target(path):
-    # A temp file next to the target, so that os.replace is atomic.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    return Path(tmp)
 
 
 def save_weights(path, state_dict, meta, *, dtype=torch.float16):
     """
     Write a state dict and its metadata to a ``.safetensors`` file.
 
-    The meta is validated, stored as JSON under the header key
-    ``"astro_starglx"``, and the file is written to a temporary file first and
-    then moved into place, so a crash never leaves a partial file at ``path``.
+    The meta is validated and stored as JSON under the header key
+    ``"astro_starglx"``, together with a sha256 over the tensors that every
+    load checks. The file is written to a temporary file first and then moved
+    into place, so a crash never leaves a partial file at ``path``.
 
     Parameters
     ----------
     path : str or os.PathLike
         Output file; should end in ``.safetensors``. Its folder must exist.
     state_dict : dict of str to `torch.Tensor`
-        The network's ``state_dict()``.
-    meta : dict
-        Weights metadata (see `validate_meta`).
+        The network's ``state_dict()``; every value must be finite.
+    meta : `~astro_starglx.meta.ModelMeta` or dict
+        Weights metadata (a dict is validated with `ModelMeta.from_dict`).
     dtype : torch.dtype or None, optional
         Storage dtype of floating-point tensors (``torch.float16``, the
         default, halves the file; ``torch.bfloat16`` or ``torch.float32``);
@@ -650,7 +478,8 @@ def save_weights(path, state_dict, meta, *, dtype=torch.float16):
     Raises
     ------
     ValueError
-        If ``meta`` is invalid or ``dtype`` unsupported.
+        If ``meta`` is invalid, ``dtype`` unsupported, or a tensor holds NaN
+        or inf (also after the cast to ``dtype``).
     """
     path = Path(path)
     if dtype is not None and dtype not in _SAVE_DTYPES:
@@ -660,83 +489,74 @@ def save_weights(path, state_dict, meta, *, dtype=torch.float16):
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         msg = "state_dict must be a dict of str -> torch.Tensor, e.g. network.state_dict()"
         raise TypeError(msg)
-    meta = validate_meta(meta)
+    meta = ModelMeta.from_dict(meta.to_dict() if isinstance(meta, ModelMeta) else meta)
     tensors = {}
     for key, tensor in state_dict.items():
         tensor = tensor.detach().to("cpu")
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            msg = (f"state_dict[{key!r}] holds NaN or inf (after the cast to {tensor.dtype}); "
+                   "the network diverged or overflows this dtype: save with dtype=None or "
+                   "torch.float32, or retrain")
+            raise ValueError(msg)
         # clone: safetensors refuses tensors that share memory
         tensors[key] = tensor.contiguous().clone()
-    header = {META_KEY: _meta_to_json(meta), "format": "pt"}
-    tmp = _atomic_target(path)
-    try:
-        save_file(tensors, os.fspath(tmp), metadata=header)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    digest = sha256sum(path)
+    header = {META_KEY: meta.to_json(), _TENSORS_KEY: _tensors_digest(tensors), "format": "pt"}
+    with atomic_write(path, "wb") as fh:
+        fh.close()
+        save_file(tensors, fh.name, metadata=header)
+        os.chmod(fh.name, 0o644)
+    digest = _sha256(path)
     log.info("wrote weights %s (sha256 %s)", path, digest)
     return digest
 
 
 def _read_file(path, *, tensors):
-    """Return (meta, state_dict or None) from a .safetensors or legacy .pt file."""
+    """Return (ModelMeta, state_dict or None) of a .safetensors weights file."""
     path = Path(path)
     if not path.is_file():
         msg = f"weights file {path} does not exist"
         raise FileNotFoundError(msg)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        try:
-            with safe_open(os.fspath(path), framework="pt", device="cpu") as fh:
-                header = fh.metadata() or {}
-                state = {key: fh.get_tensor(key) for key in fh.keys()} if tensors else None
-        except (SafetensorError, OSError) as err:
-            msg = f"weights file {path} is not a readable .safetensors file: {err}"
-            raise ValueError(msg) from err
-        if META_KEY not in header:
-            msg = (f"weights file {path} has no {META_KEY!r} metadata in its header; "
-                   "it was not written by astro_starglx.weights.save_weights(). Re-save "
-                   "the state dict with save_weights(path, state_dict, meta).")
-            raise ValueError(msg)
-        try:
-            meta = json.loads(header[META_KEY])
-        except json.JSONDecodeError as err:
-            msg = f"weights file {path}: the {META_KEY!r} header metadata is not JSON ({err})"
-            raise ValueError(msg) from err
-    elif suffix == ".pt":
-        try:
-            # weights_only: tensors and plain containers only, never arbitrary pickles
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            msg = (f"refused to load {path}: torch.load(weights_only=True) found objects "
-                   f"other than tensors and plain containers ({type(err).__name__}: {err}). "
-                   "Only {'state_dict': ..., 'meta': ...} files are accepted; convert "
-                   "trusted files with save_weights() to .safetensors.")
-            raise ValueError(msg) from err
-        if not (isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict)
-                and "meta" in blob):
-            got = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-            msg = (f"legacy weights file {path} must hold a dict with 'state_dict' and "
-                   f"'meta', got {got}")
-            raise ValueError(msg)
-        meta = blob["meta"]
-        if isinstance(meta, str):
-            meta = json.loads(meta)
-        state = blob["state_dict"] if tensors else None
-    else:
-        msg = (f"weights file {path} must be a .safetensors file (or a legacy .pt file "
-               f"holding {{'state_dict', 'meta'}}), got suffix {path.suffix!r}")
+    if path.suffix.lower() != ".safetensors":
+        msg = (f"weights file {path} must be a .safetensors file written by "
+               f"astro_starglx.weights.save_weights(), got suffix {path.suffix!r}")
         raise ValueError(msg)
     try:
-        meta = validate_meta(meta)
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as fh:
+            header = fh.metadata() or {}
+            state = {key: fh.get_tensor(key) for key in fh.keys()} if tensors else None
+    except (SafetensorError, OSError) as err:
+        msg = f"weights file {path} is not a readable .safetensors file: {err}"
+        raise ValueError(msg) from err
+    if META_KEY not in header:
+        msg = (f"weights file {path} has no {META_KEY!r} metadata in its header; "
+               "it was not written by astro_starglx.weights.save_weights(). Re-save "
+               "the state dict with save_weights(path, state_dict, meta).")
+        raise ValueError(msg)
+    try:
+        meta = ModelMeta.from_json(header[META_KEY])
     except (TypeError, ValueError) as err:
         msg = f"weights file {path} has invalid metadata: {err}"
         raise ValueError(msg) from err
+    if state is not None:
+        _check_tensors(state, header.get(_TENSORS_KEY), path)
     return meta, state
+
+
+def _check_tensors(state, expected, path):
+    if expected is not None and _tensors_digest(state) != expected:
+        msg = (f"weights file {path} is corrupted: the sha256 of its tensors differs from the "
+               "one recorded when it was saved, so it was not used. Download or copy the file "
+               "again (registered models: `astro-starglx weights download NAME`).")
+        raise WeightsHashError(msg)
+    bad = [key for key, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        msg = (f"weights file {path} holds NaN or inf in {bad[:3]}"
+               f"{' and more' if len(bad) > 3 else ''}; it was not used. Retrain or re-export "
+               "the model.")
+        raise ValueError(msg)
 
 
 def read_meta(path):
@@ -746,12 +566,11 @@ def read_meta(path):
     Parameters
     ----------
     path : str or os.PathLike
-        A ``.safetensors`` file written by `save_weights` (or a legacy
-        ``.pt`` file, read with ``torch.load(weights_only=True)``).
+        A ``.safetensors`` file written by `save_weights`.
 
     Returns
     -------
-    meta : dict
+    meta : `~astro_starglx.meta.ModelMeta`
         The validated metadata.
 
     Raises
@@ -788,9 +607,11 @@ def _download(weights, *, progressbar, timeout, retries):
     timeout = DOWNLOAD_TIMEOUT if timeout is None else timeout
     retries = DOWNLOAD_RETRIES if retries is None else retries
     url = base_url() + weights.filename
-    pup = pooch.create(path=cache_dir(), base_url=base_url(),
-                       registry={weights.filename: f"sha256:{weights.sha256}"},
-                       retry_if_failed=retries)
+    pup = _pooch()
+    pup.retry_if_failed = retries
+    # A Weights entry not (or differently) in the package registry, e.g. a
+    # registry of the caller's own: its pinned hash is the one that counts.
+    pup.registry[weights.filename] = f"sha256:{weights.sha256}"
     downloader = pooch.HTTPDownloader(timeout=timeout, progressbar=_progress(progressbar))
     try:
         # pooch streams into a temp file in the cache folder, checks the hash and
@@ -816,7 +637,7 @@ def _verified_local(weights):
     """Return the verified bundled/cached path, None if none; raise on a bad cached copy."""
     bundled = weights.bundled_path
     if bundled is not None and bundled.is_file():
-        found = sha256sum(bundled)
+        found = _sha256(bundled)
         if found == weights.sha256:
             return bundled
         # A broken installation: never use the file, fall back to cache/download.
@@ -824,7 +645,7 @@ def _verified_local(weights):
                     "(reinstall astro_starglx)", bundled, found, weights.sha256)
     cached = weights.cache_path
     if cached.is_file():
-        found = sha256sum(cached)
+        found = _sha256(cached)
         if found != weights.sha256:
             raise _hash_error(weights, cached, found, what="cached file")
         return cached
@@ -937,12 +758,12 @@ def verify_weights(names=None):
     statuses = []
     for weights in entries:
         path = weights.local_path()
-        found = None if path is None else sha256sum(path)
+        found = None if path is None else _sha256(path)
         if path is not None and found != weights.sha256 and path == weights.bundled_path:
             # fetch_weights skips a broken bundled copy and would use the cache
             cached = weights.cache_path
             if cached.is_file():
-                path, found = cached, sha256sum(cached)
+                path, found = cached, _sha256(cached)
         state = "missing" if path is None else ("ok" if found == weights.sha256 else "corrupt")
         statuses.append(WeightsStatus(name=weights.name, state=state, path=path,
                                       expected_sha256=weights.sha256, found_sha256=found))
@@ -956,7 +777,7 @@ def _infer_entry(path):
         if weights.filename == path.name:
             return weights
     try:
-        meta_name = read_meta(path).get("name")
+        meta_name = read_meta(path).name
     except (ValueError, OSError):
         meta_name = None
     for weights in entries:
@@ -1002,7 +823,7 @@ def install_weights(path, *, name=None):
         msg = f"path {path} does not exist or is not a file"
         raise FileNotFoundError(msg)
     weights = get_weights(name) if name is not None else _infer_entry(path)
-    found = sha256sum(path)
+    found = _sha256(path)
     if found != weights.sha256:
         msg = (f"refusing to install {path} as {weights.name!r}: its sha256 is {found}, "
                f"expected {weights.sha256}. Get the released file {weights.filename} "
@@ -1012,130 +833,18 @@ def install_weights(path, *, name=None):
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and dest.samefile(path):
         return dest
-    tmp = _atomic_target(dest)
-    try:
-        shutil.copyfile(path, tmp)
-        if sha256sum(tmp) != weights.sha256:
+    with atomic_write(dest, "wb") as fh, open(path, "rb") as src:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            fh.write(chunk)
+        fh.flush()
+        if _sha256(fh.name) != weights.sha256:
             msg = f"copying {path} to {dest} changed its content; check the disk"
             raise OSError(msg)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("installed weights %r at %s", weights.name, dest)
     return dest
 
 
-def register_weights(path, *, bundled, registry_path=None, name=None):
-    """
-    Add or update a registry entry from a weights file (release step).
-
-    The sha256 and meta are read from the file, so the file stays the single
-    source of truth. Put the file where it will be found: ``astro_starglx/data/``
-    for ``bundled=True``, ``release/weights/`` at the repository root (served
-    at `DEFAULT_BASE_URL`) otherwise.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.safetensors`` file written by `save_weights`.
-    bundled : bool
-        Whether the file ships inside the package.
-    registry_path : str or os.PathLike or None
-        Registry JSON to update (created if absent, with default
-        ``"rbim-lite"``); None for the package's registry.
-    name : str or None
-        Entry name; default ``meta["name"]``.
-
-    Returns
-    -------
-    weights : `Weights`
-        The new entry.
-
-    Raises
-    ------
-    ValueError
-        If the file is not a ``.safetensors`` weights file, its meta is
-        invalid, or it has no name.
-    """
-    path = Path(path)
-    if not isinstance(bundled, bool):
-        msg = f"bundled must be True or False, got {bundled!r}"
-        raise TypeError(msg)
-    if path.suffix != ".safetensors":
-        msg = f"registered weights must be .safetensors files, got {path.name!r}"
-        raise ValueError(msg)
-    meta = read_meta(path)
-    name = meta.get("name") if name is None else name
-    if not isinstance(name, str) or not name or name == DEFAULT:
-        msg = (f"{path} has no usable meta['name'] ({name!r}); pass name=... "
-               f"(any string but {DEFAULT!r})")
-        raise ValueError(msg)
-    registry_path = Path(_REGISTRY_PATH if registry_path is None else registry_path)
-    if registry_path.exists():
-        registry = _read_registry(registry_path)
-    else:
-        registry = {"format_version": _REGISTRY_FORMAT, "default": "rbim-lite", "models": {}}
-    entry = {"filename": path.name, "sha256": sha256sum(path), "bundled": bundled,
-             "meta": meta}
-    weights = _entry_to_weights(name, entry, registry_path)
-    reused = [other for other, old in registry["models"].items()
-              if old.get("filename") == path.name and old.get("sha256") != entry["sha256"]]
-    if reused:
-        # Caches and mirrors keyed by file name would then hold a file with the old hash.
-        log.warning("file name %s was registered before (as %s) with another sha256; "
-                    "caches holding the old file will refuse it. Give retrained weights a "
-                    "new file name, e.g. %s-v2.safetensors.", path.name, reused, path.stem)
-    registry["models"][name] = entry
-    registry["models"] = dict(sorted(registry["models"].items()))
-    text = json.dumps(registry, indent=2, allow_nan=False) + "\n"
-    tmp = _atomic_target(registry_path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, registry_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    log.info("registered weights %r (%s, sha256 %s) in %s", name, path.name, entry["sha256"],
-             registry_path)
-    return weights
-
-
 # ------------------------------------------------------------------------- loading
-
-
-def resolve_device(device):
-    """
-    Pick the torch device.
-
-    Parameters
-    ----------
-    device : None, str or `torch.device`
-        ``None`` picks CUDA when available, else the CPU.
-
-    Returns
-    -------
-    device : `torch.device`
-
-    Raises
-    ------
-    RuntimeError
-        If CUDA is requested but not available.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        msg = f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r} ({exc})"
-        raise ValueError(msg) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        msg = (f"device={str(device)!r} was requested but torch.cuda.is_available() is False "
-               f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu', "
-               "or device=None to pick CUDA only when a GPU is present")
-        raise RuntimeError(msg)
-    return device
 
 
 def _check_state_dict(network, state, path):
@@ -1152,27 +861,26 @@ def _check_state_dict(network, state, path):
                 more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
                 parts.append(f"{label}: {', '.join(items[:5])}{more}")
         msg = (f"weights file {path} does not fit the network described by its "
-               f"meta['architecture'] ({'; '.join(parts)}). The meta was not written "
+               f"meta.architecture ({'; '.join(parts)}). The meta was not written "
                "with these weights: re-save them with save_weights(path, state_dict, meta) "
                "using the training config.")
         raise ValueError(msg)
 
 
 def _resolve_source(model):
-    """Return (path, name or None, expected sha256 or None) for load_model's argument."""
+    """Return (Weights or None, local path or None) for load_model's argument."""
     if isinstance(model, Weights) or model is None:
         return model if model is not None else get_weights(None), None
     if isinstance(model, str):
         registry = _read_registry()
-        is_path_like = (os.sep in model or "/" in model
-                        or model.lower().endswith((".safetensors", ".pt")))
+        is_path_like = os.sep in model or "/" in model or model.lower().endswith(".safetensors")
         if model == DEFAULT or model in registry["models"] or not is_path_like:
             return get_weights(model), None
         return None, Path(model)
     if isinstance(model, os.PathLike):
         return None, Path(model)
     msg = (f"model must be None (the default model), a registered name, a Weights entry "
-           f"or a path to a weights file, got {type(model).__name__}")
+           f"or a path to a .safetensors weights file, got {type(model).__name__}")
     raise TypeError(msg)
 
 
@@ -1180,17 +888,17 @@ def load_model(model=None, *, device="cpu", progressbar=None):
     """
     Build a network from its weights file, ready for inference.
 
-    The architecture is built from ``meta["architecture"]``, then the state
-    dict is loaded with strict key checking; half-precision tensors are cast
-    to float32. Loading never executes pickled code.
+    The architecture is built from ``meta.architecture``, then the state dict
+    is loaded with strict key checking; half-precision tensors are cast to
+    float32. Loading never executes pickled code, and a file whose tensors
+    differ from those it was saved with, or hold NaN or inf, is refused.
 
     Parameters
     ----------
     model : None, str, `Weights` or os.PathLike
         None for the default model, a registered name, a registry entry, or a
-        local ``.safetensors`` file (or legacy ``.pt`` file with
-        ``{"state_dict": ..., "meta": ...}``). A string is a registered name
-        unless it contains a path separator or ends in ``.safetensors``/``.pt``.
+        local ``.safetensors`` file. A string is a registered name unless it
+        contains a path separator or ends in ``.safetensors``.
     device : str or torch.device or None, optional
         Where to put the network; None picks CUDA when available.
     progressbar : bool or None, optional
@@ -1206,8 +914,12 @@ def load_model(model=None, *, device="cpu", progressbar=None):
     ------
     ValueError
         Unknown name (lists the valid ones), default model not registered,
-        invalid metadata, or tensors that do not fit the architecture.
-    WeightsHashError, WeightsDownloadError
+        invalid metadata, non-finite tensors, or tensors that do not fit the
+        architecture.
+    WeightsHashError
+        If the file's sha256 differs from the registered one, or its tensors
+        from the digest recorded at saving.
+    WeightsDownloadError
         See `fetch_weights`.
     FileNotFoundError
         If a local file does not exist.
@@ -1215,10 +927,12 @@ def load_model(model=None, *, device="cpu", progressbar=None):
     Examples
     --------
     >>> from astro_starglx.weights import load_model
-    >>> loaded = load_model()                       # doctest: +SKIP
-    >>> loaded.meta["bands"]                        # doctest: +SKIP
-    ['NUV', 'u', 'g', 'r', 'i', 'z', 'y']
+    >>> loaded = load_model()
+    >>> loaded.meta.bands
+    ('NUV', 'u', 'g', 'r', 'i', 'z', 'y')
     """
+    from .inference import resolve_device
+
     device = resolve_device(device)
     weights, path = _resolve_source(model)
     if weights is not None:
@@ -1228,17 +942,14 @@ def load_model(model=None, *, device="cpu", progressbar=None):
         if not path.is_file():
             msg = f"model file {path} does not exist (model={model!r})"
             raise FileNotFoundError(msg)
-        sha256 = sha256sum(path)
+        sha256 = _sha256(path)
     meta, state = _read_file(path, tensors=True)
-    if weights is not None:
-        name = weights.name
-    else:
-        name = meta.get("name") or path.stem
+    name = weights.name if weights is not None else (meta.name or path.stem)
     try:
-        network = build_model(meta["architecture"])
+        network = build_model(meta.architecture)
     except (KeyError, TypeError, ValueError) as err:
         msg = (f"weights file {path}: cannot build the network described by "
-               f"meta['architecture'] ({type(err).__name__}: {err})")
+               f"meta.architecture ({type(err).__name__}: {err})")
         raise ValueError(msg) from err
     state = {key: value.float() if value.is_floating_point() else value
              for key, value in state.items()}

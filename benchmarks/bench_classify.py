@@ -3,7 +3,7 @@ Throughput of the inference path on a 4096 x 4096 x 7-band field with 10,000 sou
 
 Times, on the current machine:
 
-(a) cutouts + features alone (``features.extract_inputs`` over all batches),
+(a) cutouts + features alone (``inputs.extract_inputs`` over all batches),
 (b) the full ``StarGalaxyClassifier.classify()`` call,
 (c) the network forward alone (``prepare_inputs`` + model) on the same batches,
 
@@ -24,8 +24,8 @@ from astropy.wcs import WCS
 
 from astro_starglx import StarGalaxyClassifier
 from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
-from astro_starglx.features import extract_inputs, image_noise
-from astro_starglx.positions import pixel_positions
+from astro_starglx.background import image_noise
+from astro_starglx.inputs import extract_inputs, pixel_positions
 from astro_starglx.preprocess import prepare_inputs
 
 
@@ -78,7 +78,7 @@ def main():
     clf = StarGalaxyClassifier(args.model, device="cpu", batch_size=args.batch_size)
     meta = clf.meta
     print(f"model: {clf.loaded.name} ({sum(p.numel() for p in clf.loaded.network.parameters())}"
-          f" parameters), stamp {meta['stamp_size']} px, device cpu")
+          f" parameters), stamp {meta.stamp_size} px, device cpu")
     clf.classify(catalog[:256], images)  # warm-up
 
     def best_of(fn):
@@ -100,8 +100,8 @@ def main():
             sl = slice(s, s + args.batch_size)
             batches.append(extract_inputs(images, {b: v[sl] for b, v in x.items()},
                                           {b: v[sl] for b, v in y.items()},
-                                          bands=meta["bands"], size=meta["stamp_size"],
-                                          pixel_scale=meta["pixel_scale"], image_sigma=sigma))
+                                          bands=meta.bands, size=meta.stamp_size,
+                                          pixel_scale=meta.pixel_scale, image_sigma=sigma))
 
     t_extract = best_of(extract)
     predict = clf._predictor()
@@ -114,7 +114,7 @@ def main():
 
     def prep_only():
         for b in batches:
-            prepare_inputs(b.stamps, b.noise, b.features, meta["normalization"])
+            prepare_inputs(b.stamps, b.noise, b.features, meta.normalization)
 
     t_prep = best_of(prep_only)
     t_full = best_of(lambda: clf.classify(catalog, images))

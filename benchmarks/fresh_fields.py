@@ -7,7 +7,7 @@ with ``ra``/``dec`` and the images as they come), and reports star and galaxy
 recall against the truth with binomial errors, for r <= 25 and per magnitude
 range. Run::
 
-    python benchmarks/fresh_fields.py [--model NAME_OR_FILE] [--fields 4] [--seed 90001]
+    python -m benchmarks.fresh_fields [--model NAME_OR_FILE] [--fields 4] [--seed 90001]
 """
 
 import argparse
@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
-from astro_starglx.simulate import simulate_field
+from astro_starglx.simulate import SimConfig, simulate_field
 
 
 def recall(pred, label, cls):
@@ -41,13 +41,13 @@ def main():
                         help="leave the sky in the images (L1-like, not sky-subtracted)")
     args = parser.parse_args()
     clf = StarGalaxyClassifier(args.model, device="cpu")
+    config = SimConfig(shape=(args.size, args.size), wcs_jitter=0.5, rotation_jitter=0.02,
+                       psf_scale=args.psf_scale, subtract_sky=not args.keep_sky)
     labels, preds, mags = [], [], []
     t_sim = t_cls = 0.0
     for k in range(args.fields):
         t0 = time.perf_counter()
-        images, truth = simulate_field(shape=(args.size, args.size), seed=args.seed + k,
-                                       wcs_jitter=0.5, rotation_jitter=0.02,
-                                       psf_scale=args.psf_scale, subtract_sky=not args.keep_sky)
+        images, truth = simulate_field(config, seed=args.seed + k)
         t1 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StarGalaxyWarning)

@@ -7,7 +7,7 @@ no data set used, classifies them with every model given through the public
 API (``StarGalaxyClassifier(model).classify(table, images)``) and reports star
 and galaxy recall for r <= 25 against the truth, with binomial errors. Run::
 
-    python benchmarks/robustness.py --models rbim-lite path/to/other.safetensors \\
+    python -m benchmarks.robustness --models rbim-lite path/to/other.safetensors \\
         [--fields 2] [--size 2048] [--seed 70001] [--output robustness.ecsv]
 
 The conditions are deliberately outside or at the edges of what the
@@ -22,10 +22,13 @@ import numpy as np
 from astropy.table import Table
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
-from astro_starglx.simulate import simulate_field
-from fresh_fields import recall  # the sibling benchmark (run from benchmarks/ or its parent)
+from astro_starglx.simulate import SimConfig, exptime_scale_for_depth, simulate_field
+from benchmarks.fresh_fields import recall
 
-#: name -> simulate_field keywords (on top of the nominal CSST-like field).
+#: The nominal CSST-like field of every condition (``shape`` from ``--size``).
+NOMINAL = SimConfig(wcs_jitter=0.5, rotation_jitter=0.02)
+
+#: name -> `SimConfig` fields replaced in ``NOMINAL``.
 CONDITIONS = {
     "nominal": {},
     "psf x0.8": {"psf_scale": 0.8},
@@ -40,6 +43,12 @@ CONDITIONS = {
     "galaxies x0.7": {"galaxy_size_scale": 0.7},
     "colour scatter 0.1": {"colour_scatter": 0.1},
     "sky kept": {"subtract_sky": False},
+    "depth -1 mag": {"exptime_scale": exptime_scale_for_depth(-1.0)},
+    "depth +0.5 mag": {"exptime_scale": exptime_scale_for_depth(0.5)},
+    "psf gradient 0.3": {"psf_gradient": 0.3},
+    "psf x1.8": {"psf_scale": 1.8},
+    "zero point 30": {"zeropoint": 30.0},
+    "blends 30 %": {"neighbour_fraction": 0.3},
 }
 
 
@@ -61,9 +70,8 @@ def main():
         fields = []
         t0 = time.perf_counter()
         for k in range(args.fields):
-            fields.append(simulate_field(shape=(args.size, args.size), seed=args.seed + k,
-                                         wcs_jitter=0.5, rotation_jitter=0.02,
-                                         **CONDITIONS[cond]))
+            fields.append(simulate_field(NOMINAL, seed=args.seed + k,
+                                         shape=(args.size, args.size), **CONDITIONS[cond]))
         t_sim = time.perf_counter() - t0
         for name, clf in zip(names, classifiers):
             labels, preds = [], []

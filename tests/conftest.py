@@ -18,7 +18,8 @@ import torch
 from astro_starglx import weights as weights_module
 from astro_starglx.csst import CSST_BANDS
 from astro_starglx.model import build_model
-from astro_starglx.weights import register_weights, save_weights
+from astro_starglx.release import register_weights
+from astro_starglx.weights import save_weights
 
 TINY_ARCHITECTURE = {
     "mode": "fused",

@@ -75,11 +75,11 @@ def test_classify_columns_and_meta(clf, field, tiny_weights_file):
     assert out["p_star"].dtype == np.float32 and out["p_galaxy"].dtype == np.float32
     np.testing.assert_allclose(out["p_star"] + out["p_galaxy"], 1.0, atol=1e-6)
     assert set(out["class"]) <= {"star", "galaxy"}
-    expected = np.where(out["p_galaxy"] >= clf.meta["threshold"], "galaxy", "star")
+    expected = np.where(out["p_galaxy"] >= clf.meta.threshold, "galaxy", "star")
     assert list(out["class"]) == list(expected)
     prov = out.meta["astro_starglx"]
     assert prov["weights_sha256"] == clf.loaded.sha256
-    assert prov["model"] == read_meta(tiny_weights_file)["name"]
+    assert prov["model"] == read_meta(tiny_weights_file).name
     assert prov["threshold"] == 0.5 and prov["device"] == "cpu"
     assert "version" in prov
     assert np.all(out["class_flags"] == 0)

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -11,7 +13,14 @@ from astropy.nddata import (
 )
 from astropy.nddata.utils import NoOverlapError
 
-from astro_starglx.cutouts import BandStamps, cutout_origin, extract_band, extract_cutouts
+from astro_starglx.cutouts import (
+    BandStamps,
+    cut_band,
+    cutout_origin,
+    extract_band,
+    extract_cutouts,
+    stamp_origin,
+)
 from astro_starglx.flags import ClassFlag
 
 NY, NX = 37, 53  # asymmetric and non-square: an x/y swap cannot pass
@@ -346,3 +355,48 @@ def test_extract_band_does_not_mutate():
     np.testing.assert_array_equal(image.data, copies[0])
     np.testing.assert_array_equal(image.mask, copies[1])
     np.testing.assert_array_equal(image.uncertainty.array, copies[2])
+
+
+def test_extract_band_uncertainty_unit_not_convertible():
+    # NDData refuses such a pair itself; an NDData-like object is checked here
+    data = np.ones((NY, NX))
+    image = SimpleNamespace(data=data, mask=None, unit=u.Jy,
+                            uncertainty=StdDevUncertainty(data, unit=u.s))
+    with pytest.raises(ValueError, match=r"image.uncertainty has unit s, which cannot be "
+                                         r"converted to Jy as a StdDevUncertainty"):
+        extract_band(image, [10.0], [10.0], size=3)
+
+
+@pytest.mark.parametrize("kind", [StdDevUncertainty, VarianceUncertainty, InverseVariance])
+def test_sigma_matches_represent_as(kind):
+    # The conversion is hand-written (see cutouts._to_sigma); astropy's
+    # represent_as gives the same numbers for StdDev and Variance and, for
+    # InverseVariance, sqrt(1 / w) instead of 1 / sqrt(w): within 2 float32 ulp.
+    rng = np.random.default_rng(10)
+    values = rng.lognormal(0.0, 3.0, (NY, NX)).astype(np.float32)
+    image = CCDData(np.zeros((NY, NX)), unit="adu", uncertainty=kind(values))
+    x, y = np.meshgrid(np.arange(2.0, NX - 2.0), np.arange(2.0, NY - 2.0))
+    band = extract_band(image, x.ravel(), y.ravel(), size=5)
+    with np.errstate(divide="ignore"):
+        expected = kind(values).represent_as(StdDevUncertainty).array
+    x0, y0 = cutout_origin(x.ravel(), y.ravel(), size=5)
+    ref = np.array([expected[j:j + 5, i:i + 5] for i, j in zip(x0, y0)])
+    if kind is InverseVariance:
+        np.testing.assert_array_max_ulp(band.sigma, ref, maxulp=2)
+    else:
+        np.testing.assert_array_equal(band.sigma, ref)
+
+
+def test_cores_equal_the_public_functions():
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(NY, NX)).astype(np.float32)
+    mask = rng.uniform(size=data.shape) < 0.05
+    image = CCDData(data, unit="adu", mask=mask,
+                    uncertainty=InverseVariance(rng.uniform(0, 2, size=data.shape)))
+    x, y = random_positions(rng, 50, 7)
+    public = extract_band(image, x, y, size=7)
+    core = cut_band(image, data, x, y, size=7)
+    for name in ("data", "sigma", "flags"):
+        np.testing.assert_array_equal(getattr(core, name), getattr(public, name))
+    for a, b in zip(stamp_origin(x, y, size=7), cutout_origin(x, y, size=7)):
+        np.testing.assert_array_equal(a, b)

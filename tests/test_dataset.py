@@ -77,7 +77,7 @@ def test_resume_uses_finished_shards(tiny_dataset, monkeypatch):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(ValueError, match="n_stars must be a non-negative int"):
+    with pytest.raises(ValueError, match="n_stars must be an integer >= 0"):
         ds.make_dataset(tmp_path, n_stars=-1)
     with pytest.raises(ValueError, match="n_stars \\+ n_galaxies must be positive"):
         ds.make_dataset(tmp_path, n_stars=0, n_galaxies=0)
@@ -91,6 +91,53 @@ def test_errors(tmp_path):
         ds.load_dataset(tmp_path, "train")
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"stamp_size": 1}, "stamp_size must be an integer >= 2"),
+    ({"seed": -3}, "seed must be an integer >= 0"),
+    ({"detect": "no"}, "detect must be True or False"),
+    ({"psf_scale_range": (0.0, 1.5)}, "psf_scale_range must be a .* positive"),
+    ({"psf_scale_range": (1.5, 0.75)}, "psf_scale_range must be a"),
+    ({"exptime_scale_range": (-1.0, 2.0)}, "exptime_scale_range must be a"),
+    ({"psf_beta_range": (1.0, 2.0)}, "psf_beta_range must be a"),
+    ({"psf_gradient_range": (0.0, 1.5)}, "psf_gradient_range must be a"),
+    ({"neighbour_fraction": 2.0}, "neighbour_fraction"),
+    ({"mag_range": (26.0, 17.0)}, "mag_range"),
+    ({"bands": ("r", "w")}, "bands holds unknown band names"),
+    ({"position_jitter": -1.0}, "position_jitter"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ds.DatasetConfig(**kwargs)
+
+
+def test_config_record_and_overrides(tmp_path):
+    config = ds.DatasetConfig(n_stars=5, bands=["g", "r"], psf_models=["moffat"])
+    assert config.bands == ("g", "r") and config.psf_models == ("moffat",)
+    assert ds.DatasetConfig(**config.record()) == config
+    sim = config.field_config(psf_scale=1.2)
+    assert sim.bands == ("g", "r") and sim.psf_scale == 1.2 and sim.wcs_jitter == 0.5
+    with pytest.raises(TypeError, match=r"unknown data set settings \['psf_sigma'\]"):
+        ds.make_dataset(tmp_path, psf_sigma=1.0)
+    with pytest.raises(TypeError, match="config must be a DatasetConfig"):
+        ds.make_dataset(tmp_path, {"n_stars": 3})
+
+
+def test_config_is_recorded(tiny_dataset):
+    info = json.loads((tiny_dataset / "dataset.json").read_text())
+    config = ds.DatasetConfig(**info["config"])
+    assert config == ds.DatasetConfig(n_stars=12, n_galaxies=24, field_size=160,
+                                      stamp_size=15, seed=7, split_fractions=(0.6, 0.2, 0.2))
+    # Format-1 readers find the settings at the top level too.
+    for key, value in info["config"].items():
+        assert info[key] == value, key
+    # Each field's simulator settings remake it.
+    from astro_starglx.simulate import SimConfig
+
+    cond = dict(info["field_conditions"][0])
+    seed = cond.pop("seed")
+    assert SimConfig(**cond).shape == (160, 160) and isinstance(seed, int)
+
+
 def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
     """Each field draws its PSF, depth and galaxy variations; they are recorded."""
     from astro_starglx import simulate
@@ -98,35 +145,41 @@ def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
     calls = []
     real = simulate.simulate_field
 
-    def recording(**kwargs):
-        calls.append(kwargs)
-        return real(**kwargs)
+    def recording(config, *, seed):
+        calls.append((config, seed))
+        return real(config, seed=seed)
 
     monkeypatch.setattr(simulate, "simulate_field", recording)
     path = ds.make_dataset(tmp_path / "v", n_stars=4, n_galaxies=8, field_size=96,
                            stamp_size=11, n_workers=1, seed=3, psf_scale_range=(0.7, 1.6),
                            psf_models=("moffat", "gaussian"), exptime_scale_range=(0.5, 2.0),
                            galaxy_size_range=(0.8, 1.25), sersic_fraction=0.5,
-                           colour_scatter=0.05)
+                           colour_scatter=0.05, psf_gradient_range=(-0.4, 0.4),
+                           neighbour_fraction=0.5)
     info = json.loads((path / "dataset.json").read_text())
     conditions = info["field_conditions"]
     assert len(conditions) == len(calls) == info["n_fields"] >= 3
-    for cond, kwargs in zip(conditions, calls):
-        for key in ("psf_scale", "psf_model", "psf_beta", "exptime_scale",
-                    "galaxy_size_scale", "sersic_fraction", "colour_scatter"):
-            assert kwargs[key] == cond[key], key
+    for cond, (config, seed) in zip(conditions, calls):
+        assert cond == {**config.record(), "seed": seed}
         assert 0.7 <= cond["psf_scale"] <= 1.6
         assert cond["psf_model"] in ("moffat", "gaussian")
         assert 0.5 <= cond["exptime_scale"] <= 2.0
         assert 0.8 <= cond["galaxy_size_scale"] <= 1.25
+        assert -0.4 <= cond["psf_gradient"] <= 0.4
+        assert cond["sersic_fraction"] == 0.5 and cond["neighbour_fraction"] == 0.5
     assert len({c["psf_scale"] for c in conditions}) == len(conditions)
-    # The stored per-source PSF scale is the field's.
+    # The stored per-source PSF scale is the field's; the PSF FWHM is each
+    # source's own (a gradient), and companions make blends.
+    n_blended = 0
     for split in ds.SPLITS:
         data = ds.load_dataset(path, split)
         for field in set(data.catalog["field"]):
             rows = data.catalog["field"] == field
             np.testing.assert_allclose(data.catalog["psf_scale"][rows],
                                        conditions[field]["psf_scale"], rtol=1e-6)
+            assert np.ptp(data.catalog["psf_fwhm_r"][rows]) > 0
+        n_blended += np.count_nonzero(np.isfinite(data.catalog["neighbour_sep"]))
+    assert n_blended > 0
 
 
 def test_psf_models_error(tmp_path):
@@ -134,3 +187,18 @@ def test_psf_models_error(tmp_path):
         ds.make_dataset(tmp_path, n_stars=3, psf_models=("airy", "kolmogorov"))
     with pytest.raises(ValueError, match="psf_models must be a non-empty subset"):
         ds.make_dataset(tmp_path, n_stars=3, psf_models=())
+
+
+def test_detect_sources_finds_the_bright_sources():
+    from astropy.coordinates import SkyCoord
+
+    from astro_starglx.simulate import simulate_field
+
+    images, truth = simulate_field(shape=(96, 96), n_stars=4, n_galaxies=2, bands=("r",),
+                                   mag_range=(19.0, 21.0), seed=5)
+    found = ds.detect_sources(images, band="r")
+    inside = ((truth["x_r"] > 3) & (truth["x_r"] < 92)
+              & (truth["y_r"] > 3) & (truth["y_r"] < 92))
+    true = SkyCoord(truth["ra"][inside], truth["dec"][inside], unit="deg")
+    _, sep, _ = true.match_to_catalog_sky(found)
+    assert np.all(sep.arcsec < 0.3)

@@ -1,6 +1,7 @@
 """The release recipe and the evaluation command on a tiny simulated data set."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ from astropy.table import Table  # noqa: E402
 
 from astro_starglx.cli import main  # noqa: E402
 from astro_starglx.dataset import make_dataset  # noqa: E402
+from astro_starglx.evaluation import morphology_cut_baseline  # noqa: E402
+from astro_starglx.meta import ModelMeta  # noqa: E402
+from astro_starglx.preprocess import Normalization  # noqa: E402
 from astro_starglx.training import TrainConfig, train_release  # noqa: E402
-from astro_starglx.weights import read_meta, validate_meta  # noqa: E402
+from astro_starglx.weights import read_meta  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +33,52 @@ def trained(tmp_path_factory):
 def test_exported_meta_is_complete(trained):
     data, weights = trained
     meta = read_meta(weights)
-    validate_meta(meta)
-    assert meta["stamp_size"] == 15 and meta["bands"][0] == "NUV"
-    assert 0.0 < meta["threshold"] < 1.0 and meta["temperature"] > 0
-    assert meta["recipe"]["command"] == "pytest"
-    assert meta["recipe"]["config"]["epochs"] == 2
-    # The data set's per-field variations are part of the recipe.
+    assert isinstance(meta, ModelMeta)
+    assert ModelMeta.from_dict(meta.to_dict()) == meta
     info = json.loads((data / "dataset.json").read_text())
+    assert meta.name == "rbim-lite"
+    assert meta.stamp_size == 15 and meta.bands[0] == "NUV"
+    assert list(meta.bands) == info["bands"]
+    assert list(meta.feature_names) == info["feature_names"]
+    assert meta.pixel_scale == info["pixel_scale"]
+    assert isinstance(meta.normalization, Normalization)
+    assert meta.normalization.shape == (len(meta.bands), len(meta.feature_names))
+    assert meta.architecture["n_bands"] == len(meta.bands)
+    assert 0.0 < meta.threshold < 1.0 and meta.temperature > 0
+    assert meta.recipe["command"] == "pytest"
+    assert meta.recipe["data_seed"] == info["seed"] == 3
+    assert meta.recipe["config"]["epochs"] == 2
+    # The data set's recipe (its DatasetConfig record), per-field variations included.
+    assert meta.recipe["dataset"] == info["config"]
     for key in ("psf_scale_range", "psf_models", "exptime_scale_range", "galaxy_size_range",
                 "sersic_fraction", "colour_scatter", "position_jitter"):
-        assert meta["recipe"]["dataset"][key] == info[key], key
-    test = meta["metrics"]["test"]["all"]
+        assert meta.recipe["dataset"][key] == info[key], key
+    test = meta.metrics["test"]["all"]
     assert test["n_star"] + test["n_galaxy"] > 0
     assert 0.0 <= test["recall_star"] <= 1.0
+
+
+def test_morphology_cut_threshold_is_tuned():
+    """The size cut is tuned on the training split (not a fixed 0.5 score)."""
+    def split(n_star, n_galaxy, seed):
+        rng = np.random.default_rng(seed)
+        radius = np.concatenate([rng.uniform(0.9, 1.1, n_star), rng.uniform(1.5, 3.0, n_galaxy)])
+        features = rng.normal(0.0, 1.0, (len(radius), 7, 5))
+        features[:, 3, 3] = radius  # band r, feature "radius"
+        return SimpleNamespace(
+            info={"bands": ["NUV", "u", "g", "r", "i", "z", "y"],
+                  "feature_names": ["mag", "mag_err", "concentration", "radius", "ellipticity"]},
+            features=features, labels=np.repeat([0, 1], [n_star, n_galaxy]))
+
+    train, test = split(30, 70, seed=0), split(20, 50, seed=1)
+    p_galaxy, threshold = morphology_cut_baseline(train, test)
+    assert p_galaxy.shape == (70,) and np.all((p_galaxy >= 0) & (p_galaxy <= 1))
+    # with 70 % galaxies the median radius is a galaxy's: the cut lies far below 0.5
+    assert isinstance(threshold, float) and 0.0 < threshold < 0.1
+    galaxy = p_galaxy >= threshold
+    assert np.all(galaxy == (test.labels == 1))  # both recalls are 1 on separable data
+    assert np.mean(test.labels[p_galaxy >= 0.5] == 1) == 1.0
+    assert np.sum(p_galaxy >= 0.5) < 50  # the fixed 0.5 cut would lose galaxies
 
 
 def test_evaluate_command(trained, tmp_path):

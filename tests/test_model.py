@@ -1,9 +1,15 @@
-"""Tests of the RBiM network variants built from config dicts."""
+"""
+Tests of the RBiM network variants built from config dicts.
+
+The configs' validation is tested in test_meta.py too, BatchNorm folding in
+test_inference.py.
+"""
 
 import pytest
 import torch
 
-from astro_starglx.model import MODEL_CONFIGS, build_model, validate_config
+from astro_starglx.meta import validate_architecture
+from astro_starglx.model import MODEL_CONFIGS, build_model
 
 
 def config(name, **kw):
@@ -62,39 +68,17 @@ def test_resnet50_is_paper_scale():
 
 def test_config_errors():
     with pytest.raises(ValueError, match=r"missing \['n_bands'"):
-        validate_config({k: v for k, v in config("rbim-lite").items() if k != "n_bands"})
+        validate_architecture({k: v for k, v in config("rbim-lite").items() if k != "n_bands"})
     with pytest.raises(ValueError, match="mode must be one of"):
-        validate_config(dict(config("rbim-lite"), mode="both"))
+        validate_architecture(dict(config("rbim-lite"), mode="both"))
     with pytest.raises(ValueError, match="n_features must be a positive int"):
-        validate_config(dict(config("rbim-lite"), n_features=0))
+        validate_architecture(dict(config("rbim-lite"), n_features=0))
     with pytest.raises(ValueError, match="image_encoder name must be"):
-        validate_config(dict(config("rbim-lite"), image_encoder={"name": "vit"}))
+        validate_architecture(dict(config("rbim-lite"), image_encoder={"name": "vit"}))
     with pytest.raises(TypeError, match="config must be a dict"):
-        validate_config(["resnet"])
+        validate_architecture(["resnet"])
+    with pytest.raises(ValueError, match="image_encoder name must be"):
+        build_model(dict(config("rbim-lite"), image_encoder={"name": "vit"}))
     with pytest.raises(ValueError, match="layers and widths must be non-empty lists"):
         build_model(dict(config("rbim-lite"), image_encoder={"name": "resnet", "layers": [1],
                                                              "widths": [8, 16]}))
-
-
-@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
-def test_fuse_for_inference_keeps_outputs(name):
-    from astro_starglx.model import fuse_for_inference
-
-    torch.manual_seed(2)
-    net = build_model(config(name))
-    # Non-trivial BatchNorm statistics, as after training.
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    net.eval()
-    fused = fuse_for_inference(net)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # untouched
-    x, f = torch.randn(4, 7, 25, 25), torch.randn(4, 7, 5)
-    with torch.inference_mode():
-        ref = net(x, f)
-        np_cl = fused.to(memory_format=torch.channels_last)(
-            x.contiguous(memory_format=torch.channels_last), f)
-    torch.testing.assert_close(np_cl, ref, rtol=1e-4, atol=1e-4)

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astro_starglx.preprocess import compute_normalization, prepare_inputs
+from astro_starglx.preprocess import Normalization, compute_normalization, prepare_inputs
 
 
 def raw_inputs(rng, n=6, c=3, h=5, f=4):
@@ -72,12 +73,25 @@ def test_prepare_inputs_does_not_mutate():
     stamps[0, 0, 0, 0] = np.nan
     features[0, 0, 0] = np.nan
     norm = compute_normalization(features)
-    copies = stamps.copy(), noise.copy(), features.copy(), json.dumps(norm)
-    prepare_inputs(stamps, noise, features, norm)
-    np.testing.assert_array_equal(stamps, copies[0])
-    np.testing.assert_array_equal(noise, copies[1])
-    np.testing.assert_array_equal(features, copies[2])
-    assert json.dumps(norm) == copies[3]
+    copies = stamps.copy(), noise.copy(), features.copy(), json.dumps(norm.to_dict())
+    as_dict = norm.to_dict()
+    for normalization in (norm, as_dict):
+        prepare_inputs(stamps, noise, features, normalization)
+        np.testing.assert_array_equal(stamps, copies[0])
+        np.testing.assert_array_equal(noise, copies[1])
+        np.testing.assert_array_equal(features, copies[2])
+        assert json.dumps(norm.to_dict()) == copies[3]
+    assert json.dumps(as_dict) == copies[3]
+
+
+def test_prepare_inputs_accepts_the_dict_form():
+    rng = np.random.default_rng(8)
+    stamps, noise, features = raw_inputs(rng)
+    norm = compute_normalization(features)
+    from_class = prepare_inputs(stamps, noise, features, norm)
+    from_dict = prepare_inputs(stamps, noise, features, json.loads(json.dumps(norm.to_dict())))
+    for a, b in zip(from_class, from_dict):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_prepare_inputs_accepts_float64_and_empty():
@@ -98,20 +112,25 @@ def test_compute_normalization():
     features[:, 1, 2] = np.nan  # a band never measured
     features[:, 1, 1] = 4.0  # a constant feature
     norm = compute_normalization(features, softening=3.0)
-    assert set(norm) == {"softening", "feature_mean", "feature_std"}
-    assert norm["softening"] == 3.0
-    mean = np.array(norm["feature_mean"])
-    std = np.array(norm["feature_std"])
-    assert mean.shape == std.shape == (2, 3)
+    assert isinstance(norm, Normalization)
+    assert [f.name for f in dataclasses.fields(norm)] == ["softening", "feature_mean",
+                                                          "feature_std"]
+    assert norm.softening == 3.0 and isinstance(norm.softening, float)
+    mean, std = norm.feature_mean, norm.feature_std
+    assert mean.shape == std.shape == norm.shape == (2, 3)
+    assert mean.dtype == std.dtype == np.float64
     np.testing.assert_allclose(mean[0], np.nanmean(features[:, 0], axis=0))
     np.testing.assert_allclose(std[0], np.nanstd(features[:, 0], axis=0))
     assert mean[1, 2] == 0.0 and std[1, 2] == 1.0
     assert mean[1, 1] == 4.0 and std[1, 1] == 1e-3
-    # plain Python floats: the dict goes into JSON weights metadata
-    assert json.loads(json.dumps(norm)) == norm
-    assert isinstance(norm["feature_mean"][0][0], float)
+    # plain Python floats: the dict form goes into JSON weights metadata
+    as_dict = norm.to_dict()
+    assert set(as_dict) == {"softening", "feature_mean", "feature_std"}
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert isinstance(as_dict["feature_mean"][0][0], float)
+    assert Normalization.from_dict(as_dict) == norm
     floor = compute_normalization(features, min_std=0.5)
-    assert floor["feature_std"][1][1] == 0.5
+    assert floor.feature_std[1, 1] == 0.5
 
 
 def test_compute_normalization_errors():
@@ -143,27 +162,64 @@ def test_prepare_inputs_shape_errors():
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda n: [1, 2], "normalization must be a dict"),
+        (lambda n: [1, 2], "normalization must be a dict with keys .* got list"),
         (lambda n: {k: v for k, v in n.items() if k != "feature_std"},
          r"normalization lacks the keys \['feature_std'\]"),
-        (lambda n: {**n, "softening": 0}, r"normalization\['softening'\] must be a positive"),
-        (lambda n: {**n, "softening": None}, r"normalization\['softening'\] must be a positive"),
+        (lambda n: {**n, "softening": 0},
+         "normalization softening must be a positive number of noise sigmas, got 0"),
+        (lambda n: {**n, "softening": None},
+         "normalization softening must be a positive number of noise sigmas, got None"),
+        (lambda n: {**n, "softening": np.inf}, "normalization softening must be a positive"),
         (lambda n: {**n, "feature_mean": n["feature_mean"][:2]},
-         r"normalization\['feature_mean'\] must be a nested list of shape \(C, F\) = \(3, 4\)"),
+         r"normalization feature_mean \(2, 4\) and feature_std \(3, 4\) must have the same "
+         r"\(C, F\) shape"),
+        (lambda n: {**n, "feature_mean": n["feature_mean"][0]},
+         r"normalization feature_mean must be a \(C, F\) table of numbers .*got shape \(4,\)"),
         (lambda n: {**n, "feature_std": [["a"] * 4] * 3}, "got non-numeric values"),
+        (lambda n: {**n, "feature_std": [[1.0] * 4, [1.0] * 3, [1.0] * 4]},
+         "got non-numeric values"),  # ragged
         (lambda n: {**n, "feature_std": [[0.0] * 4] * 3},
-         r"normalization\['feature_std'\] must be positive"),
+         "normalization feature_std must be positive everywhere"),
         (lambda n: {**n, "feature_mean": [[np.nan] * 4] * 3},
-         r"normalization\['feature_mean'\] must be finite"),
+         "normalization feature_mean must be finite"),
+        (lambda n: {**n, "feature_mean": n["feature_mean"][:2],
+                    "feature_std": n["feature_std"][:2]},
+         r"normalization is for \(C, F\) = \(2, 4\) \(bands x features\) but the features "
+         r"have \(3, 4\)"),
     ],
 )
 def test_normalization_validation(change, match):
     rng = np.random.default_rng(7)
     stamps, noise, features = raw_inputs(rng)
-    norm = compute_normalization(features)
+    norm = compute_normalization(features).to_dict()
     with pytest.raises(ValueError, match=match) as info:
         prepare_inputs(stamps, noise, features, change(norm))
     assert "compute_normalization()" in str(info.value)  # the message says the fix
+
+
+def test_normalization_is_validated_once_and_frozen():
+    mean = np.zeros((2, 3))
+    std = np.ones((2, 3), dtype=np.float32)
+    norm = Normalization(softening=2, feature_mean=mean, feature_std=std)
+    assert norm.softening == 2.0 and isinstance(norm.softening, float)
+    assert norm.feature_std.dtype == np.float64
+    mean[0, 0] = 5.0  # the caller's arrays are copied
+    assert norm.feature_mean[0, 0] == 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        norm.feature_mean[0, 0] = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        norm.softening = 1.0
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(norm)
+    assert Normalization.from_dict(norm) is norm
+    same = Normalization.from_dict({"softening": 2.0, "feature_mean": [[0.0] * 3] * 2,
+                                    "feature_std": [[1.0] * 3] * 2})
+    assert same == norm and not (same != norm)
+    assert same != Normalization(softening=3.0, feature_mean=mean * 0,
+                                 feature_std=std)
+    assert norm != norm.to_dict()  # a dict is not a Normalization
+    with pytest.raises(ValueError, match="normalization softening must be a positive"):
+        Normalization(softening="soft", feature_mean=mean, feature_std=std)
 
 
 def test_numpy_only():

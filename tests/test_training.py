@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from astro_starglx.training import TrainConfig, augment_batch, fit, predict_logits
+from astro_starglx.inference import predict_logits
+from astro_starglx.preprocess import Normalization, compute_normalization
+from astro_starglx.training import TrainConfig, _scheduler, augment_batch, fit
 
 
 def toy_split(n, *, seed, size=15):
@@ -41,6 +43,9 @@ def small_config(**kw):
 def test_learns_a_separable_problem(data, tmp_path):
     train, val = data
     result = fit(train, val, config=small_config(epochs=4), output_dir=tmp_path)
+    # the normalisation of the training features, as inference will use it
+    assert isinstance(result.normalization, Normalization)
+    assert result.normalization == compute_normalization(train.features, softening=3.0)
     logits = predict_logits(result.network, val, result.normalization)
     acc = np.mean(logits.argmax(1) == val.labels)
     assert acc > 0.9
@@ -123,6 +128,33 @@ def test_augment_batch():
     dropped = np.isnan(s2).all(axis=(2, 3))
     assert 10 < dropped.sum() < 40
     assert np.isnan(f2[dropped]).all()
+
+
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.5, 1.0])
+def test_scheduler_warms_up_then_decays_to_zero(warmup_epochs):
+    config = small_config(epochs=4, lr=0.1, warmup_epochs=warmup_epochs)
+    steps_per_epoch = 10
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=config.lr)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    lrs = []
+    for _ in range(config.epochs * steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    lrs = np.array(lrs)
+    warmup = max(1, int(warmup_epochs * steps_per_epoch))
+    # linear warm-up from lr / warmup to the peak ...
+    np.testing.assert_allclose(lrs[:warmup], config.lr * np.arange(1, warmup + 1) / warmup)
+    assert lrs.max() == pytest.approx(config.lr)
+    # ... then a cosine decay that ends at 0 after the last step
+    decay = lrs[warmup:]
+    assert decay[0] == pytest.approx(config.lr)
+    assert np.all(np.diff(decay) < 0)
+    assert 0 < decay[-1] < 0.01 * config.lr
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    middle = warmup + (len(lrs) - warmup) // 2
+    assert lrs[middle] == pytest.approx(config.lr / 2, rel=0.1)
 
 
 def test_config_errors():

@@ -1,11 +1,15 @@
 """
 Tests of astro_starglx.weights: registry, real pooch downloads from a local
 HTTP server, hash checks, safe loading and every documented error.
+
+The metadata schema is tested in test_meta.py, registering weights in
+test_release.py.
 """
 
 import ast
 import dataclasses
 import json
+import re
 import shutil
 import socket
 import time
@@ -18,10 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from astro_starglx import weights
+from astro_starglx.meta import ModelMeta
 from astro_starglx.weights import (
     DEFAULT_BASE_URL,
     LoadedModel,
-    Weights,
     WeightsDownloadError,
     WeightsHashError,
     download_weights,
@@ -31,10 +35,7 @@ from astro_starglx.weights import (
     list_weights,
     load_model,
     read_meta,
-    register_weights,
     save_weights,
-    sha256sum,
-    validate_meta,
     verify_weights,
 )
 
@@ -43,10 +44,28 @@ from conftest import make_tiny_meta, seeded_state_dict
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def sha256sum(path):
+    return pooch.file_hash(str(path), alg="sha256")
+
+
 def corrupt(path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def flip_tensor_bytes(path, n=4):
+    """Flip ``n`` bytes in the middle of the tensor data (after the JSON header)."""
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    start = 8 + header_len
+    assert len(data) - start > 2 * n  # there is a data region to damage
+    middle = start + (len(data) - start) // 2
+    for i in range(middle, middle + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    # the header (and so the meta) is untouched: only the tensors differ
+    assert json.loads(data[8:start])["__metadata__"]["astro_starglx"]
 
 
 def files_in(directory):
@@ -74,7 +93,8 @@ def test_shipped_registry_entries_are_valid():
     entries = list_weights()
     assert [w.name for w in entries] == sorted(registry["models"])
     for entry in entries:
-        validate_meta(entry.meta)
+        assert isinstance(entry.meta, ModelMeta)
+        assert entry.meta.to_dict() == registry["models"][entry.name]["meta"]
         if entry.bundled:
             location = entry.bundled_path
         else:
@@ -158,60 +178,6 @@ def test_unknown_name_lists_valid_names(isolated_registry):
         load_model(3.5)
 
 
-# --------------------------------------------------------------------------- meta
-
-
-def test_validate_meta_returns_json_copy(tiny_meta):
-    meta = dict(tiny_meta, feature_names=tuple(tiny_meta["feature_names"]))
-    out = validate_meta(meta)
-    assert out["feature_names"] == tiny_meta["feature_names"]
-    out["bands"].append("extra")
-    assert meta["bands"] == tiny_meta["bands"]
-
-
-@pytest.mark.parametrize("key", ["bands", "stamp_size", "pixel_scale", "feature_names",
-                                 "normalization", "class_names", "threshold",
-                                 "allow_missing_bands", "architecture", "recipe", "metrics"])
-def test_validate_meta_missing_key(tiny_meta, key):
-    del tiny_meta[key]
-    with pytest.raises(ValueError, match=rf"weights meta is missing \['{key}'\]"):
-        validate_meta(tiny_meta)
-
-
-@pytest.mark.parametrize("change, match", [
-    ({"bands": ["g", "g"]}, "bands must be a non-empty list of distinct band names"),
-    ({"stamp_size": 16}, "stamp_size must be a positive odd integer, got 16"),
-    ({"pixel_scale": -1}, "pixel_scale must be a positive number"),
-    ({"threshold": 1.0}, "threshold must be a number between 0 and 1"),
-    ({"allow_missing_bands": "yes"}, "allow_missing_bands must be true or false"),
-    ({"class_names": ["star"]}, "class_names must be a list of at least 2"),
-    ({"normalization": {"softening": 3.0, "feature_mean": [[0.0] * 5] * 6,
-                        "feature_std": [[1.0] * 5] * 7}},
-     r"normalization.feature_mean must be 7x5"),
-    ({"normalization": {"softening": 0, "feature_mean": [[0.0] * 5] * 7,
-                        "feature_std": [[0.0] * 5] * 7}},
-     r"(?s)softening must be a positive number.*feature_std must be 7x5 .* > 0"),
-    ({"bands": ["NUV", "u", "g"]}, r"architecture n_bands=7 does not match len\(bands\)=3"),
-    ({"architecture": {"mode": "fused"}}, r"architecture: architecture config is missing"),
-    ({"recipe": {"command": "x"}}, "recipe must be a dict with 'command'"),
-    ({"metrics": None}, "metrics must be a dict"),
-    ({"name": ""}, "name must be a non-empty string"),
-])
-def test_validate_meta_bad_values(tiny_meta, change, match):
-    tiny_meta.update(change)
-    with pytest.raises(ValueError, match=match):
-        validate_meta(tiny_meta)
-
-
-def test_validate_meta_types(tiny_meta):
-    with pytest.raises(TypeError, match="meta must be a dict"):
-        validate_meta([("bands", [])])
-    with pytest.raises(ValueError, match="meta must be strict JSON"):
-        validate_meta(dict(tiny_meta, metrics={"auc": float("nan")}))
-    with pytest.raises(TypeError, match="meta values must be JSON-serialisable"):
-        validate_meta(dict(tiny_meta, metrics={"when": object()}))
-
-
 # ----------------------------------------------------------------- save and read
 
 
@@ -221,16 +187,23 @@ def test_save_weights_roundtrip(tmp_path, tiny_meta):
     digest = save_weights(path, state, tiny_meta)
     assert digest == sha256sum(path)
     assert files_in(tmp_path) == ["w.safetensors"]  # no temp file left behind
-    assert read_meta(path) == validate_meta(tiny_meta)
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert read_meta(path) == meta
+    assert isinstance(read_meta(path), ModelMeta)
     with safe_open(path, framework="pt") as fh:
-        assert json.loads(fh.metadata()["astro_starglx"]) == validate_meta(tiny_meta)
+        header = fh.metadata()
+        assert json.loads(header["astro_starglx"]) == meta.to_dict()
+        assert header["astro_starglx"] == meta.to_json()
+        assert re.fullmatch(r"[0-9a-f]{64}", header["tensors_sha256"])
         key = "head.0.weight"
         assert fh.get_tensor(key).dtype == torch.float16
         assert fh.get_tensor("image_encoder.body.1.bn1.num_batches_tracked").dtype == torch.int64
     full = tmp_path / "w32.safetensors"
-    save_weights(full, state, tiny_meta, dtype=torch.float32)
+    save_weights(full, state, ModelMeta.from_dict(tiny_meta), dtype=torch.float32)
     with safe_open(full, framework="pt") as fh:
         assert torch.equal(fh.get_tensor(key), state[key])
+    assert read_meta(full) == meta
+    assert torch.equal(load_model(full).network.state_dict()[key], state[key])
 
 
 def test_save_weights_refuses_bad_input(tmp_path, tiny_meta):
@@ -277,7 +250,8 @@ def test_load_model_local_file(tiny_weights_file, tiny_meta):
         assert loaded.name == "tiny"
         assert loaded.path == tiny_weights_file
         assert loaded.sha256 == sha256sum(tiny_weights_file)
-        assert loaded.meta == validate_meta(tiny_meta)
+        assert loaded.meta == ModelMeta.from_dict(tiny_meta)
+        assert isinstance(loaded.meta, ModelMeta)
     net = loaded.network
     assert not net.training
     params = list(net.parameters())
@@ -306,6 +280,8 @@ def test_load_model_missing_file(tmp_path):
 def test_load_model_device_errors(tiny_weights_file):
     with pytest.raises(ValueError, match="device must be None, 'cpu'"):
         load_model(tiny_weights_file, device="toaster")
+    with pytest.raises(ValueError, match="the models run on CPUs and CUDA GPUs only"):
+        load_model(tiny_weights_file, device="meta")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError,
                            match="device=.cuda. was requested but torch.cuda.is_available"):
@@ -342,26 +318,106 @@ def test_unbuildable_architecture(tmp_path, tiny_meta):
         load_model(path)
 
 
-def test_legacy_pt_loads_with_weights_only(tmp_path, tiny_meta):
-    state = seeded_state_dict(tiny_meta)
+class _Sentinel:
+    """Touches a file when unpickled: proves whether a .pt file was ever unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_pt_files_are_refused_unread(tmp_path, tiny_meta):
+    """Only .safetensors files load: a pickled .pt file is never unpickled."""
+    touched = tmp_path / "unpickled"
     path = tmp_path / "legacy.pt"
-    torch.save({"state_dict": state, "meta": tiny_meta}, path)
+    torch.save({"state_dict": seeded_state_dict(tiny_meta), "meta": tiny_meta,
+                "obj": _Sentinel(touched)}, path)
+    match = r"legacy.pt must be a .safetensors file written by .*save_weights\(\)"
+    for call in (load_model, read_meta, lambda p: load_model(str(p))):
+        with pytest.raises(ValueError, match=match):
+            call(path)
+    assert not touched.exists()
+
+
+# --------------------------------------------------------------- tensor integrity
+
+
+def test_flipped_tensor_bytes_are_refused(tiny_weights_file):
+    load_model(tiny_weights_file)  # loads before the damage
+    flip_tensor_bytes(tiny_weights_file)
+    read_meta(tiny_weights_file)  # the header is intact
+    match = (r"weights file .*tiny.safetensors is corrupted: the sha256 of its tensors "
+             r"differs from the one recorded when it was saved")
+    for source in (tiny_weights_file, str(tiny_weights_file)):
+        with pytest.raises(WeightsHashError, match=match):
+            load_model(source)
+
+
+def test_save_weights_refuses_non_finite(tmp_path, tiny_meta):
+    path = tmp_path / "nan.safetensors"
+    state = seeded_state_dict(tiny_meta)
+    state["head.0.weight"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"state_dict\['head.0.weight'\] holds NaN or inf"):
+        save_weights(path, state, tiny_meta)
+    with pytest.raises(ValueError, match=r"holds NaN or inf \(after the cast to torch.float32"):
+        save_weights(path, state, tiny_meta, dtype=None)
+    # finite in float32 but inf in float16: refused unless stored wider
+    state = seeded_state_dict(tiny_meta)
+    state["head.0.weight"][0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"after the cast to torch.float16.*dtype=None"):
+        save_weights(path, state, tiny_meta)
+    assert files_in(tmp_path) == []
+    save_weights(path, state, tiny_meta, dtype=torch.float32)
+    assert load_model(path).network.state_dict()["head.0.weight"][0, 0] == 1e6
+
+
+@pytest.mark.parametrize("with_digest", [False, True])
+def test_non_finite_file_is_refused(tmp_path, tiny_meta, with_digest):
+    """A file written by other means with NaN tensors and a valid meta is not used."""
+    state = {k: v.clone() for k, v in seeded_state_dict(tiny_meta).items()}
+    state["head.0.weight"][1, 2] = float("nan")
+    state["head.3.bias"][0] = float("inf")
+    header = {"astro_starglx": ModelMeta.from_dict(tiny_meta).to_json(), "format": "pt"}
+    if with_digest:  # even with a matching digest: the tensors themselves are checked
+        header["tensors_sha256"] = weights._tensors_digest(state)
+    path = tmp_path / "nan.safetensors"
+    save_file(state, path, metadata=header)
+    assert read_meta(path) == ModelMeta.from_dict(tiny_meta)
+    with pytest.raises(ValueError, match=r"weights file .*nan.safetensors holds NaN or inf in "
+                                         r"\['head.0.weight', 'head.3.bias'\]; it was not used"):
+        load_model(path)
+
+
+def test_file_without_tensor_digest_still_loads(tmp_path, tiny_meta):
+    """Files saved before the tensor digest existed load (the registry pins them)."""
+    state = seeded_state_dict(tiny_meta)
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path,
+              metadata={"astro_starglx": json.dumps(tiny_meta), "format": "pt"})
+    with safe_open(path, framework="pt") as fh:
+        assert "tensors_sha256" not in fh.metadata()
     loaded = load_model(path)
-    assert loaded.name == "tiny"
-    assert torch.equal(loaded.network.state_dict()["head.0.weight"], state["head.0.weight"])
-    assert read_meta(path) == validate_meta(tiny_meta)
+    assert loaded.meta == ModelMeta.from_dict(tiny_meta)
+    assert torch.equal(loaded.network.state_dict()["head.0.weight"],
+                       state["head.0.weight"].half().float())
 
 
-def test_legacy_pt_refuses_pickled_objects(tmp_path, tiny_meta):
-    path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {}, "meta": tiny_meta, "obj": Path("x")}, path)
-    with pytest.raises(ValueError, match=r"refused to load .*evil.pt: "
-                                         r"torch.load\(weights_only=True\)"):
+def test_pinned_file_with_flipped_bytes_is_refused(isolated_registry):
+    entry = get_weights("tiny-remote")
+    path = install_weights(isolated_registry.remote_file)
+    flip_tensor_bytes(path)
+    match = (rf"cached file .*tiny-remote.safetensors for weights 'tiny-remote' has the wrong "
+             rf"sha256 and was not used: expected {entry.sha256}")
+    with pytest.raises(WeightsHashError, match=match):
+        load_model("tiny-remote")
+    with pytest.raises(WeightsHashError, match=match):
+        load_model(entry)
+    # by path, the tensor digest refuses the same file
+    with pytest.raises(WeightsHashError, match="the sha256 of its tensors differs"):
         load_model(path)
-    path = tmp_path / "flat.pt"
-    torch.save(seeded_state_dict(tiny_meta), path)
-    with pytest.raises(ValueError, match="must hold a dict with 'state_dict' and 'meta'"):
-        load_model(path)
+    assert [s.state for s in verify_weights("tiny-remote")] == ["corrupt"]
 
 
 # ------------------------------------------------------- bundled, cache, download
@@ -569,46 +625,6 @@ def test_verify_weights(isolated_registry):
     assert "weights download tiny-remote" in statuses["tiny-remote"].message
     install_weights(isolated_registry.remote_file)
     assert [s.ok for s in verify_weights(["tiny", "tiny-remote"])] == [True, True]
-
-
-# ---------------------------------------------------------------------- register
-
-
-def test_register_weights(tmp_path, tiny_weights_file, tiny_meta, caplog):
-    registry_path = tmp_path / "new" / "registry.json"
-    registry_path.parent.mkdir()
-    entry = register_weights(tiny_weights_file, bundled=True, registry_path=registry_path)
-    assert isinstance(entry, Weights)
-    data = json.loads(registry_path.read_text())
-    assert data["default"] == "rbim-lite"
-    stored = data["models"]["tiny"]
-    assert stored == {"filename": "tiny.safetensors", "sha256": sha256sum(tiny_weights_file),
-                      "bundled": True, "meta": read_meta(tiny_weights_file)}
-    # re-registering a retrained file updates the entry in place
-    retrained = tmp_path / "tiny.safetensors"
-    save_weights(retrained, seeded_state_dict(tiny_meta, seed=1), tiny_meta)
-    register_weights(retrained, bundled=False, registry_path=registry_path, name="tiny")
-    assert "was registered before" in caplog.text
-    data = json.loads(registry_path.read_text())
-    assert list(data["models"]) == ["tiny"]
-    assert data["models"]["tiny"]["sha256"] == sha256sum(retrained)
-    assert files_in(registry_path.parent) == ["registry.json"]
-
-
-def test_register_weights_refusals(tmp_path, tiny_meta):
-    registry_path = tmp_path / "registry.json"
-    legacy = tmp_path / "legacy.pt"
-    torch.save({"state_dict": seeded_state_dict(tiny_meta), "meta": tiny_meta}, legacy)
-    with pytest.raises(ValueError, match="registered weights must be .safetensors files"):
-        register_weights(legacy, bundled=False, registry_path=registry_path)
-    del tiny_meta["name"]
-    nameless = tmp_path / "nameless.safetensors"
-    save_weights(nameless, seeded_state_dict(tiny_meta), tiny_meta)
-    with pytest.raises(ValueError, match=r"has no usable meta\['name'\] \(None\); pass name="):
-        register_weights(nameless, bundled=False, registry_path=registry_path)
-    with pytest.raises(TypeError, match="bundled must be True or False"):
-        register_weights(nameless, bundled="yes", registry_path=registry_path)
-    assert not registry_path.exists()
 
 
 # ----------------------------------------------------------------- module hygiene

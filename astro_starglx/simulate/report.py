@@ -2,7 +2,7 @@
 Realism report of simulated fields, measured from the images.
 
 `sim_report` takes the images and truth table of a simulated field (from
-`astro_starglx.simulate.simulate_field`, or any multi-band field with a truth
+`~astro_starglx.simulate.simulate_field`, or any multi-band field with a truth
 table of the same form) and measures, *from the pixels*:
 
 * the 5-sigma point-source depth per band, from the scatter (4-sigma
@@ -54,7 +54,8 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .csst import CSST_BAND_INFO
+from .._optional import atomic_write, import_optional
+from ..csst import CSST_BAND_INFO
 
 __all__ = ["sim_report", "SimReportWarning"]
 
@@ -79,18 +80,13 @@ class SimReportWarning(AstropyUserWarning):
 
 
 def _import_matplotlib():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        msg = ('sim_report(plot=True) needs matplotlib, which is not installed; install it '
-               'with pip install "astro_starglx[plot]" or pass plot=False')
-        raise ImportError(msg) from err
-    return Figure
+    return import_optional("matplotlib.figure", "plot", feature="sim_report(plot=True)",
+                           hint=" or pass plot=False").Figure
 
 
 def _zeropoint(image, band):
     # The classifier's own look-up, so both read the same keywords.
-    from .features import get_zeropoint
+    from ..inputs import get_zeropoint
 
     return get_zeropoint(image, band)
 
@@ -439,8 +435,9 @@ def sim_report(images, truth, *, outdir, plot=True, n_empty=1000, reference_band
     table.meta["reference_band"] = reference_band
     table.meta["n_sources"] = len(truth)
     files = [outdir / "sim_report_bands.ecsv", outdir / "sim_report_sources.ecsv"]
-    table.write(files[0], format="ascii.ecsv", overwrite=True)
-    sources.write(files[1], format="ascii.ecsv", overwrite=True)
+    for path, result in zip(files, (table, sources)):
+        with atomic_write(path, "w") as fh:
+            result.write(fh, format="ascii.ecsv")
     if plot:
         files += _plots(Figure, table, sources, list(images), reference_band, outdir)
     log.info("realism report written to %s", outdir)
@@ -524,5 +521,6 @@ def _plots(Figure, table, sources, bands, ref, outdir):
 
 
 def _save(fig, path):
-    fig.savefig(path, dpi=90)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
     return path

@@ -1,4 +1,4 @@
-"""Tests of astro_starglx.simreport (realism report measured from simulated images)."""
+"""Tests of astro_starglx.simulate.report (realism report measured from simulated images)."""
 
 import importlib.util
 import sys
@@ -10,7 +10,7 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from astro_starglx.csst import CSST_BAND_INFO, CSST_BANDS
-from astro_starglx.simreport import SimReportWarning, sim_report
+from astro_starglx.simulate.report import SimReportWarning, sim_report
 
 HAS_GALSIM = importlib.util.find_spec("galsim") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
@@ -118,7 +118,7 @@ def test_invalid_inputs(field, tmp_path):
     with pytest.raises(ValueError, match="no celestial WCS"):
         sim_report({"r": CCDData(np.zeros((8, 8)), unit="electron/s")}, truth, outdir=tmp_path)
     no_zp = images["r"].copy()
-    from astro_starglx.features import ZEROPOINT_KEYWORDS
+    from astro_starglx.inputs import ZEROPOINT_KEYWORDS
 
     for key in ZEROPOINT_KEYWORDS:
         no_zp.meta.pop(key, None)

@@ -1,0 +1,237 @@
+"""
+Local background and noise: robust row statistics, the noise of a whole
+image, and the background level and per-pixel noise of every stamp.
+
+The public functions validate their arguments; ``background_noise`` is the
+core of `estimate_background_noise`, which trusts its input: it is called by
+`astro_starglx.inputs.extract_inputs` after it has validated everything once.
+"""
+
+import math
+
+import numpy as np
+from astropy.stats import mad_std, sigma_clip
+
+from ._validation import as_per_source, as_stamps
+
+__all__ = ["estimate_background_noise", "image_noise"]
+
+
+# --------------------------------------------------------------------------
+# robust row statistics (hand-written: astropy.stats.sigma_clip along an axis
+# warns on the all-NaN rows that off-image stamps give, and is ~10x slower,
+# 0.26 s versus 0.02 s for 10,000 rows of 184 border pixels)
+
+
+def _sorted_median(srt, lo, hi):
+    """Median of srt[i, lo[i]:hi[i]] for ascending rows; NaN where empty."""
+    count = hi - lo
+    last = srt.shape[1] - 1
+    i1 = np.clip(lo + (count - 1) // 2, 0, last)
+    i2 = np.clip(lo + count // 2, 0, last)
+    v1 = np.take_along_axis(srt, i1[:, None], axis=1)[:, 0]
+    v2 = np.take_along_axis(srt, i2[:, None], axis=1)[:, 0]
+    med = 0.5 * (v1.astype(np.float64) + v2)
+    med[count <= 0] = np.nan
+    return med
+
+
+def _nanmedian_rows(values):
+    """Row medians ignoring NaN (and inf), NaN for empty rows, without warnings."""
+    srt = np.sort(np.where(np.isfinite(values), values, np.nan), axis=1)
+    hi = np.isfinite(srt).sum(axis=1)
+    return _sorted_median(srt, np.zeros_like(hi), hi)
+
+
+def _clipped_rows(values, scale=None, *, sigma=3.0, n_iter=5):
+    """
+    Sigma-clipped median (and MAD standard deviation) of each row.
+
+    Rows are sorted once (NaN last): the values kept by a symmetric clip are
+    a contiguous range of the sorted row, so each iteration is two counts.
+    ``scale`` (N,) is the known noise used for clipping; without it the MAD
+    of the kept values is used (one extra sort per iteration).
+    """
+    srt = np.sort(np.where(np.isfinite(values), values, np.nan), axis=1)
+    n_rows = srt.shape[0]
+    lo = np.zeros(n_rows, dtype=np.int64)
+    hi = np.isfinite(srt).sum(axis=1)
+    positions = np.arange(srt.shape[1])
+    med = _sorted_median(srt, lo, hi)
+    for _ in range(n_iter):
+        width = _mad_std_range(srt, lo, hi, med, positions) if scale is None else scale
+        usable = np.isfinite(width) & (width > 0)
+        w = np.where(usable, sigma * width, np.inf)
+        # NaN compares False, so the counts stop at the sorted-last NaNs.
+        new_lo = (srt < (med - w)[:, None]).sum(axis=1)
+        new_hi = (srt <= (med + w)[:, None]).sum(axis=1)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+        med = _sorted_median(srt, lo, hi)
+    std = None if scale is not None else _mad_std_range(srt, lo, hi, med, positions)
+    return med, std
+
+
+def _mad_std_range(srt, lo, hi, med, positions):
+    """1.4826 x median absolute deviation from ``med`` of srt[i, lo[i]:hi[i]]."""
+    keep = (positions >= lo[:, None]) & (positions < hi[:, None])
+    dev = np.where(keep, np.abs(srt - med[:, None]), np.nan)
+    return 1.482602218505602 * _nanmedian_rows(dev)
+
+
+def _border_mask(height, width):
+    """(H, W) bool: the outer ring of width max(1, min(H, W) // 10)."""
+    ring = max(1, min(height, width) // 10)
+    mask = np.ones((height, width), dtype=bool)
+    if height > 2 * ring and width > 2 * ring:
+        mask[ring:-ring, ring:-ring] = False
+    return mask
+
+
+# --------------------------------------------------------------------------
+# local background and noise of stamps
+
+
+def background_noise(stamps, sigma_stamps=None, image_sigma=None):
+    """
+    Core of `estimate_background_noise`: no validation.
+
+    ``stamps`` must be (N, H, W) float32, ``sigma_stamps`` None or float32
+    of the same shape, ``image_sigma`` None or a new (N,) float64 array (as
+    `estimate_background_noise` makes them).
+    """
+    n, height, width = stamps.shape
+    border = _border_mask(height, width)
+    ring = stamps[:, border]
+    if sigma_stamps is not None:
+        noise = _nanmedian_rows(sigma_stamps[:, border])
+        empty = np.flatnonzero(~np.isfinite(noise))
+        if empty.size:
+            noise[empty] = _nanmedian_rows(sigma_stamps[empty].reshape(empty.size, -1))
+        background, _ = _clipped_rows(ring, noise)
+    elif image_sigma is not None:
+        noise = image_sigma
+        background, _ = _clipped_rows(ring, noise)
+    else:
+        # 4 sigma here: the MAD of values clipped at 3 of their own MAD
+        # sigmas drifts ~1 % low over the iterations for Gaussian noise.
+        background, noise = _clipped_rows(ring, None, sigma=4.0, n_iter=3)
+    # A ring with no data (masked) but data inside: use the whole stamp.
+    empty = np.flatnonzero(~np.isfinite(background) & np.isfinite(stamps).any(axis=(1, 2)))
+    if empty.size:
+        whole = stamps[empty].reshape(empty.size, -1)
+        if sigma_stamps is None and image_sigma is None:
+            background[empty], noise[empty] = _clipped_rows(whole, None, sigma=4.0, n_iter=3)
+        else:
+            background[empty], _ = _clipped_rows(whole, noise[empty])
+    return background.astype(np.float32), noise.astype(np.float32)
+
+
+def estimate_background_noise(stamps, sigma_stamps=None, *, image_sigma=None):
+    """
+    Local background level and per-pixel noise of each stamp.
+
+    Parameters
+    ----------
+    stamps : array_like, shape (N, H, W)
+        Stamps in image units, NaN where there is no data.
+    sigma_stamps : array_like, shape (N, H, W), optional
+        Per-pixel standard deviations (from the image's ``uncertainty``).
+    image_sigma : float or array_like of shape (N,), optional
+        Image-level per-pixel noise (see `image_noise`), used when
+        ``sigma_stamps`` is not given.
+
+    Returns
+    -------
+    background : `~numpy.ndarray`, shape (N,), float32
+        Sigma-clipped median of the border pixels (the outer ring of width
+        ``max(1, min(H, W) // 10)``: 2 pixels for a 25-pixel stamp), clipped
+        at 3 times the noise, or at 4 times their MAD standard deviation
+        when the noise is estimated from them too. Where the ring has no
+        data (masked) the whole stamp is used; NaN when that has none.
+    noise : `~numpy.ndarray`, shape (N,), float32
+        Median of ``sigma_stamps`` over the same border ring (where the
+        source's own Poisson noise is smallest; the whole stamp if the ring
+        has none), else ``image_sigma``, else the clipped MAD standard
+        deviation of the border pixels.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astro_starglx.background import estimate_background_noise
+    >>> stamps = np.random.default_rng(0).normal(10.0, 2.0, (3, 25, 25))
+    >>> background, noise = estimate_background_noise(stamps, image_sigma=2.0)
+    >>> background.shape, noise.tolist()
+    ((3,), [2.0, 2.0, 2.0])
+    """
+    stamps = as_stamps("stamps", stamps)
+    n = stamps.shape[0]
+    if sigma_stamps is not None:
+        sigma_stamps = as_stamps("sigma_stamps", sigma_stamps)
+        if sigma_stamps.shape != stamps.shape:
+            msg = (f"sigma_stamps must have the shape of stamps {stamps.shape}, "
+                   f"got {sigma_stamps.shape}")
+            raise ValueError(msg)
+    elif image_sigma is not None:
+        image_sigma = as_per_source("image_sigma", image_sigma, n)
+    return background_noise(stamps, sigma_stamps, image_sigma)
+
+
+def image_noise(image):
+    """
+    Robust per-pixel noise of a whole image.
+
+    Used when an image has no ``uncertainty``: the MAD standard deviation
+    (`astropy.stats.mad_std`) of the unmasked, finite pixels of a regular
+    subsample of at most about 2**18 pixels (deterministic: every k-th row
+    and column), after clipping them at 4 sigma
+    (`astropy.stats.sigma_clip`).
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.NDData` or array_like
+        The image; ``mask`` True marks bad pixels.
+
+    Returns
+    -------
+    sigma : float
+        Per-pixel standard deviation in image units.
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2-D or has fewer than 16 usable pixels.
+    """
+    data = np.asanyarray(getattr(image, "data", image))
+    mask = getattr(image, "mask", None)
+    if isinstance(data, np.ma.MaskedArray):
+        mask = np.ma.getmaskarray(data) if mask is None else mask
+        data = data.data
+    if data.ndim != 2:
+        msg = f"image must be a 2-D image, got data of shape {data.shape}"
+        raise ValueError(msg)
+    step = max(1, math.ceil(math.sqrt(data.size / 2**18)))
+    values = np.asarray(data[::step, ::step], dtype=np.float64)
+    good = np.isfinite(values)
+    if mask is not None:
+        good &= ~(np.asanyarray(mask)[::step, ::step] != 0)
+    values = values[good]
+    if values.size < 16:
+        msg = (f"image has {values.size} usable (unmasked, finite) pixels in its noise "
+               "subsample; at least 16 are needed to estimate the noise. Give the image an "
+               "uncertainty (e.g. StdDevUncertainty) or pass image_sigma={band: value}")
+        raise ValueError(msg)
+    # The MAD of the clipped values, not their standard deviation (which
+    # sigma_clipped_stats returns): faint source wings inside the clip
+    # limits inflate the latter (13 % in the tests' field), not the former.
+    # A 4-sigma clip: at 3 sigma the iterated MAD of pure Gaussian noise
+    # drifts 1.3 % low (measured), at 4 sigma < 0.1 %.
+    kept = sigma_clip(values, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False,
+                      axis=None)
+    return float(mad_std(kept))

@@ -1,0 +1,598 @@
+"""
+Model inputs from a catalog and its images: the one input extraction shared
+by `~astro_starglx.StarGalaxyClassifier.classify` and the training-set
+builder.
+
+``catalog + images -> per-band pixel positions (pixel_positions) -> zero
+points, stamps, noise, features (extract_inputs)``. CSST bands sit on
+different detectors, so a sky position is converted through each band's WCS
+separately; pixel columns are used only when the caller says the bands share
+one grid.
+
+The arguments are validated here, once; the cores of the modules below
+(`astro_starglx.cutouts`, `astro_starglx.background`,
+`astro_starglx.features`) trust them. numpy + astropy + photutils, no torch.
+"""
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from ._validation import (
+    as_pixel_scale,
+    as_positions,
+    check_bands,
+    check_catalog,
+    check_feature_stamps,
+    check_mapping,
+    check_nddata,
+    check_size,
+)
+from .background import background_noise, image_noise
+from .cutouts import cut_band, stamp_origin
+from .features import FEATURE_NAMES, PSF_FEATURE_NAMES, measure_band, psf_features
+from .flags import ClassFlag
+
+__all__ = [
+    "SourceInputs",
+    "ZEROPOINT_KEYWORDS",
+    "blend_flags",
+    "extract_inputs",
+    "get_zeropoint",
+    "pixel_positions",
+]
+
+log = logging.getLogger(__name__)
+
+#: Header keywords searched, in order, for a band's AB zero point.
+ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "MAGZP", "MAGZPT", "ZP")
+
+_MAG_INDEX = FEATURE_NAMES.index("mag")
+
+
+@dataclass(frozen=True)
+class SourceInputs:
+    """
+    Raw model inputs for N sources in C bands (see :ref:`internals`).
+
+    Attributes
+    ----------
+    stamps : `~numpy.ndarray`, shape (N, C, H, W), float32
+        Local-background-subtracted stamps in image units, NaN where there
+        is no data (off image, masked, band missing).
+    noise : `~numpy.ndarray`, shape (N, C), float32
+        Per-pixel background standard deviation in image units.
+    features : `~numpy.ndarray`, shape (N, C, F), float32
+        Catalog features in `~astro_starglx.features.FEATURE_NAMES` order,
+        NaN where not measurable.
+    offsets : `~numpy.ndarray`, shape (N, C, 2), float32
+        Source position inside its stamp, x then y (NaN if not finite).
+    flags : `~numpy.ndarray`, shape (N,), uint16
+        `~astro_starglx.flags.ClassFlag` bits OR-ed over the bands.
+    """
+
+    stamps: np.ndarray
+    noise: np.ndarray
+    features: np.ndarray
+    offsets: np.ndarray
+    flags: np.ndarray
+
+
+# --------------------------------------------------------------------------
+# positions
+
+
+def _column_values(catalog, name, *, angle):
+    """
+    A position column as (N,) float64, masked -> NaN.
+
+    With ``angle``, in degrees: a Quantity or a column unit is converted,
+    no unit means degrees. Pixel columns are read as numbers.
+    """
+    column = catalog[name]
+    unit = getattr(column, "unit", None)
+    mask = None
+    if hasattr(column, "unmasked"):  # a QTable's masked Quantity (astropy Masked)
+        mask, column = np.asarray(column.mask), column.unmasked
+    try:
+        values = np.ma.asarray(getattr(column, "value", column), dtype=float)
+    except (TypeError, ValueError) as exc:
+        kind = "degrees or an angle Quantity" if angle else "pixels"
+        msg = (f"column {name!r} must hold numbers ({kind}), got dtype "
+               f"{np.asarray(column).dtype}; parse sexagesimal strings with "
+               "SkyCoord(ra, dec, unit=(u.hourangle, u.deg)) and pass them as a SkyCoord "
+               "column (coord_column)")
+        raise ValueError(msg) from exc
+    if values.ndim != 1:
+        first = f"; row 0 holds {values[0].tolist()}" if len(values) else ""
+        msg = (f"column {name!r} must be 1-D (one position per source), got shape "
+               f"{values.shape}{first}: give one column per coordinate")
+        raise ValueError(msg)
+    values = np.ma.filled(values, np.nan)
+    if mask is not None:
+        values = np.where(mask, np.nan, values)
+    if angle and unit is not None and unit != u.dimensionless_unscaled and unit != u.deg:
+        if not unit.is_equivalent(u.deg):
+            msg = (f"column {name!r} has unit {unit}, which is not an angle; give sky "
+                   "positions in degrees (no unit) or as angle Quantities, e.g. "
+                   f"catalog[{name!r}] = values * u.deg")
+            raise ValueError(msg)
+        values = u.Quantity(values, unit).to_value(u.deg)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        msg = (f"column {name!r} has {bad.sum()} non-finite or masked value(s) (rows "
+               f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}); remove those rows or "
+               "fill them before classifying")
+        raise ValueError(msg)
+    return values
+
+
+def _sky_positions(catalog, ra_column, dec_column):
+    ra = _column_values(catalog, ra_column, angle=True)
+    dec = _column_values(catalog, dec_column, angle=True)
+    outside = np.flatnonzero(np.abs(dec) > 90.0)
+    if outside.size:
+        row = outside[0]
+        msg = (f"column {dec_column!r} has {outside.size} value(s) outside [-90, 90] degrees "
+               f"(first at row {row}: {float(dec[row])!r} deg); check its unit (a column in "
+               "radians needs unit='rad', one without a unit is read as degrees) and that ra "
+               "and dec are not swapped")
+        raise ValueError(msg)
+    return SkyCoord(ra, dec, unit="deg")
+
+
+def _skycoord_column(catalog, coord_column):
+    if coord_column is not None:
+        if coord_column not in catalog.colnames:
+            msg = (f"coord_column {coord_column!r} is not in the catalog; available columns: "
+                   f"{catalog.colnames}")
+            raise ValueError(msg)
+        coords = catalog[coord_column]
+        if not isinstance(coords, SkyCoord):
+            msg = (f"coord_column {coord_column!r} must hold a SkyCoord, got "
+                   f"{type(coords).__name__}")
+            raise TypeError(msg)
+    else:
+        found = [name for name in catalog.colnames if isinstance(catalog[name], SkyCoord)]
+        if len(found) != 1:
+            return None
+        coord_column, coords = found[0], catalog[found[0]]
+    if coords.ndim != 1:
+        first = f"; row 0 holds {coords[0]}" if len(coords) else ""
+        msg = (f"SkyCoord column {coord_column!r} must be 1-D (one position per source), got "
+               f"shape {coords.shape}{first}")
+        raise ValueError(msg)
+    if len(coords):
+        bad = ~(np.isfinite(coords.spherical.lon.deg) & np.isfinite(coords.spherical.lat.deg))
+        if bad.any():
+            msg = (f"the SkyCoord column {coord_column!r} has non-finite coordinates (first at "
+                   f"row {np.flatnonzero(bad)[0]}); remove or fix those rows")
+            raise ValueError(msg)
+    return coords
+
+
+def _check_celestial_wcs(band, wcs):
+    """A 2-D celestial WCS for sky -> pixel conversion, or a ValueError naming the band."""
+    if wcs is None:
+        msg = (f"images[{band!r}] has no WCS but sky positions are used; attach one "
+               f"(CCDData(..., wcs=WCS(header))) or give pixel columns with "
+               "shared_grid=True")
+        raise ValueError(msg)
+    low = getattr(wcs, "low_level_wcs", wcs)
+    classes = getattr(low, "world_axis_object_classes", {}) or {}
+    celestial = any(isinstance(spec[0], type) and issubclass(spec[0], SkyCoord)
+                    for spec in classes.values())
+    n_pixel = getattr(low, "pixel_n_dim", None)
+    n_world = getattr(low, "world_n_dim", None)
+    if not (celestial and n_pixel == 2 and n_world == 2):
+        types = getattr(low, "world_axis_physical_types", None)
+        msg = (f"images[{band!r}].wcs must be a 2-D celestial WCS to convert sky positions, "
+               f"got {n_pixel} pixel and {n_world} world axes (types {types}); give the "
+               "band's celestial image WCS (e.g. WCS(header).celestial) or pixel columns "
+               "with shared_grid=True")
+        raise ValueError(msg)
+
+
+def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_column,
+                    y_column, shared_grid):
+    """
+    Per-band pixel positions of every catalog source.
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table`
+        Sources with ``ra_column``/``dec_column``, a
+        `~astropy.coordinates.SkyCoord` column, or pixel columns. Sky columns
+        in a unit (a `~astropy.units.Quantity` column, or a column's
+        ``unit``: ``deg``, ``rad``, ``hourangle``, ``arcsec``, ...) are
+        converted; without a unit they are degrees.
+    images : dict
+        ``{band: NDData}``; each band's ``wcs`` (2-D, celestial) converts sky
+        positions.
+    ra_column, dec_column, coord_column, x_column, y_column : str or None
+        Column names (``coord_column=None`` uses the table's only SkyCoord
+        column, if any).
+    shared_grid : bool
+        Use the pixel columns for every band.
+
+    Returns
+    -------
+    x, y : dict
+        ``{band: (N,) float64}`` 0-based pixel positions in each band.
+
+    Raises
+    ------
+    TypeError
+        If ``catalog`` is not a Table or ``coord_column`` holds no SkyCoord.
+    ValueError
+        Missing, non-finite, non-numeric or 2-D position columns; sky
+        columns in a unit that is not an angle, or a declination outside
+        [-90, 90] degrees (the message names the first bad row); a band
+        without a 2-D celestial WCS.
+
+    Examples
+    --------
+    >>> import astropy.units as u
+    >>> from astropy.nddata import NDData
+    >>> from astropy.table import QTable
+    >>> from astropy.wcs import WCS
+    >>> wcs = WCS(naxis=2)
+    >>> wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    >>> wcs.wcs.crval = [150.0, 2.0]  # 10 h, 2 deg at FITS pixel (51, 41): 0-based (50, 40)
+    >>> wcs.wcs.crpix = [51, 41]
+    >>> wcs.wcs.cdelt = [-0.074 / 3600, 0.074 / 3600]
+    >>> catalog = QTable({"ra": [10.0] * u.hourangle, "dec": [2.0] * u.deg})
+    >>> x, y = pixel_positions(catalog, {"r": NDData([[0.0]], wcs=wcs)}, ra_column="ra",
+    ...                        dec_column="dec", coord_column=None, x_column="x",
+    ...                        y_column="y", shared_grid=False)
+    >>> round(float(x["r"][0]), 6), round(float(y["r"][0]), 6)
+    (50.0, 40.0)
+    """
+    check_catalog(catalog)
+    has_xy = x_column in catalog.colnames and y_column in catalog.colnames
+    use_pixels = shared_grid or (len(images) == 1 and has_xy
+                                 and ra_column not in catalog.colnames)
+    if use_pixels:
+        if not has_xy:
+            msg = (f"shared_grid=True needs pixel columns x_column={x_column!r} and "
+                   f"y_column={y_column!r}; available columns: {catalog.colnames}")
+            raise ValueError(msg)
+        xs = _column_values(catalog, x_column, angle=False)
+        ys = _column_values(catalog, y_column, angle=False)
+        return {b: xs for b in images}, {b: ys for b in images}
+    coords = _skycoord_column(catalog, coord_column)
+    if coords is None:
+        if ra_column not in catalog.colnames or dec_column not in catalog.colnames:
+            hint = ""
+            if has_xy:
+                hint = (f" The catalog has pixel columns {x_column!r}/{y_column!r}: pass "
+                        "shared_grid=True if all bands share one pixel grid.")
+            msg = (f"catalog has no sky positions: expected columns ra_column={ra_column!r} "
+                   f"and dec_column={dec_column!r}, or a SkyCoord column (coord_column); "
+                   f"available columns: {catalog.colnames}.{hint}")
+            raise ValueError(msg)
+        coords = _sky_positions(catalog, ra_column, dec_column)
+    for band, image in images.items():
+        _check_celestial_wcs(band, image.wcs)
+    xs, ys = {}, {}
+    for band, image in images.items():
+        if len(coords) == 0:
+            xs[band] = ys[band] = np.zeros(0)
+            continue
+        px, py = image.wcs.world_to_pixel(coords)
+        xs[band] = np.asarray(px, dtype=float)
+        ys[band] = np.asarray(py, dtype=float)
+    return xs, ys
+
+
+# --------------------------------------------------------------------------
+# zero points
+
+
+def _find_zeropoint(image, band, zeropoints):
+    value, source = None, None
+    if zeropoints is not None and band in zeropoints:
+        value, source = zeropoints[band], f"zeropoints[{band!r}]"
+    else:
+        meta = getattr(image, "meta", None) or {}
+        keys = {str(key).upper(): key for key in meta.keys()}
+        for keyword in ZEROPOINT_KEYWORDS:
+            if keyword in keys:
+                value = meta[keys[keyword]]
+                source = f"header keyword {keyword} of band {band!r}"
+                break
+    if source is None:
+        msg = (f"no photometric zero point for band {band!r}: magnitude features need one. "
+               f"Pass zeropoints={{{band!r}: value}} (the AB magnitude of a source of one image "
+               f"unit in total) or set the MAGZERO keyword in the image header "
+               f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too)")
+        raise ValueError(msg)
+    try:
+        zeropoint = float(getattr(value, "value", value))
+    except (TypeError, ValueError):
+        zeropoint = math.nan
+    if not math.isfinite(zeropoint):
+        msg = f"the zero point from {source} must be a finite number, got {value!r}"
+        raise ValueError(msg)
+    return zeropoint
+
+
+def _check_zeropoints(zeropoints, band):
+    if zeropoints is not None:
+        check_mapping("zeropoints", zeropoints, what="{band: AB zero point}",
+                      hint=f"; pass for example zeropoints={{{band!r}: 25.0}}")
+
+
+def get_zeropoint(image, band, zeropoints=None):
+    """
+    AB zero point of one band.
+
+    The zero point is the AB magnitude of a source that gives one image unit
+    in total: ``mag = zp - 2.5 log10(flux)``.
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.NDData`
+        The band's image; its ``meta`` (``header`` for CCDData) is searched
+        for the keywords of `ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
+        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``).
+    band : str
+        Band name, the key looked up in ``zeropoints``.
+    zeropoints : mapping, optional
+        ``{band: zero point}``; takes precedence over the header.
+
+    Returns
+    -------
+    zeropoint : float
+
+    Raises
+    ------
+    TypeError
+        If ``zeropoints`` is not a mapping.
+    ValueError
+        If no zero point is found or it is not a finite number.
+    """
+    _check_zeropoints(zeropoints, band)
+    return _find_zeropoint(image, band, zeropoints)
+
+
+# --------------------------------------------------------------------------
+# stamps, noise and features
+
+
+def _band_positions(values, band, name):
+    if isinstance(values, Mapping):
+        if band not in values:
+            msg = (f"{name} has no positions for band {band!r} (keys: {sorted(values)}); "
+                   f"give {name}={{band: array}} for every band in images")
+            raise ValueError(msg)
+        return values[band]
+    return values
+
+
+def _validated_positions(x, y, present):
+    """``{band: (x, y)}`` float64 for the present bands, and the number of sources."""
+    positions = {band: as_positions(_band_positions(x, band, "x"),
+                                    _band_positions(y, band, "y")) for band in present}
+    if present:
+        n = positions[present[0]][0].size
+    else:
+        candidates = list(x.values()) if isinstance(x, Mapping) else [x]
+        if not candidates:
+            msg = "x holds no positions: cannot tell how many sources there are"
+            raise ValueError(msg)
+        n = np.atleast_1d(np.asarray(candidates[0])).size
+    for band in present:
+        if positions[band][0].size != n:
+            msg = (f"all bands must have positions for the same N sources: band "
+                   f"{present[0]!r} has {n}, band {band!r} has {positions[band][0].size}")
+            raise ValueError(msg)
+    return positions, n
+
+
+def _feature_columns(feature_names, psf, present):
+    """Column indices into FEATURE_NAMES + PSF_FEATURE_NAMES; checks ``psf``."""
+    known = FEATURE_NAMES + PSF_FEATURE_NAMES
+    if feature_names is None:
+        return list(range(len(FEATURE_NAMES)))
+    if isinstance(feature_names, str) or not all(isinstance(f, str) for f in feature_names):
+        msg = f"feature_names must be a sequence of feature names, got {feature_names!r}"
+        raise TypeError(msg)
+    unknown = [f for f in feature_names if f not in known]
+    if unknown:
+        msg = (f"feature_names holds {unknown}, which astro_starglx cannot measure; "
+               f"known features: {list(known)}")
+        raise ValueError(msg)
+    columns = [known.index(f) for f in feature_names]
+    if any(col >= len(FEATURE_NAMES) for col in columns):
+        missing = [band for band in present if not isinstance(psf, Mapping) or band not in psf]
+        if missing:
+            msg = (f"feature_names asks for PSF features but psf has no estimate for bands "
+                   f"{missing}; pass psf=astro_starglx.psf.resolve_psf(...)")
+            raise ValueError(msg)
+    return columns
+
+
+def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
+                   image_sigma=None, feature_names=None, psf=None):
+    """
+    Cut stamps and measure features of N sources in every band.
+
+    This is the one input extraction shared by
+    ``StarGalaxyClassifier.classify`` and the training-set builder.
+
+    Parameters
+    ----------
+    images : mapping
+        ``{band: NDData or CCDData}``. Bands of ``bands`` absent from it get
+        NaN stamps and features and the ``BAND_MISSING`` flag; other keys are
+        ignored.
+    x, y : mapping or array_like
+        ``{band: (N,) pixel positions}`` in each band's own pixel grid
+        (0-based), or one (N,) array used for every band when all bands
+        share one pixel grid.
+    bands : sequence of str
+        Band order of the output axis C (the model's ``meta["bands"]``).
+    size : int
+        Stamp side in pixels (at least 2).
+    pixel_scale : float or `~astropy.units.Quantity`
+        Arcsec per pixel of the model (``meta["pixel_scale"]``).
+    zeropoints : mapping, optional
+        ``{band: AB zero point}``; else read from the header (`get_zeropoint`).
+    image_sigma : mapping, optional
+        ``{band: per-pixel noise}`` for bands whose image has no uncertainty,
+        so that a caller streaming batches computes
+        `~astro_starglx.background.image_noise` once; otherwise it is
+        computed here, once per band and call.
+    feature_names : sequence of str, optional
+        The features to return, in order (the model's
+        ``meta.feature_names``): names of
+        `~astro_starglx.features.FEATURE_NAMES` and
+        `~astro_starglx.features.PSF_FEATURE_NAMES`; default the former.
+    psf : mapping, optional
+        ``{band: PSFEstimate}`` (`astro_starglx.psf.resolve_psf`), needed for
+        the PSF features of the bands present.
+
+    Returns
+    -------
+    inputs : `SourceInputs`
+        ``stamps`` (N, C, size, size), ``noise`` (N, C), ``features`` (N, C,
+        F), ``offsets`` (N, C, 2), all float32, and ``flags`` (N,) uint16:
+        the cutout flags (``OFF_IMAGE``, ``PARTIAL``, ``MASKED``) OR-ed over
+        bands, ``BAND_MISSING`` where a band is absent or its stamp has no
+        data at all, ``NO_FEATURES`` where a band with data has no
+        measurable magnitude (missing pixels in the aperture).
+
+    Raises
+    ------
+    TypeError
+        If ``images``, ``zeropoints`` or ``image_sigma`` is not a mapping,
+        or an image is not an NDData or has an uncertainty of another kind.
+    ValueError
+        If ``bands`` is empty or repeats a band, positions are missing or of
+        different lengths, a present band has no zero point, an image's
+        data, mask or uncertainty is malformed, or ``size`` or
+        ``pixel_scale`` is invalid.
+    """
+    check_mapping("images", images, what="{band: CCDData}",
+                  hint="; for one band pass images={'r': image}")
+    check_bands("bands", bands)
+    if image_sigma is not None:
+        check_mapping("image_sigma", image_sigma, what="{band: float}")
+    size = check_size("size", size)
+    scale = as_pixel_scale(pixel_scale)
+    check_feature_stamps(size, size)
+    present = [band for band in bands if band in images]
+    data = {band: check_nddata(f"images[{band!r}]", images[band]) for band in present}
+    positions, n = _validated_positions(x, y, present)
+    if present:
+        _check_zeropoints(zeropoints, present[0])
+    zps = {band: _find_zeropoint(images[band], band, zeropoints) for band in present}
+
+    columns = _feature_columns(feature_names, psf, present)
+
+    n_bands = len(bands)
+    stamps = np.empty((n, n_bands, size, size), dtype=np.float32)
+    noise = np.full((n, n_bands), np.nan, dtype=np.float32)
+    features = np.full((n, n_bands, len(columns)), np.nan, dtype=np.float32)
+    offsets = np.full((n, n_bands, 2), np.nan, dtype=np.float32)
+    flags = np.zeros(n, dtype=np.uint16)
+    for c, band in enumerate(bands):
+        if band not in images:
+            stamps[:, c] = np.nan
+            flags |= np.uint16(ClassFlag.BAND_MISSING)
+            continue
+        image = images[band]
+        xb, yb = positions[band]
+        cut = cut_band(image, data[band], xb, yb, size=size)
+        sigma = None
+        if cut.sigma is None:
+            if image_sigma is not None and band in image_sigma:
+                sigma = float(image_sigma[band])
+            else:
+                sigma = image_noise(image)
+            sigma = np.full(n, sigma)
+        background, band_noise = background_noise(cut.data, cut.sigma, sigma)
+        # in place: cut.data is this call's own array (contiguous, unlike
+        # stamps[:, c], which keeps the einsums in measure_band fast)
+        band_stamps = np.subtract(cut.data, background[:, None, None], out=cut.data)
+        stamps[:, c] = band_stamps
+        x0, y0 = stamp_origin(xb, yb, size=size)
+        band_offsets = np.column_stack([xb - x0, yb - y0])
+        band_features = measure_band(band_stamps, band_noise.astype(np.float64),
+                                     zeropoint=zps[band], offsets=band_offsets,
+                                     pixel_scale=scale)
+        no_data = ~np.isfinite(band_stamps).any(axis=(1, 2))
+        flags |= cut.flags
+        flags[no_data] |= np.uint16(ClassFlag.BAND_MISSING)
+        # Missing pixels in the photometry aperture, not a mere non-detection:
+        # radius/ellipticity of an undetected source are NaN by definition
+        # and common for faint sources, so they do not raise the flag.
+        partly = np.isnan(band_features[:, _MAG_INDEX]) & ~no_data
+        flags[partly] |= np.uint16(ClassFlag.NO_FEATURES)
+        noise[:, c] = band_noise
+        if any(col >= len(FEATURE_NAMES) for col in columns):
+            band_features = np.concatenate([band_features, psf_features(
+                band_features, psf[band].at(xb, yb), pixel_scale=scale, size=size)], axis=1)
+        features[:, c] = band_features[:, columns]
+        offsets[:, c] = band_offsets
+    return SourceInputs(stamps=stamps, noise=noise, features=features, offsets=offsets,
+                        flags=flags)
+
+
+def blend_flags(image, x, y, *, size, ratio=0.1):
+    """
+    ``BLENDED`` bits: another source of comparable flux inside the stamp.
+
+    A source is blended when another catalog source lies within the stamp
+    (``|dx|, |dy| <= size // 2`` pixels) and has at least ``ratio`` times its
+    flux, estimated by a 5 x 5 pixel sum above the image median at the
+    rounded positions (cheap, and enough to rank neighbours).
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.NDData`
+        The reference band's image.
+    x, y : `~numpy.ndarray`
+        ``(N,)`` pixel positions in that image (NaN allowed: never blended).
+    size : int
+        Stamp side in pixels.
+    ratio : float, optional
+        Flux ratio above which a neighbour counts.
+
+    Returns
+    -------
+    flags : `~numpy.ndarray`
+        ``(N,)`` uint16, ``ClassFlag.BLENDED`` or 0.
+    """
+    from scipy.spatial import cKDTree
+
+    data = np.asarray(image.data, dtype=np.float32)
+    n = len(x)
+    flags = np.zeros(n, dtype=np.uint16)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        return flags
+    ix = np.clip(np.round(x[ok]).astype(np.int64), 2, data.shape[1] - 3)
+    iy = np.clip(np.round(y[ok]).astype(np.int64), 2, data.shape[0] - 3)
+    level = np.nanmedian(data[::4, ::4]) if data.size else 0.0
+    flux = np.zeros(len(ix))
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            flux += np.nan_to_num(data[iy + dy, ix + dx] - level)
+    tree = cKDTree(np.column_stack([x[ok], y[ok]]))
+    pairs = tree.query_pairs(r=size // 2, p=np.inf, output_type="ndarray")
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        fi, fj = np.maximum(flux[i], 0.0), np.maximum(flux[j], 0.0)
+        blended = np.zeros(len(ix), dtype=bool)
+        blended[i[fj >= ratio * fi]] = True
+        blended[j[fi >= ratio * fj]] = True
+        flags[np.flatnonzero(ok)[blended]] = np.uint16(ClassFlag.BLENDED)
+    return flags

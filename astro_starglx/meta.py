@@ -1,0 +1,405 @@
+"""
+The weights metadata: one frozen `ModelMeta`, validated once (no torch, no astropy).
+
+Every released model is a ``.safetensors`` file whose header holds this
+metadata as JSON under the key ``"astro_starglx"``. Training writes it,
+inference reads it, and nothing about preprocessing is hard-coded anywhere
+else: bands and their order, stamp size, pixel scale, feature names and
+order, the normalisation constants, class names, decision threshold,
+probability temperature, the architecture config that rebuilds the network,
+the training recipe and the measured metrics.
+
+The architecture configs of the named model families (`MODEL_CONFIGS`) and
+their validation live here too: they are part of the metadata schema, and
+`astro_starglx.model` builds networks from them.
+"""
+
+import copy
+import dataclasses
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .preprocess import Normalization
+
+__all__ = ["ModelMeta", "MODEL_CONFIGS", "validate_architecture", "META_KEY"]
+
+#: Key of the metadata in a ``.safetensors`` header.
+META_KEY = "astro_starglx"
+
+_MODES = ("fused", "image", "catalog")
+_ENCODERS = ("resnet50", "resnet18", "resnet34", "resnet")
+_ARCH_REQUIRED = ("mode", "n_bands", "n_features", "n_classes", "image_encoder",
+                  "catalog_encoder", "head")
+
+#: Architecture configs of the named model families. ``n_bands``,
+#: ``n_features`` and ``stamp_size`` are filled in from the data at training
+#: time and stored in the weights meta with the rest.
+MODEL_CONFIGS = {
+    # Paper-faithful: torchvision ResNet-50 (Bottleneck [3, 4, 6, 3]) with a
+    # stride-1 3x3 stem and no max-pool, because CSST stamps are ~25-33 px
+    # rather than 224 px: the standard 7x7/2 stem + pool would shrink a 25 px
+    # stamp to 7 px before the first residual stage.
+    "rbim-resnet50": {
+        "mode": "fused",
+        "image_encoder": {"name": "resnet50", "stem": "small"},
+        "catalog_encoder": {"hidden_size": 128, "num_layers": 2, "dropout": 0.1},
+        "head": {"hidden": 256, "dropout": 0.2},
+    },
+    # Compact CPU model: three narrow BasicBlock stages.
+    "rbim-lite": {
+        "mode": "fused",
+        "image_encoder": {"name": "resnet", "block": "basic", "layers": [1, 1, 1],
+                          "widths": [16, 32, 64], "stem": "small"},
+        "catalog_encoder": {"hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "head": {"hidden": 64, "dropout": 0.1},
+    },
+}
+
+
+def validate_architecture(config):
+    """
+    Check an architecture config and fill defaults.
+
+    Parameters
+    ----------
+    config : dict
+        Architecture config (``ModelMeta.architecture``).
+
+    Returns
+    -------
+    config : dict
+        A validated deep copy.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a dict.
+    ValueError
+        If a key is missing or has an unusable value.
+    """
+    if not isinstance(config, dict):
+        msg = f"config must be a dict (meta['architecture']), got {type(config).__name__}"
+        raise TypeError(msg)
+    config = copy.deepcopy(config)
+    config.setdefault("n_classes", 2)
+    missing = [key for key in _ARCH_REQUIRED if key not in config]
+    if missing:
+        msg = (f"architecture config is missing {missing}; it has {sorted(config)}. "
+               "Rebuild the weights with `astro-starglx train` or fix meta['architecture'].")
+        raise ValueError(msg)
+    if config["mode"] not in _MODES:
+        msg = f"architecture mode must be one of {_MODES}, got {config['mode']!r}"
+        raise ValueError(msg)
+    for key in ("n_bands", "n_features", "n_classes"):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            msg = f"architecture {key} must be a positive int, got {value!r}"
+            raise ValueError(msg)
+    encoder = config["image_encoder"]
+    name = encoder.get("name") if isinstance(encoder, dict) else None
+    if name not in _ENCODERS:
+        msg = f"image_encoder name must be one of {_ENCODERS}, got {name!r}"
+        raise ValueError(msg)
+    return config
+
+
+def _is_number(value):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _names(value):
+    """A tuple of distinct non-empty strings, or None."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        return None
+    if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+        return None
+    return tuple(value)
+
+
+def _strict_json(value, where):
+    try:
+        return json.loads(json.dumps(value, sort_keys=True, allow_nan=False,
+                                     default=_json_default))
+    except ValueError as err:
+        msg = (f"{where} must be strict JSON ({err}); write undefined metrics as None, "
+               "not NaN or inf")
+        raise ValueError(msg) from err
+
+
+def _json_default(value):
+    # numpy scalars and arrays -> plain numbers and lists
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    msg = f"meta values must be JSON-serialisable, got {type(value).__name__}: {value!r}"
+    raise TypeError(msg)
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """
+    Everything a weights file says about how to feed and read its network.
+
+    Build it with `ModelMeta.from_dict` (or `from_json`), which validates
+    every field once and lists every problem found; `to_dict` / `to_json`
+    give the form stored in a file's header.
+
+    Attributes
+    ----------
+    bands : tuple of str
+        Band names in the order of the channel axis C.
+    stamp_size : int
+        Stamp side in pixels (odd).
+    pixel_scale : float
+        Arcsec per pixel the model was trained at.
+    feature_names : tuple of str
+        Per-band catalog features, in the order of the feature axis F.
+    normalization : `~astro_starglx.preprocess.Normalization`
+        Input normalisation constants, (C, F).
+    architecture : dict
+        `~astro_starglx.model.build_model` config, consistent with the bands,
+        features and classes.
+    threshold : float
+        Decision threshold on ``p_galaxy`` in (0, 1).
+    recipe : dict
+        How the weights were made: at least ``command`` (str) and
+        ``data_seed`` (int or None).
+    name : str or None
+        Model name (the registry name of released models).
+    class_names : tuple of str
+        Classes in the order of the network's outputs.
+    temperature : float
+        Softmax temperature fitted on validation data (probability calibration).
+    allow_missing_bands : bool
+        Trained with band dropout: bands may be absent from the images.
+    metrics : dict
+        Measured metrics (JSON values).
+    psf : dict or None
+        For PSF-aware models: ``nominal_fwhm`` (``{band: arcsec}``, the
+        fallback when a band's PSF cannot be measured) and ``fwhm_range``
+        (``{band: [low, high]}`` arcsec, the PSF FWHMs seen in training:
+        sources outside it are flagged ``OUT_OF_RANGE``). None for models
+        that do not read the PSF.
+    extra : dict
+        Keys this version does not know, kept so that files round-trip.
+    """
+
+    bands: tuple
+    stamp_size: int
+    pixel_scale: float
+    feature_names: tuple
+    normalization: Normalization
+    architecture: dict
+    threshold: float
+    recipe: dict
+    name: str | None = None
+    class_names: tuple = ("star", "galaxy")
+    temperature: float = 1.0
+    allow_missing_bands: bool = False
+    metrics: dict = field(default_factory=dict)
+    psf: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, meta):
+        """
+        Validate a metadata dict (as stored in a file) and build a `ModelMeta`.
+
+        Parameters
+        ----------
+        meta : dict or `ModelMeta`
+
+        Returns
+        -------
+        meta : `ModelMeta`
+
+        Raises
+        ------
+        TypeError
+            If ``meta`` is not a dict or holds values JSON cannot store.
+        ValueError
+            If keys are missing or values unusable (NaN included); the
+            message lists every problem found.
+        """
+        if isinstance(meta, cls):
+            return meta
+        if not isinstance(meta, dict):
+            msg = f"meta must be a dict (the weights metadata), got {type(meta).__name__}"
+            raise TypeError(msg)
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        missing = [key for key in required + ["class_names", "allow_missing_bands", "metrics"]
+                   if key not in meta]
+        if missing:
+            msg = (f"weights meta is missing {missing}; it has {sorted(meta)}. "
+                   "See 'Weights metadata' in docs/internals.rst for the schema.")
+            raise ValueError(msg)
+        meta = _strict_json(meta, "meta")
+        problems = []
+        values = _validated_values(meta, problems)
+        if problems:
+            msg = "invalid weights meta:\n  - " + "\n  - ".join(problems)
+            raise ValueError(msg)
+        # "extra" is not a key of the stored form: a file key of that name is kept too.
+        known = _FIELD_NAMES - {"extra"}
+        values["extra"] = {k: v for k, v in meta.items() if k not in known}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text):
+        """`from_dict` of a JSON string; ValueError if it is not JSON."""
+        try:
+            meta = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as err:
+            msg = f"weights meta is not JSON ({err})"
+            raise ValueError(msg) from err
+        return cls.from_dict(meta)
+
+    def to_dict(self):
+        """The JSON-ready dict stored in a file (extra keys included)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("extra", "normalization")}
+        out["normalization"] = self.normalization.to_dict()
+        if out["psf"] is None:  # models that do not read the PSF: as before it existed
+            del out["psf"]
+        out.update(self.extra)
+        return _strict_json(out, "meta")
+
+    def to_json(self):
+        """`to_dict` as a compact JSON string with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    def replace(self, **changes):
+        """
+        A validated copy with some fields changed (`dataclasses.replace` + checks).
+
+        Raises
+        ------
+        TypeError
+            If a keyword is not a field name (a typo would otherwise be kept
+            silently as an unknown key), or ``extra`` is not a dict.
+        ValueError
+            If the new values are invalid (as in `from_dict`), or ``extra``
+            holds field names.
+        """
+        unknown = sorted(set(changes) - _FIELD_NAMES)
+        if unknown:
+            msg = (f"replace() got unknown field(s) {unknown}; ModelMeta fields are "
+                   f"{sorted(_FIELD_NAMES)}")
+            raise TypeError(msg)
+        extra = changes.pop("extra", self.extra)
+        if not isinstance(extra, dict):
+            msg = f"extra must be a dict of unknown keys, got {type(extra).__name__}"
+            raise TypeError(msg)
+        clash = sorted(set(extra) & (_FIELD_NAMES - {"extra"}))
+        if clash:
+            msg = f"extra must not hold ModelMeta fields {clash}; pass them as keywords"
+            raise ValueError(msg)
+        base = {k: v for k, v in self.to_dict().items() if k not in self.extra}
+        changes = {k: (v.to_dict() if isinstance(v, Normalization) else v)
+                   for k, v in changes.items()}
+        return type(self).from_dict({**extra, **base, **changes})
+
+    @property
+    def n_bands(self):
+        """Number of bands (C)."""
+        return len(self.bands)
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(ModelMeta))
+
+
+def _valid_psf(psf, bands):
+    if not isinstance(psf, dict):
+        return False
+    nominal, ranges = psf.get("nominal_fwhm"), psf.get("fwhm_range")
+    if not isinstance(nominal, dict) or not isinstance(ranges, dict):
+        return False
+    for band in bands:
+        value, limits = nominal.get(band), ranges.get(band)
+        if not (_is_number(value) and value > 0):
+            return False
+        if not (isinstance(limits, list) and len(limits) == 2
+                and all(_is_number(v) and v > 0 for v in limits) and limits[0] < limits[1]):
+            return False
+    return True
+
+
+def _validated_values(meta, problems):
+    """Field values of a JSON meta dict; appends every problem found to ``problems``."""
+    def bad(key, expected):
+        problems.append(f"{key} must be {expected}, got {meta.get(key)!r}")
+
+    name = meta.get("name")
+    if name is not None and not (isinstance(name, str) and name):
+        bad("name", "a non-empty string")
+    bands = _names(meta["bands"])
+    if bands is None:
+        bad("bands", "a non-empty list of distinct band names")
+    size = meta["stamp_size"]
+    if not (_is_int(size) and size > 0 and size % 2 == 1):
+        bad("stamp_size", "a positive odd integer")
+    if not (_is_number(meta["pixel_scale"]) and meta["pixel_scale"] > 0):
+        bad("pixel_scale", "a positive number (arcsec per pixel)")
+    features = _names(meta["feature_names"])
+    if features is None:
+        bad("feature_names", "a non-empty list of distinct feature names")
+    classes = _names(meta["class_names"])
+    if classes is None or len(classes) < 2:
+        bad("class_names", "a list of at least 2 distinct class names")
+    if not (_is_number(meta["threshold"]) and 0 < meta["threshold"] < 1):
+        bad("threshold", "a number between 0 and 1 (exclusive)")
+    temperature = meta.get("temperature", 1.0)
+    if not (_is_number(temperature) and temperature > 0):
+        bad("temperature", "a positive number")
+    if not isinstance(meta["allow_missing_bands"], bool):
+        bad("allow_missing_bands", "true or false")
+    normalization = None
+    try:
+        normalization = Normalization.from_dict(meta["normalization"])
+    except ValueError as err:
+        problems.append(str(err))
+    else:
+        if bands and features and normalization.shape != (len(bands), len(features)):
+            problems.append(f"normalization must be {len(bands)}x{len(features)} (bands x "
+                            f"features), got {normalization.shape[0]}x"
+                            f"{normalization.shape[1]}")
+    arch = meta["architecture"]
+    try:
+        arch = validate_architecture(arch)
+    except (TypeError, ValueError) as err:
+        problems.append(f"architecture: {err}")
+    else:
+        for arch_key, values in (("n_bands", bands), ("n_features", features),
+                                 ("n_classes", classes)):
+            if values and arch[arch_key] != len(values):
+                problems.append(f"architecture {arch_key}={arch[arch_key]} does not match "
+                                f"the {len(values)} names given")
+        if "stamp_size" in arch and arch["stamp_size"] != size:
+            problems.append(f"architecture stamp_size={arch['stamp_size']} does not match "
+                            f"stamp_size={size}")
+    recipe = meta["recipe"]
+    if not (isinstance(recipe, dict) and isinstance(recipe.get("command"), str)
+            and "data_seed" in recipe
+            and (recipe["data_seed"] is None or _is_int(recipe["data_seed"]))):
+        bad("recipe", "a dict with 'command' (str) and 'data_seed' (int or None)")
+    if not isinstance(meta["metrics"], dict):
+        bad("metrics", "a dict (may be empty)")
+    psf = meta.get("psf")
+    if psf is not None and not _valid_psf(psf, bands or ()):
+        bad("psf", "None or a dict with 'nominal_fwhm' {band: arcsec > 0} and 'fwhm_range' "
+                   "{band: [low, high]} for every band")
+    return {"psf": psf, "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
+            "feature_names": features, "normalization": normalization, "architecture": arch,
+            "threshold": meta["threshold"], "recipe": recipe, "name": name,
+            "class_names": classes, "temperature": temperature,
+            "allow_missing_bands": meta["allow_missing_bands"], "metrics": meta["metrics"]}

@@ -1,0 +1,126 @@
+"""Tests of the local background and noise estimates."""
+
+import numpy as np
+import pytest
+from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.stats import mad_std, sigma_clip
+from synthetic_sources import PIXEL_SCALE, SIZE, ccd, make_field
+
+from astro_starglx.background import background_noise, estimate_background_noise, image_noise
+from astro_starglx.features import FEATURE_NAMES
+from astro_starglx.inputs import extract_inputs
+
+IMAG = FEATURE_NAMES.index("mag")
+
+
+def test_background_is_the_sky_level():
+    rng = np.random.default_rng(7)
+    kinds = ["star", "galaxy"] * 4
+    data, x, y = make_field(rng, kinds, [19.0] * 8, sky=100.0, noise=2.0)
+    out = extract_inputs({"r": ccd(data)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    corners = out.stamps[:, 0][:, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert abs(np.median(corners)) < 1.0
+    no_sky, _, _ = make_field(np.random.default_rng(7), kinds, [19.0] * 8, noise=2.0)
+    ref = extract_inputs({"r": ccd(no_sky)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    np.testing.assert_allclose(out.features[:, 0, IMAG], ref.features[:, 0, IMAG], atol=0.02)
+
+
+def test_clipped_border_statistics_match_astropy():
+    # the hand-written row statistics against astropy.stats on clean rows
+    rng = np.random.default_rng(8)
+    stamps = rng.normal(5.0, 2.0, (20, 11, 11))
+    stamps[:, 0, :3] = 60.0  # a neighbour in the border
+    background, noise = estimate_background_noise(stamps)
+    border = np.ones((11, 11), dtype=bool)
+    border[1:-1, 1:-1] = False
+    for i in range(20):
+        kept = sigma_clip(stamps[i][border], sigma=4.0, maxiters=3, stdfunc="mad_std",
+                          masked=False)
+        assert kept.size == 37  # the neighbour is gone
+        np.testing.assert_allclose(background[i], np.median(kept), rtol=1e-5)
+        np.testing.assert_allclose(noise[i], mad_std(kept), rtol=1e-5)
+
+
+def test_noise_from_uncertainty_and_from_mad_agree():
+    rng = np.random.default_rng(9)
+    sigma = 2.5
+    assert abs(image_noise(ccd(rng.normal(0.0, sigma, (256, 256)))) / sigma - 1) < 0.02
+    # with sources covering ~10 % of the pixels
+    data, x, y = make_field(rng, ["star", "galaxy"] * 8, [21.0] * 16, noise=sigma,
+                            shape=(256, 256), spacing=64)
+    assert abs(image_noise(ccd(data)) / sigma - 1) < 0.05
+    plain = extract_inputs({"r": ccd(data)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
+                           pixel_scale=PIXEL_SCALE)
+    with_unc = extract_inputs(
+        {"r": ccd(data, uncertainty=StdDevUncertainty(np.full(data.shape, sigma)))},
+        {"r": x}, {"r": y}, bands=["r"], size=SIZE, pixel_scale=PIXEL_SCALE)
+    np.testing.assert_allclose(with_unc.noise, sigma, rtol=1e-6)
+    np.testing.assert_allclose(plain.noise, with_unc.noise, rtol=0.05)
+    # the border MAD of each stamp (no image-level value given)
+    cut = extract_inputs({"r": ccd(data)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE).stamps[:, 0]
+    _, noise = estimate_background_noise(cut)
+    assert abs(np.median(noise) / sigma - 1) < 0.05
+
+
+def test_estimate_background_noise_options():
+    rng = np.random.default_rng(10)
+    stamps = rng.normal(3.0, 1.0, (4, 25, 25)).astype(np.float32)
+    stamps[3] = np.nan
+    sig = np.full(stamps.shape, 1.5, dtype=np.float32)
+    sig[1, 0, :] = np.nan
+    background, noise = estimate_background_noise(stamps, sig)
+    np.testing.assert_allclose(noise[:3], 1.5)
+    assert np.all(np.abs(background[:3] - 3.0) < 0.3)
+    assert np.isnan(background[3])
+    _, noise = estimate_background_noise(stamps, image_sigma=0.7)
+    np.testing.assert_allclose(noise, 0.7)
+    _, noise = estimate_background_noise(stamps, image_sigma=[1, 2, 3, 4])
+    np.testing.assert_allclose(noise, [1, 2, 3, 4])
+    _, noise = estimate_background_noise(stamps)
+    assert np.isnan(noise[3]) and np.all(np.abs(noise[:3] - 1.0) < 0.25)
+    with pytest.raises(ValueError, match="sigma_stamps must have the shape of stamps"):
+        estimate_background_noise(stamps, sig[:2])
+    with pytest.raises(ValueError, match=r"image_sigma must be a scalar or have shape \(4,\)"):
+        estimate_background_noise(stamps, image_sigma=[1.0, 2.0])
+
+
+def test_masked_border_ring_falls_back_to_whole_stamp():
+    rng = np.random.default_rng(20)
+    stamps = rng.normal(7.0, 1.0, (2, SIZE, SIZE)).astype(np.float32)
+    stamps[:, :2, :] = np.nan
+    stamps[:, -2:, :] = np.nan
+    stamps[:, :, :2] = np.nan
+    stamps[:, :, -2:] = np.nan
+    stamps[1] = np.nan
+    background, noise = estimate_background_noise(stamps)
+    assert abs(background[0] - 7.0) < 0.3 and abs(noise[0] - 1.0) < 0.2
+    assert np.isnan(background[1]) and np.isnan(noise[1])
+    sigma = np.array([1.0, 1.0])
+    background, noise = estimate_background_noise(stamps, image_sigma=sigma)
+    assert abs(background[0] - 7.0) < 0.3
+    np.testing.assert_array_equal(sigma, [1.0, 1.0])
+
+
+def test_image_noise_respects_mask_and_rejects_empty():
+    rng = np.random.default_rng(11)
+    data = rng.normal(0, 1.0, (300, 300))
+    data[:150] = rng.normal(0, 10.0, (150, 300))
+    mask = np.zeros(data.shape, dtype=bool)
+    mask[:150] = True
+    assert abs(image_noise(CCDData(data, unit="adu", mask=mask)) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="at least 16 are needed"):
+        image_noise(CCDData(np.full((10, 10), np.nan), unit="adu"))
+
+
+def test_background_noise_is_the_core():
+    rng = np.random.default_rng(23)
+    stamps = rng.normal(2.0, 1.5, (6, 15, 15)).astype(np.float32)
+    sig = np.full(stamps.shape, 1.5, dtype=np.float32)
+    for sig_stamps, sigma in ((None, None), (sig, None), (None, 1.5)):
+        public = estimate_background_noise(stamps, sig_stamps, image_sigma=sigma)
+        core = background_noise(stamps, sig_stamps, None if sigma is None else np.full(6, sigma))
+        for a, b in zip(core, public):
+            np.testing.assert_array_equal(a, b)

@@ -1,0 +1,205 @@
+"""Tests of astro_starglx.inference: the one inference path."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from astro_starglx.inference import (Predictor, calibrated_proba, fuse_for_inference,
+                                     predict_batch, predict_logits, resolve_device, to_device)
+from astro_starglx.meta import ModelMeta
+from astro_starglx.model import MODEL_CONFIGS, build_model
+from astro_starglx.preprocess import prepare_inputs
+
+from conftest import seeded_state_dict
+
+
+def config(name, **kw):
+    return dict(MODEL_CONFIGS[name], n_bands=7, n_features=5, n_classes=2, **kw)
+
+
+def raw_inputs(n, *, seed, size=15):
+    rng = np.random.default_rng(seed)
+    stamps = rng.normal(0.0, 3.0, (n, 7, size, size)).astype(np.float32)
+    stamps[0, 2] = np.nan  # a missing band
+    noise = rng.uniform(0.5, 2.0, (n, 7)).astype(np.float32)
+    features = rng.normal(0.0, 1.0, (n, 7, 5)).astype(np.float32)
+    features[1, 3, 2] = np.nan
+    return stamps, noise, features
+
+
+@pytest.fixture
+def tiny(tiny_meta):
+    """(eval-mode network with seeded weights and trained-like BatchNorm, ModelMeta)."""
+    network = build_model(tiny_meta["architecture"])
+    network.load_state_dict(seeded_state_dict(tiny_meta))
+    return network.eval(), ModelMeta.from_dict(tiny_meta)
+
+
+# ---------------------------------------------------------------------- devices
+
+
+def test_resolve_device_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", torch.device("meta")])
+def test_resolve_device_other_types(device):
+    with pytest.raises(ValueError, match=r"device must be None, 'cpu', 'cuda' or 'cuda:N', got "
+                                         r"'(meta|mps)'; the models run on CPUs and CUDA GPUs"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["toaster", "cuda:x", 3.5, [0]])
+def test_resolve_device_not_a_device(device):
+    with pytest.raises(ValueError, match=r"device must be None, 'cpu', 'cuda' or 'cuda:N', "
+                                         r"got .*\(.*\)"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda:0")])
+def test_resolve_device_cuda_without_gpu(device, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"device='cuda(:\d)?' was requested but "
+                                           r"torch.cuda.is_available\(\) is False.*"
+                                           r"use device='cpu', or device=None"):
+        resolve_device(device)
+    assert resolve_device(None) == torch.device("cpu")
+
+
+# ------------------------------------------------------------------ fusion, tensors
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
+def test_fuse_for_inference_keeps_outputs(name):
+    torch.manual_seed(2)
+    net = build_model(config(name))
+    # Non-trivial BatchNorm statistics, as after training.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    fused = fuse_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # untouched
+    assert not fused.training
+    x, f = torch.randn(4, 7, 25, 25), torch.randn(4, 7, 5)
+    with torch.inference_mode():
+        ref = net(x, f)
+        plain = fused(x, f)
+        np_cl = fused.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last), f)
+    torch.testing.assert_close(plain, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(np_cl, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_to_device_and_predict_batch_on_cpu(tiny):
+    network, meta = tiny
+    x_image, x_catalog = prepare_inputs(*raw_inputs(3, seed=0), meta.normalization)
+    image, catalog = to_device(x_image, x_catalog, torch.device("cpu"),
+                               memory_format=torch.channels_last)
+    assert image.is_contiguous(memory_format=torch.channels_last)
+    assert image.shape == (3, 7, 15, 15) and catalog.shape == (3, 7, 5)
+    logits = predict_batch(network, x_image, x_catalog, device=torch.device("cpu"))
+    assert logits.dtype == np.float32 and logits.shape == (3, 2)
+    with torch.inference_mode():
+        expected = network(torch.from_numpy(x_image), torch.from_numpy(x_catalog)).numpy()
+    np.testing.assert_array_equal(logits, expected)
+
+
+# ------------------------------------------------------------------- probabilities
+
+
+def test_calibrated_proba(tiny_meta):
+    logits = np.array([[0.0, 2.0], [1.0, -1.0], [3.0, 3.0]])
+    plain = calibrated_proba(logits, ModelMeta.from_dict(tiny_meta))
+    np.testing.assert_allclose(plain, torch.softmax(torch.tensor(logits), 1).numpy(),
+                               rtol=1e-6)
+    hot = calibrated_proba(logits, ModelMeta.from_dict(dict(tiny_meta, temperature=2.0)))
+    np.testing.assert_allclose(hot, torch.softmax(torch.tensor(logits) / 2.0, 1).numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(hot.sum(1), 1.0, rtol=1e-6)
+    # a higher temperature pulls probabilities towards 1/2, never across it
+    assert np.all(np.abs(hot - 0.5) <= np.abs(plain - 0.5) + 1e-7)
+    assert np.all(np.sign(hot - 0.5) == np.sign(plain - 0.5))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.8])
+def test_predictor_matches_plain_network(tiny, temperature):
+    network, meta = tiny
+    meta = meta.replace(temperature=temperature)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    predictor = Predictor(network, meta, device="cpu")
+    assert predictor.meta is meta and predictor.device == torch.device("cpu")
+    stamps, noise, features = raw_inputs(9, seed=1)
+    proba = predictor(stamps, noise, features)
+    x_image, x_catalog = prepare_inputs(stamps, noise, features, meta.normalization)
+    with torch.inference_mode():
+        logits = network(torch.from_numpy(x_image), torch.from_numpy(x_catalog))
+        expected = torch.softmax(logits / temperature, dim=1).numpy()
+    assert proba.shape == (9, 2) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba, expected, rtol=1e-4, atol=1e-5)
+    # the network given is not modified (folded on a copy)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predictor_on_cuda_matches_cpu(tiny):
+    network, meta = tiny  # on the CPU: the predictor puts its copy on the GPU
+    stamps, noise, features = raw_inputs(9, seed=1)
+    on_cpu = Predictor(network, meta, device="cpu")(stamps, noise, features)
+    on_gpu = Predictor(network, meta, device="cuda")(stamps, noise, features)
+    assert next(network.parameters()).is_cpu
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-2)  # bf16 autocast on CUDA
+
+
+def test_predictor_empty_batch(tiny):
+    network, meta = tiny
+    stamps, noise, features = raw_inputs(2, seed=2)
+    proba = Predictor(network, meta, device="cpu")(stamps[:0], noise[:0], features[:0])
+    assert proba.shape == (0, 2)
+
+
+# ------------------------------------------------------------------ predict_logits
+
+
+def test_predict_logits_is_batch_size_invariant(tiny):
+    network, meta = tiny
+    stamps, noise, features = raw_inputs(23, seed=3)
+    data = SimpleNamespace(stamps=stamps, noise=noise, features=features)
+    network.train()  # predict_logits puts it in eval mode
+    reference = predict_logits(network, data, meta.normalization, batch_size=1024)
+    assert not network.training
+    assert reference.shape == (23, 2) and reference.dtype == np.float32
+    for batch_size in (1, 4, 7, 22, 23):
+        logits = predict_logits(network, data, meta.normalization, batch_size=batch_size)
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-6)
+    # a normalisation dict is accepted too (the form stored in a file)
+    as_dict = predict_logits(network, data, meta.normalization.to_dict(), batch_size=5)
+    np.testing.assert_allclose(as_dict, reference, rtol=1e-5, atol=1e-6)
+    x_image, x_catalog = prepare_inputs(stamps, noise, features, meta.normalization)
+    with torch.inference_mode():
+        direct = network(torch.from_numpy(x_image), torch.from_numpy(x_catalog)).numpy()
+    np.testing.assert_allclose(reference, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_logits_memmap_and_empty(tiny, tmp_path):
+    network, meta = tiny
+    stamps, noise, features = raw_inputs(6, seed=4)
+    np.save(tmp_path / "stamps.npy", stamps)
+    data = SimpleNamespace(stamps=np.load(tmp_path / "stamps.npy", mmap_mode="r"),
+                           noise=noise, features=features)
+    in_memory = SimpleNamespace(stamps=stamps, noise=noise, features=features)
+    np.testing.assert_array_equal(predict_logits(network, data, meta.normalization),
+                                  predict_logits(network, in_memory, meta.normalization))
+    empty = SimpleNamespace(stamps=stamps[:0], noise=noise[:0], features=features[:0])
+    out = predict_logits(network, empty, meta.normalization)
+    assert out.shape == (0, 2) and out.dtype == np.float32

@@ -1,0 +1,375 @@
+"""Tests of the input extraction: positions, zero points, stamps, noise and features."""
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.nddata import CCDData, NDData, StdDevUncertainty
+from astropy.table import QTable, Table
+from astropy.utils.masked import Masked
+from astropy.wcs import WCS
+from synthetic_sources import PIXEL_SCALE, SIZE, ZP, ccd, make_field
+
+from astro_starglx.features import FEATURE_NAMES
+from astro_starglx.flags import ClassFlag
+from astro_starglx.inputs import SourceInputs, extract_inputs, get_zeropoint, pixel_positions
+
+IMAG = FEATURE_NAMES.index("mag")
+
+
+# --------------------------------------------------------------------------
+# zero points
+
+
+def test_get_zeropoint_sources():
+    image = CCDData(np.zeros((3, 3)), unit="adu",
+                    meta={"ZP": 20.0, "PHOTZP": 21.0, "MAGZERO": 22.0})
+    assert get_zeropoint(image, "g") == 22.0
+    assert get_zeropoint(image, "g", {"g": 25.5}) == 25.5
+    assert get_zeropoint(image, "r", {"g": 25.5}) == 22.0
+    header = fits.Header()
+    header["PHOTZP"] = 23.0
+    header["ZP"] = 24.0
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta=header), "g") == 23.0
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta={"zp": 24.0}), "g") == 24.0
+    # Other surveys' spellings: MAGZP (ZTF-like), MAGZPT; MAGZERO still wins.
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu",
+                                 meta={"MAGZPT": 26.0, "ZP": 24.0}), "g") == 26.0
+    assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu",
+                                 meta={"MAGZP": 27.0, "MAGZPT": 26.0}), "g") == 27.0
+
+
+def test_get_zeropoint_errors():
+    image = CCDData(np.zeros((3, 3)), unit="adu")
+    with pytest.raises(ValueError, match=r"magnitude features need one.*zeropoints=\{'g': value\}"
+                                         r".*MAGZERO"):
+        get_zeropoint(image, "g")
+    with pytest.raises(ValueError, match="must be a finite number"):
+        get_zeropoint(image, "g", {"g": np.nan})
+    with pytest.raises(ValueError, match="header keyword MAGZERO .* must be a finite number"):
+        get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta={"MAGZERO": "n/a"}), "g")
+    with pytest.raises(TypeError, match="zeropoints must be a mapping"):
+        get_zeropoint(image, "g", 25.0)
+
+
+def test_extract_inputs_needs_zeropoints():
+    image = CCDData(np.zeros((40, 40)), unit="adu")
+    with pytest.raises(ValueError, match="no photometric zero point for band 'r'"):
+        extract_inputs({"r": image}, [20.0], [20.0], bands=["r"], size=SIZE,
+                       pixel_scale=PIXEL_SCALE)
+    rng = np.random.default_rng(12)
+    image = CCDData(rng.normal(size=(40, 40)), unit="adu")
+    out = extract_inputs({"r": image}, [20.0], [20.0], bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE, zeropoints={"r": ZP})
+    assert np.isfinite(out.features[0, 0, IMAG])
+
+
+# --------------------------------------------------------------------------
+# invariance
+
+
+@pytest.mark.parametrize("with_uncertainty", [False, True])
+def test_zeropoint_and_unit_invariance(with_uncertainty):
+    rng = np.random.default_rng(13)
+    kinds = ["star", "galaxy"] * 10
+    data, x, y = make_field(rng, kinds, rng.uniform(20, 25, 20), noise=1.5)
+    k = 37.5
+    kw1, kw2 = {}, {}
+    if with_uncertainty:
+        sigma = np.full(data.shape, 1.5, dtype=np.float32)
+        kw1 = {"uncertainty": StdDevUncertainty(sigma)}
+        kw2 = {"uncertainty": StdDevUncertainty(sigma * np.float32(k))}
+    one = extract_inputs({"r": ccd(data, **kw1)}, {"r": x}, {"r": y}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    two = extract_inputs({"r": ccd(data * np.float32(k), zp=ZP + 2.5 * np.log10(k), **kw2)},
+                         {"r": x}, {"r": y}, bands=["r"], size=SIZE, pixel_scale=PIXEL_SCALE)
+    np.testing.assert_allclose(two.features, one.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(two.noise, k * one.noise, rtol=1e-5)
+    np.testing.assert_allclose(two.stamps / two.noise[:, :, None, None],
+                               one.stamps / one.noise[:, :, None, None], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(two.flags, one.flags)
+
+
+# --------------------------------------------------------------------------
+# extract_inputs
+
+
+def two_band_field(rng, n=12):
+    kinds = ["star", "galaxy"] * (n // 2)
+    mags = rng.uniform(20, 22, n)
+    data_g, x, y = make_field(rng, kinds, mags)
+    # band r sits on another detector: its pixel grid is shifted and the
+    # sources are at other pixel positions
+    shift = np.array([3.3, -1.7])
+    data_r = np.zeros_like(data_g)
+    data_r += np.roll(data_g, (-2, 3), axis=(0, 1))  # any content will do
+    sigma = np.full(data_g.shape, 1.0, dtype=np.float32)
+    images = {"g": ccd(data_g),
+              "r": ccd(data_r, uncertainty=StdDevUncertainty(sigma))}
+    xs = {"g": x, "r": x + shift[0]}
+    ys = {"g": y, "r": y + shift[1]}
+    return images, xs, ys
+
+
+def test_extract_inputs_shapes_and_missing_band():
+    rng = np.random.default_rng(14)
+    images, xs, ys = two_band_field(rng)
+    n = len(xs["g"])
+    out = extract_inputs(images, xs, ys, bands=("u", "g", "r"), size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert isinstance(out, SourceInputs)
+    assert out.stamps.shape == (n, 3, SIZE, SIZE) and out.stamps.dtype == np.float32
+    assert out.noise.shape == (n, 3) and out.noise.dtype == np.float32
+    assert out.features.shape == (n, 3, 5) and out.features.dtype == np.float32
+    assert out.offsets.shape == (n, 3, 2) and out.offsets.dtype == np.float32
+    assert out.flags.shape == (n,) and out.flags.dtype == np.uint16
+    assert np.all(out.flags & ClassFlag.BAND_MISSING)
+    assert np.all(np.isnan(out.stamps[:, 0])) and np.all(np.isnan(out.features[:, 0]))
+    assert np.all(np.isnan(out.noise[:, 0])) and np.all(np.isnan(out.offsets[:, 0]))
+    assert np.all(np.isfinite(out.features[:, 1:]))
+    assert np.all(np.abs(out.offsets[:, 1:] - 12.0) <= 0.5)
+    # per-band offsets follow each band's own positions
+    x0 = np.ceil(xs["r"] - SIZE / 2)
+    np.testing.assert_allclose(out.offsets[:, 2, 0], xs["r"] - x0, rtol=1e-6)
+    # the same band order and content as a one-band call
+    alone = extract_inputs({"g": images["g"]}, xs, ys, bands=["g"], size=SIZE,
+                           pixel_scale=PIXEL_SCALE)
+    np.testing.assert_array_equal(alone.features[:, 0], out.features[:, 1])
+    np.testing.assert_array_equal(alone.stamps[:, 0], out.stamps[:, 1])
+    with pytest.raises(AttributeError):
+        out.flags = None  # frozen
+
+
+def test_extract_inputs_flags():
+    rng = np.random.default_rng(15)
+    data, x, y = make_field(rng, ["star"] * 4, [20.0] * 4, shape=(64, 96))
+    mask = np.zeros(data.shape, dtype=bool)
+    my, mx = int(round(y[1])), int(round(x[1]))
+    mask[my - 2:my + 3, mx - 2:mx + 3] = True  # the core and its mirror
+    image = ccd(data, mask=mask)
+    xx = np.concatenate([x, [-40.0, 2.0]])
+    yy = np.concatenate([y, [10.0, 30.0]])
+    out = extract_inputs({"r": image}, xx, yy, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert out.flags[0] == 0
+    assert out.flags[1] == ClassFlag.MASKED | ClassFlag.NO_FEATURES
+    assert out.flags[4] == ClassFlag.OFF_IMAGE | ClassFlag.BAND_MISSING
+    assert out.flags[5] & ClassFlag.PARTIAL
+    assert not out.flags[5] & ClassFlag.BAND_MISSING
+
+
+def test_extract_inputs_flags_or_over_bands():
+    rng = np.random.default_rng(16)
+    images, xs, ys = two_band_field(rng, n=4)
+    xs = {b: np.append(v, 1.0) for b, v in xs.items()}
+    ys = {b: np.append(v, 20.0) for b, v in ys.items()}
+    xs["r"][-1] = -100.0  # off the r image only
+    out = extract_inputs(images, xs, ys, bands=("g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    assert out.flags[-1] & ClassFlag.PARTIAL
+    assert out.flags[-1] & ClassFlag.OFF_IMAGE
+    assert out.flags[-1] & ClassFlag.BAND_MISSING
+    assert np.all(out.flags[:4] == 0)
+
+
+def test_extract_inputs_image_sigma_and_shared_positions():
+    rng = np.random.default_rng(17)
+    data, x, y = make_field(rng, ["star"] * 3, [21.0] * 3, shape=(64, 96))
+    out = extract_inputs({"r": ccd(data)}, x, y, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE, image_sigma={"r": 4.0})
+    np.testing.assert_allclose(out.noise, 4.0)
+
+
+def test_extract_inputs_no_sources_and_no_bands_present():
+    rng = np.random.default_rng(18)
+    image = ccd(rng.normal(size=(40, 40)))
+    out = extract_inputs({"r": image}, {"r": []}, {"r": []}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert out.stamps.shape == (0, 1, SIZE, SIZE) and out.flags.shape == (0,)
+    out = extract_inputs({}, {"r": [1.0, 2.0]}, {"r": [1.0, 2.0]}, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert out.flags.tolist() == [ClassFlag.BAND_MISSING] * 2
+
+
+def test_extract_inputs_errors():
+    image = ccd(np.zeros((40, 40)))
+    kw = dict(size=SIZE, pixel_scale=PIXEL_SCALE)
+    with pytest.raises(TypeError, match=r"images must be a mapping \{band: CCDData\}"):
+        extract_inputs(image, [1.0], [1.0], bands=["r"], **kw)
+    with pytest.raises(TypeError, match=r"images\['r'\] must be an astropy NDData"):
+        extract_inputs({"r": np.zeros((4, 4))}, [1.0], [1.0], bands=["r"], **kw)
+    with pytest.raises(ValueError, match="bands must be a non-empty sequence"):
+        extract_inputs({"r": image}, [1.0], [1.0], bands="r", **kw)
+    with pytest.raises(ValueError, match="bands must not repeat a band"):
+        extract_inputs({"r": image}, [1.0], [1.0], bands=["r", "r"], **kw)
+    with pytest.raises(ValueError, match="x has no positions for band 'r'"):
+        extract_inputs({"r": image}, {"g": [1.0]}, {"r": [1.0]}, bands=["r"], **kw)
+    with pytest.raises(ValueError, match="the same N sources"):
+        extract_inputs({"r": image, "g": image}, {"r": [1.0], "g": [1.0, 2.0]},
+                       {"r": [1.0], "g": [1.0, 2.0]}, bands=["r", "g"], **kw)
+    with pytest.raises(ValueError, match="x holds no positions"):
+        extract_inputs({}, {}, {}, bands=["r"], **kw)
+    with pytest.raises(TypeError, match="image_sigma must be a mapping"):
+        extract_inputs({"r": image}, [1.0], [1.0], bands=["r"], image_sigma=1.0, **kw)
+
+
+def test_extract_inputs_does_not_mutate():
+    rng = np.random.default_rng(19)
+    images, xs, ys = two_band_field(rng, n=6)
+    images["g"].mask = rng.uniform(size=images["g"].data.shape) < 0.01
+    before = {b: (im.data.copy(), None if im.mask is None else im.mask.copy(),
+                  None if im.uncertainty is None else im.uncertainty.array.copy(),
+                  dict(im.meta)) for b, im in images.items()}
+    pos = {b: (xs[b].copy(), ys[b].copy()) for b in xs}
+    extract_inputs(images, xs, ys, bands=("g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    for b, im in images.items():
+        data, mask, unc, meta = before[b]
+        np.testing.assert_array_equal(im.data, data)
+        if mask is not None:
+            np.testing.assert_array_equal(im.mask, mask)
+        if unc is not None:
+            np.testing.assert_array_equal(im.uncertainty.array, unc)
+        assert dict(im.meta) == meta
+        np.testing.assert_array_equal(xs[b], pos[b][0])
+        np.testing.assert_array_equal(ys[b], pos[b][1])
+
+
+# --------------------------------------------------------------------------
+# pixel_positions
+
+
+def sky_wcs(*, crpix=(40.0, 30.0), ctype=("RA---TAN", "DEC--TAN")):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = list(ctype)
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [crpix[0] + 1, crpix[1] + 1]
+    wcs.wcs.cdelt = [-PIXEL_SCALE / 3600, PIXEL_SCALE / 3600]
+    return wcs
+
+
+def sky_field(n=6):
+    """Two bands on shifted pixel grids and the sky positions of n sources."""
+    images = {"g": NDData(np.zeros((60, 80)), wcs=sky_wcs()),
+              "r": NDData(np.zeros((60, 80)), wcs=sky_wcs(crpix=(42.5, 27.0)))}
+    rng = np.random.default_rng(30)
+    coords = images["g"].wcs.pixel_to_world(rng.uniform(5, 75, n), rng.uniform(5, 55, n))
+    return images, coords
+
+
+def positions(catalog, images, **kwargs):
+    kw = dict(ra_column="ra", dec_column="dec", coord_column=None, x_column="x",
+              y_column="y", shared_grid=False)
+    return pixel_positions(catalog, images, **{**kw, **kwargs})
+
+
+def test_pixel_positions_per_band_wcs():
+    images, coords = sky_field()
+    x, y = positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images)
+    for band, image in images.items():
+        px, py = image.wcs.world_to_pixel(coords)
+        np.testing.assert_array_equal(x[band], px)
+        np.testing.assert_array_equal(y[band], py)
+        assert x[band].dtype == np.float64
+    np.testing.assert_allclose(x["r"] - x["g"], 2.5, atol=1e-6)
+    sc_x, sc_y = positions(Table({"pos": coords}), images)
+    np.testing.assert_allclose(sc_x["r"], x["r"], atol=1e-9)
+
+
+@pytest.mark.parametrize("unit", ["deg", "rad", "arcmin", "arcsec", "hourangle"])
+@pytest.mark.parametrize("container", ["quantity", "column_unit"])
+def test_pixel_positions_honour_units(unit, container):
+    images, coords = sky_field()
+    ref_x, ref_y = positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images)
+    ra = coords.ra.to(unit)
+    dec = coords.dec.to(u.deg if unit == "hourangle" else unit)
+    if container == "quantity":
+        catalog = QTable({"ra": ra, "dec": dec})
+    else:
+        catalog = Table({"ra": ra.value, "dec": dec.value})
+        catalog["ra"].unit, catalog["dec"].unit = ra.unit, dec.unit
+    x, y = positions(catalog, images)
+    for band in images:
+        np.testing.assert_allclose(x[band], ref_x[band], atol=1e-6)
+        np.testing.assert_allclose(y[band], ref_y[band], atol=1e-6)
+
+
+def test_pixel_positions_unit_errors():
+    images, coords = sky_field()
+    catalog = QTable({"ra": coords.ra.deg * u.m, "dec": coords.dec})
+    with pytest.raises(ValueError, match=r"column 'ra' has unit m, which is not an angle"):
+        positions(catalog, images)
+    masked = QTable({"ra": Masked(coords.ra, mask=[False, True] + [False] * 4),
+                     "dec": coords.dec})
+    with pytest.raises(ValueError, match=r"column 'ra' has 1 non-finite or masked.*rows \[1\]"):
+        positions(masked, images)
+    with pytest.raises(ValueError, match="column 'ra' must hold numbers"):
+        positions(Table({"ra": ["10:00:00"] * 6, "dec": coords.dec.deg}), images)
+
+
+def test_pixel_positions_dec_out_of_range():
+    images, coords = sky_field()
+    dec = coords.dec.deg.copy()
+    dec[[2, 4]] = [95.0, -91.0]
+    catalog = Table({"ra": coords.ra.deg, "dec": dec})
+    with pytest.raises(ValueError, match=r"column 'dec' has 2 value\(s\) outside \[-90, 90\] "
+                                         r"degrees \(first at row 2: 95.0 deg\)"):
+        positions(catalog, images)
+    # the radian values of a unit-less column read as degrees are in range, but
+    # arcsec read as degrees are not: the message points at the unit
+    catalog = Table({"ra": coords.ra.deg, "dec": coords.dec.arcsec})
+    with pytest.raises(ValueError, match=r"first at row 0.*check its unit"):
+        positions(catalog, images)
+
+
+def test_pixel_positions_2d_columns():
+    images, coords = sky_field()
+    catalog = Table({"ra": np.column_stack([coords.ra.deg, coords.dec.deg]),
+                     "dec": coords.dec.deg})
+    with pytest.raises(ValueError, match=r"column 'ra' must be 1-D .* shape \(6, 2\); row 0 "):
+        positions(catalog, images)
+    pixels = Table({"x": np.ones((6, 2)), "y": np.ones(6)})
+    with pytest.raises(ValueError, match=r"column 'x' must be 1-D .*row 0 holds \[1.0, 1.0\]"):
+        positions(pixels, images, shared_grid=True)
+    grid = Table({"pos": SkyCoord(np.full((3, 2), 150.0), np.full((3, 2), 2.0), unit="deg")})
+    with pytest.raises(ValueError, match=r"SkyCoord column 'pos' must be 1-D .*\(3, 2\)"):
+        positions(grid, images)
+
+
+def test_pixel_positions_wcs_errors():
+    images, coords = sky_field()
+    catalog = Table({"ra": coords.ra.deg, "dec": coords.dec.deg})
+    cube = WCS(naxis=3)
+    cube.wcs.ctype = ["RA---TAN", "DEC--TAN", "FREQ"]
+    bad = dict(images, r=NDData(np.zeros((60, 80)), wcs=cube))
+    with pytest.raises(ValueError, match=r"images\['r'\]\.wcs must be a 2-D celestial WCS.*"
+                                         r"got 3 pixel and 3 world axes"):
+        positions(catalog, bad)
+    bad = dict(images, g=NDData(np.zeros((60, 80)), wcs=sky_wcs(ctype=("X", "Y"))))
+    with pytest.raises(ValueError, match=r"images\['g'\]\.wcs must be a 2-D celestial WCS"):
+        positions(catalog, bad)
+    bad = dict(images, g=NDData(np.zeros((60, 80))))
+    with pytest.raises(ValueError, match=r"images\['g'\] has no WCS"):
+        positions(catalog, bad)
+    # pixel columns need no WCS at all
+    x, _ = positions(Table({"x": [1.0], "y": [2.0]}), bad, shared_grid=True)
+    assert x["g"].tolist() == [1.0]
+
+
+def test_pixel_positions_catalog_and_column_errors():
+    images, coords = sky_field()
+    with pytest.raises(TypeError, match="catalog must be an astropy Table"):
+        positions({"ra": coords.ra.deg, "dec": coords.dec.deg}, images)
+    with pytest.raises(ValueError, match="coord_column 'pos' is not in the catalog"):
+        positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images,
+                  coord_column="pos")
+    with pytest.raises(TypeError, match="coord_column 'ra' must hold a SkyCoord"):
+        positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images,
+                  coord_column="ra")
+    with pytest.raises(ValueError, match="catalog has no sky positions"):
+        positions(Table({"a": [1.0]}), images)
+
+
+def test_pixel_positions_empty_catalog():
+    images, _ = sky_field()
+    x, y = positions(Table({"ra": np.zeros(0), "dec": np.zeros(0)}), images)
+    assert x["g"].shape == (0,) and y["r"].shape == (0,)

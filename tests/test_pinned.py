@@ -1,0 +1,46 @@
+"""
+The bundled models give the probabilities they gave before the re-cut.
+
+``tests/data/pinned_probabilities.json`` holds ``p_galaxy`` of both bundled
+models on one small simulated field, computed with the code as it was before
+the modules were re-cut (commit f4cb895). Any change to the inference path
+(cutouts, background, features, normalisation, network, calibration) that
+moves a probability shows here. On the machine that made the file the
+agreement is bit-for-bit; the tolerance covers other numpy/GalSim builds.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("galsim")
+
+from astro_starglx import StarGalaxyClassifier  # noqa: E402
+from astro_starglx.simulate import simulate_field  # noqa: E402
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_probabilities.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def field():
+    spec = PINNED["field"]
+    return simulate_field(shape=tuple(spec["shape"]), seed=spec["seed"])
+
+
+@pytest.mark.parametrize("name", sorted(PINNED["models"]))
+def test_bundled_models_keep_their_probabilities(field, name):
+    images, truth = field
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flag summaries of edge sources
+        out = StarGalaxyClassifier(name, device="cpu").classify(truth, images)
+    pinned = PINNED["models"][name]
+    p = np.asarray(out["p_galaxy"].filled(np.nan), dtype=np.float64)
+    expected = np.asarray(pinned["p_galaxy"], dtype=np.float64)
+    assert p.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(p), np.isnan(expected))
+    np.testing.assert_allclose(p, expected, rtol=0, atol=1e-5, equal_nan=True)
+    # Bits 1-32 existed then; BLENDED (64) and OUT_OF_RANGE (128) came later.
+    np.testing.assert_array_equal(np.asarray(out["class_flags"]) & 63, pinned["class_flags"])
