@@ -22,13 +22,14 @@ except ImportError:  # not installed from a checkout with setuptools_scm
     __version__ = "0.0.0"
 
 __all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "ClassFlag", "describe_flags",
-           "__version__"]
+           "fine_tune", "__version__"]
 
 _LAZY = {
     "StarGalaxyClassifier": "classifier",
     "StarGalaxyWarning": "classifier",
     "ClassFlag": "flags",
     "describe_flags": "flags",
+    "fine_tune": "adapt",
 }
 
 

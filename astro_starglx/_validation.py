@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["check_real", "check_count", "check_bool", "check_choice", "check_range",
            "check_catalog", "check_mapping", "check_bands", "check_size",
-           "as_positions", "as_image_array", "uncertainty_power", "check_nddata",
+           "as_positions", "as_image_array", "uncertainty_power", "check_nddata", "as_zeropoint",
            "as_stamps", "as_per_source", "as_pixel_scale", "check_feature_stamps"]
 
 
@@ -165,17 +165,60 @@ def as_positions(x, y):
 
 
 def as_image_array(name, data):
-    """A 2-D numeric (or bool) array, not copied; a masked array gives its ``data``."""
+    """
+    A 2-D real (or bool) array with at least one pixel, not copied; a masked
+    array gives its ``data``.
+    """
     data = np.asanyarray(data)
     if isinstance(data, np.ma.MaskedArray):
         data = data.data
     if data.ndim != 2:
         msg = f"{name} must be a 2-D image array, got an array of shape {data.shape}"
         raise ValueError(msg)
+    if np.issubdtype(data.dtype, np.complexfloating):
+        # numpy would drop the imaginary part silently (with a ComplexWarning)
+        msg = (f"{name} must hold real numbers, got complex dtype {data.dtype}; pass the "
+               "real part (data.real) or the modulus (np.abs(data)), whichever is the image")
+        raise TypeError(msg)
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         msg = f"{name} must hold numbers, got dtype {data.dtype}"
         raise ValueError(msg)
+    if 0 in data.shape:
+        msg = (f"{name} must have at least one row and one column of pixels, got shape "
+               f"{data.shape}; drop empty bands from the mapping")
+        raise ValueError(msg)
     return data
+
+
+#: Zero points beyond this many AB magnitudes are refused: flux densities in
+#: erg s-1 cm-2 Hz-1 give -48.6, counts and e-/s 20-35; 1e30 is a mistake.
+ZEROPOINT_LIMIT = 100.0
+
+
+def as_zeropoint(source, value, band):
+    """
+    A zero point (a real number of AB magnitudes, within +-`ZEROPOINT_LIMIT`) as a float.
+
+    ``source`` says where it came from (``"zeropoints['r']"``, ``"header keyword
+    MAGZERO of band 'r'"``) and ``band`` is used in the fix. A dimensionless
+    or magnitude `~astropy.units.Quantity` gives its value; bools, strings,
+    complex and non-finite values are refused.
+    """
+    number = getattr(value, "value", value)
+    unit = getattr(value, "unit", None)
+    ok = (np.ndim(number) == 0 and not isinstance(number, (bool, np.bool_, str, bytes))
+          and isinstance(number, (int, float, np.integer, np.floating)))
+    if ok and unit is not None:
+        ok = unit.physical_type in ("dimensionless", "unknown") or "mag" in str(unit)
+    if ok:
+        ok = math.isfinite(float(number)) and abs(float(number)) <= ZEROPOINT_LIMIT
+    if not ok:
+        msg = (f"the zero point from {source} must be a finite real number of AB magnitudes "
+               f"within +-{ZEROPOINT_LIMIT:g} (the magnitude of a source of one image unit "
+               f"in total; typically 20-35 for counts or e-/s), got {value!r} of type "
+               f"{type(value).__name__}; pass for example zeropoints={{{band!r}: 25.0}}")
+        raise ValueError(msg)
+    return float(number)
 
 
 def uncertainty_power(uncertainty):
@@ -206,8 +249,15 @@ def check_nddata(name, image):
     data = as_image_array(f"{name}.data", image.data)
     if image.mask is not None and np.shape(image.mask) != data.shape:
         msg = (f"{name}.mask must have the shape of {name}.data {data.shape}, got "
-               f"{np.shape(image.mask)}")
+               f"{np.shape(image.mask)}; give a boolean array of that shape (True = bad "
+               "pixel; an integer bit mask: non-zero = bad), or mask=None")
         raise ValueError(msg)
+    if image.mask is not None:
+        mask_dtype = np.asanyarray(image.mask).dtype
+        if not (mask_dtype == bool or np.issubdtype(mask_dtype, np.number)):
+            msg = (f"{name}.mask must be a boolean or integer (bit) mask, got dtype "
+                   f"{mask_dtype}; for example mask=(flags != 0)")
+            raise TypeError(msg)
     unc = image.uncertainty
     if unc is None:
         return data
@@ -215,6 +265,12 @@ def check_nddata(name, image):
         msg = (f"{name}.uncertainty must have the shape of {name}.data {data.shape}, got "
                f"{np.shape(unc.array)}")
         raise ValueError(msg)
+    unc_dtype = np.asanyarray(unc.array).dtype
+    if not (np.issubdtype(unc_dtype, np.number) or unc_dtype == bool) \
+            or np.issubdtype(unc_dtype, np.complexfloating):
+        msg = (f"{name}.uncertainty must hold real numbers, got dtype {unc_dtype}; "
+               "give the standard deviation, variance or inverse variance as a real array")
+        raise TypeError(msg)
     power = uncertainty_power(unc)
     if power is None:
         msg = (f"{name}.uncertainty must be a StdDevUncertainty, VarianceUncertainty or "

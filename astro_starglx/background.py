@@ -14,7 +14,7 @@ from astropy.stats import mad_std, sigma_clip
 
 from ._validation import as_per_source, as_stamps
 
-__all__ = ["estimate_background_noise", "image_noise"]
+__all__ = ["estimate_background_noise", "image_noise", "image_noise_or_nan"]
 
 
 # --------------------------------------------------------------------------
@@ -208,6 +208,26 @@ def image_noise(image):
     ValueError
         If the image is not 2-D or has fewer than 16 usable pixels.
     """
+    sigma, n_usable = _image_noise(image)
+    if n_usable < 16:
+        msg = (f"image has {n_usable} usable (unmasked, finite) pixels in its noise "
+               "subsample; at least 16 are needed to estimate the noise. Give the image an "
+               "uncertainty (e.g. StdDevUncertainty), or unmask more of it")
+        raise ValueError(msg)
+    return sigma
+
+
+def image_noise_or_nan(image):
+    """
+    `image_noise`, but NaN (not an error) for an image with too few usable
+    pixels: `astro_starglx.inputs.extract_inputs` then measures the noise
+    of each stamp (or flags a stamp without data ``BAND_MISSING``).
+    """
+    return _image_noise(image)[0]
+
+
+def _image_noise(image):
+    """(sigma, number of usable pixels in the subsample); sigma NaN below 16."""
     data = np.asanyarray(getattr(image, "data", image))
     mask = getattr(image, "mask", None)
     if isinstance(data, np.ma.MaskedArray):
@@ -223,10 +243,7 @@ def image_noise(image):
         good &= ~(np.asanyarray(mask)[::step, ::step] != 0)
     values = values[good]
     if values.size < 16:
-        msg = (f"image has {values.size} usable (unmasked, finite) pixels in its noise "
-               "subsample; at least 16 are needed to estimate the noise. Give the image an "
-               "uncertainty (e.g. StdDevUncertainty) or pass image_sigma={band: value}")
-        raise ValueError(msg)
+        return math.nan, values.size
     # The MAD of the clipped values, not their standard deviation (which
     # sigma_clipped_stats returns): faint source wings inside the clip
     # limits inflate the latter (13 % in the tests' field), not the former.
@@ -234,4 +251,4 @@ def image_noise(image):
     # drifts 1.3 % low (measured), at 4 sigma < 0.1 %.
     kept = sigma_clip(values, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False,
                       axis=None)
-    return float(mad_std(kept))
+    return float(mad_std(kept)), values.size

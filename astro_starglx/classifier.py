@@ -16,11 +16,12 @@ from astropy.nddata import NDData
 from astropy.table import MaskedColumn, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._validation import check_catalog, check_mapping
-from .background import image_noise
+from ._validation import as_zeropoint, check_catalog, check_mapping, check_nddata
+from .background import image_noise_or_nan
+from .cutouts import saturation_level
 from .features import features_from_table
 from .flags import ClassFlag
-from .inputs import blend_flags, extract_inputs, pixel_positions
+from .inputs import blend_flags, extract_inputs, get_zeropoint, pixel_positions
 
 __all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "OUTPUT_COLUMNS"]
 
@@ -75,13 +76,20 @@ class StarGalaxyClassifier:
                 or batch_size < 1:
             msg = f"batch_size must be a positive int, got {batch_size!r}"
             raise ValueError(msg)
-        if threshold is not None and not (0.0 < float(threshold) < 1.0):
-            msg = f"threshold must be None or a float in (0, 1), got {threshold!r}"
+        if threshold is not None and not (
+                isinstance(threshold, (int, float, np.integer, np.floating))
+                and not isinstance(threshold, (bool, np.bool_)) and 0.0 < threshold < 1.0):
+            msg = (f"threshold must be None or a float in (0, 1), got {threshold!r}; pass the "
+                   "p_galaxy at which a source becomes a galaxy, e.g. threshold=0.5, or None "
+                   "for the model's own threshold")
             raise ValueError(msg)
         if zeropoints is not None and not isinstance(zeropoints, Mapping):
             msg = (f"zeropoints must be a mapping {{band: zero point}} or None, "
                    f"got {type(zeropoints).__name__}")
             raise TypeError(msg)
+        if zeropoints is not None:
+            zeropoints = {band: as_zeropoint(f"zeropoints[{band!r}]", value, band)
+                          for band, value in zeropoints.items()}
         self.model = model
         from .inference import resolve_device
 
@@ -136,11 +144,14 @@ class StarGalaxyClassifier:
             ``(N, 2)`` float32, columns in ``meta.class_names`` order
             (``star``, ``galaxy``); rows of sources off every image are NaN.
         """
-        proba, _, _ = self._run(catalog, images, ra_column=ra_column, dec_column=dec_column,
-                                coord_column=coord_column, x_column=x_column,
-                                y_column=y_column, shared_grid=shared_grid,
-                                feature_columns=feature_columns, zeropoints=zeropoints,
-                                psf=psf)
+        with _LibraryWarnings() as library:
+            proba, _, _ = self._run(catalog, images, ra_column=ra_column,
+                                    dec_column=dec_column, coord_column=coord_column,
+                                    x_column=x_column, y_column=y_column,
+                                    shared_grid=shared_grid, feature_columns=feature_columns,
+                                    zeropoints=zeropoints, psf=psf)
+        if library.records:
+            warnings.warn(library.summary(), StarGalaxyWarning, stacklevel=2)
         return proba
 
     def classify(self, catalog, images, *, ra_column="ra", dec_column="dec",
@@ -155,13 +166,17 @@ class StarGalaxyClassifier:
             Sources with positions: ``ra``/``dec`` columns (degrees, or
             Quantity), a `~astropy.coordinates.SkyCoord` column, or pixel
             ``x``/``y`` columns (0-based) when the bands share one pixel grid.
+            A masked or non-finite position is a per-source problem: that
+            row is flagged ``OFF_IMAGE`` and its probabilities are masked.
             Never modified.
         images : `~astropy.nddata.CCDData` or mapping
             One `~astropy.nddata.CCDData` (or `~astropy.nddata.NDData`) for
             a one-band model, or ``{band: CCDData}``. Every band has its own
             WCS: bands are never assumed pixel-aligned. ``mask`` (True =
             bad) and ``uncertainty`` are honoured; the zero point comes from
-            ``zeropoints`` or the ``MAGZERO`` header keyword.
+            ``zeropoints`` or the ``MAGZERO`` header keyword; a ``SATURATE``
+            keyword (image units) sets the ``SATURATED`` flag. A band with
+            no usable pixels flags its sources ``BAND_MISSING``.
         ra_column, dec_column : str, optional
             Names of the sky position columns.
         coord_column : str or None, optional
@@ -207,10 +222,23 @@ class StarGalaxyClassifier:
         Raises
         ------
         TypeError
-            If ``catalog`` is not a Table or ``images`` not NDData.
+            If ``catalog`` is not a Table, ``images`` not NDData (or a
+            mapping of them with string band names), an image holds complex
+            numbers, or a ``feature_columns`` template is not a string.
         ValueError
-            For missing or non-finite position columns, missing bands or
-            WCS, or existing output columns without ``overwrite=True``.
+            For missing, non-numeric or 2-D position columns, a declination
+            outside [-90, 90] degrees, missing bands or WCS, malformed images
+            (empty, a mask of another shape), zero points that are not real
+            numbers within +-100 mag, ``feature_columns`` naming a column
+            the catalog lacks, or existing output columns without
+            ``overwrite=True``.
+
+        Warns
+        -----
+        StarGalaxyWarning
+            Once per call, summarising the flagged sources and any warning
+            of the libraries underneath (numpy overflow near the float32
+            limit, a WCS that did not converge).
         """
         if not isinstance(catalog, Table):
             check_catalog(catalog)
@@ -219,12 +247,15 @@ class StarGalaxyClassifier:
             msg = (f"catalog already has output column(s) {existing}; pass overwrite=True to "
                    "replace them, or rename them first")
             raise ValueError(msg)
-        proba, flags, conditions = self._run(
-            catalog, images, ra_column=ra_column, dec_column=dec_column,
-            coord_column=coord_column, x_column=x_column, y_column=y_column,
-            shared_grid=shared_grid, feature_columns=feature_columns, zeropoints=zeropoints,
-            psf=psf)
-        return self._build_table(catalog, proba, flags, conditions)
+        # Warnings of numpy, astropy or torch (overflow near the float32
+        # limit, a WCS that does not converge) go into the call's summary.
+        with _LibraryWarnings() as library:
+            proba, flags, conditions = self._run(
+                catalog, images, ra_column=ra_column, dec_column=dec_column,
+                coord_column=coord_column, x_column=x_column, y_column=y_column,
+                shared_grid=shared_grid, feature_columns=feature_columns,
+                zeropoints=zeropoints, psf=psf)
+        return self._build_table(catalog, proba, flags, conditions, library)
 
     # -- internals ------------------------------------------------------------
     def _run(self, catalog, images, *, ra_column, dec_column, coord_column, x_column,
@@ -237,21 +268,26 @@ class StarGalaxyClassifier:
             zeropoints = {**(self.zeropoints or {}), **zeropoints}
         else:
             zeropoints = self.zeropoints
+        for band, image in images.items():  # checked whatever the catalog's length
+            get_zeropoint(image, band, zeropoints)
+            saturation_level(image, f"images[{band!r}]")
         x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                                coord_column=coord_column, x_column=x_column,
                                y_column=y_column, shared_grid=shared_grid)
+        table_features = None
+        if feature_columns is not None:
+            table_features = features_from_table(catalog, bands=meta.bands,
+                                                 column_map=feature_columns,
+                                                 feature_names=meta.feature_names)
         n_sources = len(catalog)
         proba = np.full((n_sources, len(meta.class_names)), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)
         if n_sources == 0:
             return proba, flags, {}
         estimates, flags[:] = self._conditions(images, x, y, psf)
-        table_features = None
-        if feature_columns is not None:
-            table_features = features_from_table(catalog, bands=meta.bands,
-                                                 column_map=feature_columns)
         # Whole-image noise is computed once per call, not once per batch.
-        image_sigma = {band: image_noise(img) for band, img in images.items()
+        # NaN for a band with too few usable pixels: stamps measure their own.
+        image_sigma = {band: image_noise_or_nan(img) for band, img in images.items()
                        if img.uncertainty is None}
         predict = self._predictor()
         from concurrent.futures import ThreadPoolExecutor
@@ -283,7 +319,10 @@ class StarGalaxyClassifier:
                 proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
                 proba[sl][off] = np.nan
                 flags[sl] |= inputs.flags
-        return proba, flags, {"psf": {band: est.to_dict() for band, est in estimates.items()}}
+        # Models that do not read the PSF report none (estimates is empty for them).
+        conditions = ({"psf": {band: est.to_dict() for band, est in estimates.items()}}
+                      if estimates else {})
+        return proba, flags, conditions
 
     def _conditions(self, images, x, y, psf):
         """PSF estimates per band, and the BLENDED / OUT_OF_RANGE bits of every source."""
@@ -292,7 +331,7 @@ class StarGalaxyClassifier:
         flags = blend_flags(images[ref], x[ref], y[ref], size=meta.stamp_size)
         if meta.psf is None:
             if psf is not None:
-                msg = (f"the model {meta.name!r} does not read the PSF, so psf= is ignored; "
+                msg = (f"the model {self.loaded.name!r} does not read the PSF, so psf= is ignored; "
                        "use a PSF-aware model (see `astro-starglx weights list`)")
                 warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
             return {}, flags
@@ -304,8 +343,8 @@ class StarGalaxyClassifier:
         fell_back = [band for band, est in estimates.items() if est.fell_back]
         if fell_back:
             msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "
-                   f"the model {meta.name!r} assumed its nominal PSF there and flagged every "
-                   "source OUT_OF_RANGE. Pass psf={band: fwhm_arcsec} if you know it.")
+                   f"the model {self.loaded.name!r} assumed its nominal PSF there and flagged "
+                   "every source OUT_OF_RANGE. Pass psf={band: fwhm_arcsec} if you know it.")
             warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
         for band, est in estimates.items():
             low, high = meta.psf["fwhm_range"][band]
@@ -328,6 +367,11 @@ class StarGalaxyClassifier:
             images = {_single_band(images, bands): images}
         elif isinstance(images, Mapping):
             for band, image in images.items():
+                if not isinstance(band, str):
+                    msg = (f"images keys must be band names (str), got {band!r} of type "
+                           f"{type(band).__name__}; name the mapping's keys after the model's "
+                           f"bands {bands}")
+                    raise TypeError(msg)
                 if not isinstance(image, NDData):
                     msg = (f"images[{band!r}] must be an astropy CCDData or NDData, got "
                            f"{type(image).__name__}; wrap arrays as "
@@ -345,18 +389,21 @@ class StarGalaxyClassifier:
         if unknown:
             log.info("ignoring bands the model does not read: %s", unknown)
         if not present:
-            msg = (f"images has bands {sorted(images)} but the model {meta.name!r} reads "
+            msg = (f"images has bands {sorted(images)} but the model {self.loaded.name!r} reads "
                    f"{bands}; name the mapping's keys after the model's bands")
             raise ValueError(msg)
         if missing and not meta.allow_missing_bands:
-            msg = (f"images is missing band(s) {missing} that model {meta.name!r} needs "
+            msg = (f"images is missing band(s) {missing} that model {self.loaded.name!r} needs "
                    f"(it reads {bands}); add them to the mapping, or use a model that allows "
                    "missing bands")
             raise ValueError(msg)
-        _warn_pixel_scale({band: images[band] for band in present}, meta)
+        # Validated once here: the PSF, blend and noise steps read the pixels too.
+        for band in present:
+            check_nddata(f"images[{band!r}]", images[band])
+        _warn_pixel_scale({band: images[band] for band in present}, meta, self.loaded.name)
         return {band: images[band] for band in present}
 
-    def _build_table(self, catalog, proba, flags, conditions):
+    def _build_table(self, catalog, proba, flags, conditions, library=None):
         from . import __version__
 
         meta = self.meta
@@ -392,7 +439,7 @@ class StarGalaxyClassifier:
             "device": str(self.device),
             **conditions,
         }
-        _warn_flags(flags, bad)
+        _warn_flags(flags, bad, library)
         return result
 
 
@@ -408,7 +455,7 @@ def _single_band(image, bands):
     raise ValueError(msg)
 
 
-def _warn_pixel_scale(images, meta, *, tolerance=0.1):
+def _warn_pixel_scale(images, meta, name, *, tolerance=0.1):
     """One warning if a band's pixel scale is far from the model's."""
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
@@ -423,17 +470,81 @@ def _warn_pixel_scale(images, meta, *, tolerance=0.1):
             off[band] = round(scale, 4)
     if off:
         msg = (f"pixel scale (arcsec) of {off} differs by more than {tolerance:.0%} from the "
-               f"{expected} arcsec the model {meta.name!r} was trained on; sizes and "
-               "profiles will be misread: resample the images to the model's pixel scale")
+               f"{expected} arcsec the model {name!r} was trained on: sizes and profiles "
+               "will be misread and the classes are unreliable. Use a model trained or "
+               "fine-tuned at this pixel scale; resampling the images does not help (it "
+               "changes the noise and the PSF sampling the model has learned)")
         warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
 
 
-def _warn_flags(flags, unclassified):
-    if not flags.any():
-        return
-    counts = {flag.name: int(np.count_nonzero(flags & flag.value)) for flag in ClassFlag}
-    summary = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
-    msg = (f"{int(np.count_nonzero(flags))} of {len(flags)} sources flagged ({summary}); "
-           f"{int(unclassified.sum())} have no usable pixels and masked probabilities. "
-           "See the class_flags column and astro_starglx.ClassFlag.")
-    warnings.warn(msg, StarGalaxyWarning, stacklevel=3)
+def _warn_flags(flags, unclassified, library=None):
+    """The call's one summary warning: flag counts, then the libraries' warnings."""
+    parts = []
+    if flags.any():
+        counts = {flag.name: int(np.count_nonzero(flags & flag.value)) for flag in ClassFlag}
+        summary = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+        parts.append(f"{int(np.count_nonzero(flags))} of {len(flags)} sources flagged "
+                     f"({summary}); {int(unclassified.sum())} have no usable pixels and masked "
+                     "probabilities. See the class_flags column and astro_starglx.ClassFlag.")
+    if library is not None and library.records:
+        parts.append(library.summary())
+    if parts:
+        warnings.warn(" ".join(parts), StarGalaxyWarning, stacklevel=4)
+
+
+class _LibraryWarnings:
+    """
+    Catch the warnings raised during one call, for its one summary.
+
+    Warnings of this package (`StarGalaxyWarning` and the like) and
+    deprecations are re-issued unchanged on exit; the others (numpy,
+    astropy, torch) are kept in ``records`` and summarised by `summary`.
+    ``warnings.catch_warnings`` is process-wide in Python < 3.14, so it also
+    sees the warnings of the extraction thread.
+    """
+
+    _PASS_THROUGH = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+    def __enter__(self):
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        self.records = []
+        return self
+
+    def __exit__(self, *exc_info):
+        self._catcher.__exit__(*exc_info)
+        for record in self._caught:
+            ours = record.category.__module__.split(".")[0] == __name__.split(".")[0]
+            if ours or issubclass(record.category, self._PASS_THROUGH):
+                warnings.warn_explicit(record.message, record.category, record.filename,
+                                       record.lineno, source=record.source)
+            else:
+                self.records.append(record)
+        return False
+
+    def summary(self):
+        """One sentence: each distinct library warning, where it came from and its count."""
+        counts = {}
+        for record in self.records:
+            parts = record.filename.replace("\\", "/").split("/")
+            roots = [i for i, part in enumerate(parts)
+                     if part in ("site-packages", "dist-packages", "astro_starglx")]
+            start = roots[-1] + (parts[roots[-1]] != "astro_starglx") if roots else -1
+            where = "/".join(parts[start:])
+            first = (str(record.message).strip().splitlines() or [""])[0]
+            key = f"{record.category.__name__} {first[:120]!r} at {where}:{record.lineno}"
+            counts[key] = counts.get(key, 0) + 1
+        listed = "; ".join(f"{key} (x{n})" for key, n in counts.items())
+        text = " ".join(str(record.message) for record in self.records)
+        hints = []
+        if "overflow" in text:
+            hints.append("pixel values near the float32 limit (+-3.4e38) overflow: rescale "
+                         "the image (and add 2.5 log10 of the factor to its zero point)")
+        if "converge" in text:
+            hints.append("a WCS did not converge for some positions (far outside its "
+                         "distortion model): those sources' pixel positions are approximate")
+        hint = "; ".join(hints)
+        hint = f" {hint[:1].upper()}{hint[1:]}." if hint else ""
+        return (f"{len(self.records)} warning(s) of the libraries underneath were caught: "
+                f"{listed}.{hint}")

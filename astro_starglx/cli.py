@@ -10,33 +10,159 @@ Subcommands::
     astro-starglx make-dataset         build a training set from simulated fields
     astro-starglx train                train a model from a data set
     astro-starglx evaluate             evaluate a model on held-out test fields
+
+``-v``/``--verbose`` and ``--debug`` go before or after the subcommand. An
+error prints one line, ``astro-starglx COMMAND: error: MESSAGE`` (the
+library's own message), and exits with status 1 (2 for a usage error);
+``--debug`` shows the traceback instead. Each warning prints once, as
+``astro-starglx: warning: MESSAGE``. Output files given with ``-o`` are
+never replaced without ``--overwrite``.
 """
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import shutil
 import sys
 import time
+import uuid
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 log = logging.getLogger("astro_starglx")
 
+PROG = "astro-starglx"
+
+# Output columns of StarGalaxyClassifier.classify (checked here, before any
+# work, so that the message can name the command line option).
+_OUTPUT_COLUMNS = ("p_star", "p_galaxy", "class", "class_flags")
+
+
+class UsageError(Exception):
+    """A command line value that the tool itself refuses (exit status 2)."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Append ``(default: ...)`` to an option's help unless the help says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or action.default is argparse.SUPPRESS
+                or action.required):
+            return text
+        if action.option_strings and action.nargs == 0:
+            return f"{text} (default: off)"
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL,
+                                                              argparse.ZERO_OR_MORE):
+            return text  # a required positional argument has no default
+        return f"{text} (default: %(default)s)"
+
+
+def _common_options(*, top):
+    """``-v`` and ``--debug``, accepted before and after the subcommand."""
+    parent = argparse.ArgumentParser(add_help=False)
+    # On the subcommands the defaults are SUPPRESS, so that an option given
+    # before the subcommand is not reset by the subcommand's parser.
+    parent.add_argument("-v", "--verbose", action="count",
+                        default=0 if top else argparse.SUPPRESS,
+                        help="log progress: -v for steps, -vv for details "
+                             "(default: warnings only)")
+    parent.add_argument("--debug", action="store_true",
+                        default=False if top else argparse.SUPPRESS,
+                        help="show the full traceback of an error (default: one line)")
+    return parent
+
+
+# --------------------------------------------------------------------------- output files
+
+
+def _check_output(path, *, overwrite, option, folder_made=False):
+    """Refuse an existing file (without ``--overwrite``) or a missing folder, early."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        msg = f"{path} already exists; pass --overwrite to replace it, or choose another {option}"
+        raise UsageError(msg)
+    if not folder_made and not path.parent.is_dir():
+        msg = f"{option} {path}: the folder {path.parent} does not exist"
+        raise UsageError(msg)
+    return path
+
+
+def _check_table_format(path, option):
+    """Refuse a table file name whose format astropy cannot tell from it."""
+    from astropy.io.registry import identify_format
+    from astropy.table import Table
+
+    if not identify_format("write", Table, str(path), None, [], {}):
+        msg = (f"{option} {path}: astropy cannot tell the table format from the file name; "
+               "use a name ending in .ecsv, .fits or .csv")
+        raise UsageError(msg)
+
+
+def _write_atomic(obj, path, **kwargs):
+    """``obj.write`` to a temporary file next to ``path``, then move it onto ``path``."""
+    path = Path(path)
+    # The temporary name ends with the real one, so that astropy tells the
+    # format from it as it would from ``path``.
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
+    try:
+        obj.write(tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _remove_if_empty(folder):
+    """Remove ``folder`` if it holds no file (only empty folders, or nothing)."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        shutil.rmtree(folder)
+
+
+def _progress(message):
+    """A progress line on stderr (stdout carries the results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- weights
+
 
 def _add_weights(sub):
-    p = sub.add_parser("weights", help="list, download, verify or install model weights")
-    wsub = p.add_subparsers(dest="weights_command", required=True)
-    wsub.add_parser("list", help="list registered models")
-    d = wsub.add_parser("download", help="fetch a model into the cache")
-    d.add_argument("name", nargs="?", default=None, help="model name (default: the default)")
-    v = wsub.add_parser("verify", help="check the sha256 of cached/bundled weights")
-    v.add_argument("names", nargs="*", help="model names (default: all)")
-    i = wsub.add_parser("install", help="copy a weights file obtained elsewhere into the cache")
+    p = sub.add_parser("weights", help="list, download, verify or install model weights",
+                       description="List, download, verify or install model weights.",
+                       formatter_class=_HelpFormatter, parents=[_common_options(top=False)])
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    common = [_common_options(top=False)]
+    wsub.add_parser("list", help="list the registered models (* marks the default)",
+                    description="List the registered models; * marks the default.",
+                    formatter_class=_HelpFormatter, parents=common)
+    d = wsub.add_parser("download", help="fetch a model into the cache",
+                        description="Fetch a model into the cache (hash checked).",
+                        formatter_class=_HelpFormatter, parents=common)
+    d.add_argument("name", nargs="?", default=None,
+                   help="model name (default: the registry's default model)")
+    v = wsub.add_parser("verify", help="check the sha256 of cached and bundled weights",
+                        description="Check the sha256 of cached and bundled weights; "
+                                    "exits with 1 if a file is corrupt.",
+                        formatter_class=_HelpFormatter, parents=common)
+    v.add_argument("names", nargs="*", metavar="NAME",
+                   help="model names (default: every registered model)")
+    i = wsub.add_parser("install", help="copy a weights file obtained elsewhere into the cache",
+                        description="Copy a weights file obtained elsewhere (e.g. on an "
+                                    "offline cluster) into the cache, hash checked.",
+                        formatter_class=_HelpFormatter, parents=common)
     i.add_argument("file", help="path to a .safetensors file")
-    i.add_argument("--name", default=None, help="registry name (default: from the file)")
+    i.add_argument("--name", default=None,
+                   help="registry name (default: the model name in the file's metadata)")
+    p.set_defaults(func=_cmd_weights)
 
 
 def _cmd_weights(args):
@@ -44,14 +170,26 @@ def _cmd_weights(args):
 
     if args.weights_command == "list":
         rows = weights.list_weights()
-        for entry in rows:
-            bundled = "bundled" if entry.bundled else "download"
-            print(f"{entry.name:20s} {bundled:9s} {entry.sha256[:16]}  {entry.filename}")
         if not rows:
             print("no models registered")
+            return 0
+        default = weights.default_weights_name()
+        width = max(len("name"), *(len(entry.name) for entry in rows))
+        print(f"  {'name':{width}s}  {'where':9s} {'sha256':16s}  file")
+        for entry in rows:
+            mark = "*" if entry.name == default else " "
+            if entry.bundled:
+                where = "bundled"
+            elif entry.cache_path.is_file():
+                where = "cached"
+            else:
+                where = "download"
+            print(f"{mark} {entry.name:{width}s}  {where:9s} {entry.sha256[:16]}  "
+                  f"{entry.filename}")
+        print("* the default model")
         return 0
     if args.weights_command == "download":
-        path = weights.download_weights(args.name, progressbar=True)
+        path = weights.download_weights(args.name, progressbar=sys.stderr.isatty())
         print(path)
         return 0
     if args.weights_command == "verify":
@@ -66,12 +204,13 @@ def _cmd_weights(args):
     return 0
 
 
+# --------------------------------------------------------------------------- demo
+
+
 def _json_config(text):
     """A ``--config`` value: a JSON object, or the path of a file holding one."""
     if not text:
         return {}
-    from pathlib import Path
-
     path = Path(text)
     if not text.lstrip().startswith("{") and path.is_file():
         text = path.read_text()
@@ -79,10 +218,10 @@ def _json_config(text):
         config = json.loads(text)
     except json.JSONDecodeError as err:
         msg = f"--config must be a JSON object or a JSON file, got {text!r}: {err}"
-        raise SystemExit(msg) from None
+        raise UsageError(msg) from None
     if not isinstance(config, dict):
         msg = f"--config must be a JSON object, got {config!r}"
-        raise SystemExit(msg)
+        raise UsageError(msg)
     return config
 
 
@@ -91,20 +230,42 @@ def _sim_settings(args):
     return {**_json_config(args.config), "shape": (args.size, args.size)}
 
 
+def _save_paths(folder, bands):
+    folder = Path(folder)
+    return {**{band: folder / f"field_{band}.fits" for band in bands},
+            "catalog": folder / "catalog.ecsv"}
+
+
 def _cmd_demo(args):
     from .classifier import StarGalaxyClassifier, StarGalaxyWarning
+    from .csst import CSST_BANDS
     from .simulate import simulate_field
 
+    settings = _sim_settings(args)
+    # Refuse existing outputs before the work, not after it.
+    if args.output:
+        _check_output(args.output, overwrite=args.overwrite, option="--output")
+        _check_table_format(args.output, "--output")
+    if args.save:
+        bands = settings.get("bands", CSST_BANDS)
+        for path in _save_paths(args.save, bands).values():
+            _check_output(path, overwrite=args.overwrite, option="--save folder",
+                          folder_made=True)
+    _progress(f"simulating a {args.size}x{args.size} px CSST-like field (seed {args.seed})...")
     t0 = time.perf_counter()
-    images, truth = simulate_field(seed=args.seed, **_sim_settings(args))
+    images, truth = simulate_field(seed=args.seed, **settings)
     t_sim = time.perf_counter() - t0
     catalog = truth["id", "ra", "dec"]
-    clf = StarGalaxyClassifier(args.model, device=args.device)
+    clf = StarGalaxyClassifier(args.model, device=args.device, progress=sys.stderr.isatty())
+    _progress(f"classifying {len(catalog)} sources...")
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StarGalaxyWarning)
         result = clf.classify(catalog, images)
     t_cls = time.perf_counter() - t0
+    for w in caught:
+        if not issubclass(w.category, StarGalaxyWarning):  # said once below otherwise
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     info = result.meta["astro_starglx"]
     print(f"simulated a {args.size}x{args.size} px, {len(images)}-band CSST-like field "
           f"with {len(truth)} sources (seed {args.seed}) in {t_sim:.1f} s")
@@ -112,11 +273,33 @@ def _cmd_demo(args):
           f"{info['device']} in {t_cls:.2f} s ({len(result) / t_cls:.0f} objects/s)")
     _print_truth_summary(result, truth, mag_column="mag_r")
     for w in caught:
-        print(f"note: {w.message}")
+        if issubclass(w.category, StarGalaxyWarning):
+            print(f"note: {w.message}")
+    if args.save:
+        _save_field(images, truth, args.save)
     if args.output:
-        result.write(args.output, overwrite=True)
-        print(f"wrote {args.output}")
+        _write_atomic(_with_truth(result, truth), args.output, overwrite=True)
+        print(f"wrote {args.output} (classes and truth)")
     return 0
+
+
+def _with_truth(result, truth):
+    """The classified table followed by the truth columns it lacks."""
+    out = result.copy(copy_data=False)
+    for name in truth.colnames:
+        if name not in out.colnames:
+            out[name] = truth[name]
+    return out
+
+
+def _save_field(images, truth, folder):
+    paths = _save_paths(folder, images)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for band, image in images.items():
+        _write_atomic(image, paths[band], overwrite=True)
+    _write_atomic(truth, paths["catalog"], overwrite=True)
+    print(f"saved the field to {Path(folder)}/: catalog.ecsv (with the truth) and "
+          f"{len(images)} field_<band>.fits")
 
 
 def _print_truth_summary(result, truth, *, mag_column):
@@ -145,34 +328,91 @@ def _range(lo, hi):
     return f"{lo:g} <= r < {hi:g}"
 
 
-def _cmd_classify(args):
+# --------------------------------------------------------------------------- classify
+
+
+def _band_values(specs, option, bands):
+    """``--zeropoint``/``--psf`` values: ``BAND=VALUE`` items, or one VALUE for every band."""
+    if not specs:
+        return None
+    values, common = {}, None
+    for spec in specs:
+        band, sep, text = spec.rpartition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            msg = f"{option} takes BAND=VALUE or one VALUE for every band, got {spec!r}"
+            raise UsageError(msg)
+        if not sep:
+            if common is not None:
+                msg = f"{option} got two values for every band ({common:g} and {value:g})"
+                raise UsageError(msg)
+            common = value
+        elif band not in bands:
+            msg = f"{option} {spec!r}: no image is given for band {band!r} (bands: {bands})"
+            raise UsageError(msg)
+        else:
+            values[band] = value
+    if common is not None:
+        values = {band: values.get(band, common) for band in bands}
+    return values
+
+
+def _read_images(specs, *, hdu, unit):
     from astropy.nddata import CCDData
+
+    images = {}
+    for spec in specs:
+        band, _, path = spec.partition("=")
+        if not band or not path:
+            msg = f"images must be given as BAND=FILE, got {spec!r}"
+            raise UsageError(msg)
+        if band in images:
+            msg = f"band {band!r} is given twice"
+            raise UsageError(msg)
+        images[band] = CCDData.read(path, hdu=hdu, unit=unit)
+    return images
+
+
+def _cmd_classify(args):
     from astropy.table import Table
 
     from .classifier import StarGalaxyClassifier
 
+    output = _check_output(args.output, overwrite=args.overwrite, option="--output")
+    _check_table_format(output, "--output")
     catalog = Table.read(args.catalog)
-    images = {}
-    for spec in args.images:
-        band, _, path = spec.partition("=")
-        if not path:
-            msg = f"images must be given as BAND=FILE, got {spec!r}"
-            raise SystemExit(msg)
-        images[band] = CCDData.read(path, hdu=args.hdu, unit=args.unit)
+    existing = [name for name in _OUTPUT_COLUMNS if name in catalog.colnames]
+    if existing and not args.replace_columns:
+        msg = (f"{args.catalog} already has the output column(s) {existing}; pass "
+               "--replace-columns to replace them")
+        raise UsageError(msg)
+    bands = [spec.partition("=")[0] for spec in args.images]
+    zeropoints = _band_values(args.zeropoint, "--zeropoint", bands)
+    psf = _band_values(args.psf, "--psf", bands)
+    images = _read_images(args.images, hdu=args.hdu, unit=args.unit)
     clf = StarGalaxyClassifier(args.model, device=args.device, batch_size=args.batch_size,
-                               progress=True)
+                               progress=sys.stderr.isatty())
     result = clf.classify(catalog, images, ra_column=args.ra_column,
-                          dec_column=args.dec_column, overwrite=args.overwrite)
-    result.write(args.output, overwrite=True)
-    print(f"wrote {len(result)} rows to {args.output}")
+                          dec_column=args.dec_column, zeropoints=zeropoints, psf=psf,
+                          overwrite=args.replace_columns)
+    _write_atomic(result, output, overwrite=True)
+    print(f"wrote {len(result)} rows to {output}")
     return 0
+
+
+# --------------------------------------------------------------------------- the rest
 
 
 def _cmd_sim_report(args):
     from .simulate import simulate_field
     from .simulate.report import sim_report
 
+    _progress(f"simulating a {args.size}x{args.size} px field (seed {args.seed})...")
     images, truth = simulate_field(seed=args.seed, **_sim_settings(args))
+    _progress("measuring...")
     table = sim_report(images, truth, outdir=args.outdir)
     table.pprint(max_lines=-1, max_width=-1)
     return 0
@@ -185,7 +425,7 @@ def _cmd_make_dataset(args):
     # DatasetConfig's defaults.
     given = {name: getattr(args, name) for name in getattr(args, "explicit", ())}
     path = make_dataset(args.output, n_workers=args.workers, progress=True,
-                        **{**_json_config(args.config), **given})
+                        max_fields=args.max_fields, **{**_json_config(args.config), **given})
     print(path)
     return 0
 
@@ -193,11 +433,11 @@ def _cmd_make_dataset(args):
 def _cmd_train(args):
     from .training import TrainConfig, train_release
 
-    overrides = json.loads(args.config) if args.config else {}
-    config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed, **overrides)
+    config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
+                         **_json_config(args.config))
     path = train_release(args.dataset, args.output, config=config, device=args.device,
-                         resume=not args.no_resume,
-                         command=" ".join(["astro-starglx", *sys.argv[1:]]))
+                         resume=not args.no_resume, name=args.name,
+                         command=" ".join([PROG, *sys.argv[1:]]))
     print(path)
     return 0
 
@@ -205,9 +445,16 @@ def _cmd_train(args):
 def _cmd_evaluate(args):
     from .evaluation import evaluate_model
 
-    table = evaluate_model(args.model, args.dataset, outdir=args.outdir, split=args.split,
-                           device=args.device or "cpu", baselines=args.baselines,
-                           extra_models=args.extra_models)
+    outdir = Path(args.outdir)
+    created = not outdir.exists()
+    try:
+        table = evaluate_model(args.model, args.dataset, outdir=outdir, split=args.split,
+                               device=args.device, baselines=args.baselines,
+                               extra_models=args.extra_models)
+    except BaseException:
+        if created:  # a failed run leaves no empty output folder behind
+            _remove_if_empty(outdir)
+        raise
     table.pprint(max_lines=-1, max_width=-1)
     return 0
 
@@ -220,102 +467,232 @@ class _Explicit(argparse.Action):
         namespace.explicit = (*getattr(namespace, "explicit", ()), self.dest)
 
 
-# DatasetConfig fields with their own make-dataset option (the integers, then detect).
-_DATASET_OPTIONS = ("n_stars", "n_galaxies", "seed", "stamp_size", "field_size", "detect")
+# DatasetConfig fields with their own make-dataset option, and their help.
+_DATASET_OPTIONS = {
+    "n_stars": "simulated stars in all",
+    "n_galaxies": "simulated galaxies in all",
+    "seed": "data seed; field i gets a seed derived from it",
+    "stamp_size": "stamp side in pixels",
+    "field_size": "field side in pixels",
+}
 
 _SIM_CONFIG_HELP = ("SimConfig settings as a JSON object or JSON file, e.g. "
-                    "'{\"psf_scale\": 1.3, \"psf_gradient\": 0.3}' (shape comes from --size)")
+                    "'{\"psf_scale\": 1.3, \"psf_gradient\": 0.3}'; the shape comes from "
+                    "--size (default: none)")
+_DESCRIPTION = ("Star-galaxy classification in multi-band survey images: classify a catalog, "
+                "try it on a simulated field, manage model weights, simulate, train and "
+                "evaluate.")
+_MODEL_HELP = "model name or .safetensors file (default: the registry's default model)"
+_DEVICE_HELP = "torch device, e.g. cpu or cuda (default: CUDA when available, else cpu)"
+
+
+def _add_demo(sub, common):
+    p = sub.add_parser("demo", help="simulate a small CSST-like field and classify it "
+                                    "(offline)",
+                       description="Simulate a small CSST-like 7-band field, classify it "
+                                   "with a bundled model and print the recall against the "
+                                   "simulation's truth. Needs the 'sim' extra (GalSim).",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("--size", type=int, default=1024, help="field side in pixels")
+    p.add_argument("--seed", type=int, default=2026, help="simulation seed")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.add_argument("-o", "--output", default=None,
+                   help="write the classified table with the truth columns (label, mag_r, "
+                        "...) to this file, e.g. demo.ecsv (default: no file)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="write the simulated field to DIR: field_<band>.fits per band "
+                        "and catalog.ecsv with positions and truth (default: not saved)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --output and --save files")
+    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _add_classify(sub, common):
+    p = sub.add_parser("classify", help="classify a catalog against FITS images",
+                       description="Classify the sources of a catalog against one FITS "
+                                   "image per band, each with its own WCS; writes the "
+                                   "catalog with p_star, p_galaxy, class and class_flags.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("catalog", help="catalog file readable by astropy's Table.read, with "
+                                   "ra/dec columns in degrees")
+    p.add_argument("images", nargs="+", metavar="BAND=FILE",
+                   help="one FITS image per band, e.g. r=field_r.fits")
+    p.add_argument("-o", "--output", required=True,
+                   help="output table file, e.g. classified.ecsv")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--replace-columns", action="store_true",
+                   help="replace p_star, p_galaxy, class and class_flags columns that the "
+                        "catalog already has (default: refuse)")
+    p.add_argument("--zeropoint", action="append", metavar="[BAND=]ZP",
+                   help="AB zero point of the images (the AB magnitude of one image unit): "
+                        "BAND=ZP, repeatable, or one ZP for every band (default: the "
+                        "MAGZERO, PHOTZP or ZP header keyword)")
+    p.add_argument("--psf", action="append", metavar="[BAND=]FWHM",
+                   help="PSF FWHM in arcsec for PSF-aware models: BAND=FWHM, repeatable, "
+                        "or one FWHM for every band (default: header keywords, else "
+                        "measured from the field's point sources)")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")
+    p.add_argument("--hdu", type=int, default=0, help="FITS HDU of the images")
+    p.add_argument("--unit", default=None,
+                   help="image unit, e.g. electron/s (default: the BUNIT header keyword)")
+    p.add_argument("--ra-column", default="ra", help="right ascension column, in degrees")
+    p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
+    p.set_defaults(func=_cmd_classify)
+
+
+def _add_training(sub, common):
+    p = sub.add_parser("sim-report", help="measure the simulator's realism from its images",
+                       description="Simulate a field and measure its realism (depths, PSF, "
+                                   "counts, stellar locus) from the images alone.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("--outdir", default="sim-report", help="folder for the tables and figures")
+    p.add_argument("--size", type=int, default=2048, help="field side in pixels")
+    p.add_argument("--seed", type=int, default=1, help="simulation seed")
+    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
+    p.set_defaults(func=_cmd_sim_report)
+
+    from .dataset import DatasetConfig
+
+    p = sub.add_parser("make-dataset", help="simulate fields into an on-disk training set",
+                       description="Simulate fields into an on-disk training set; resumes "
+                                   "an interrupted run.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("output", help="output folder")
+    for name, text in _DATASET_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, action=_Explicit,
+                       default=getattr(DatasetConfig, name), help=text)
+    p.add_argument("--detect", nargs=0, action=_Explicit, const=True,
+                   default=DatasetConfig.detect,
+                   help="detect sources with photutils instead of using truth positions")
+    p.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    p.add_argument("--max-fields", type=int, default=None,
+                   help="build only the first N fields of the set's plan (default: all)")
+    p.add_argument("--config", default=None,
+                   help="DatasetConfig settings as a JSON object or JSON file, e.g. "
+                        "'{\"psf_scale_range\": [0.85, 1.25]}'; the options above "
+                        "override it (default: none)")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    p = sub.add_parser("train", help="train a model and export .safetensors weights",
+                       description="Train a model on a data set and export .safetensors "
+                                   "weights; resumes from the last checkpoint.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("dataset", help="data set folder from make-dataset")
+    p.add_argument("output", help="output folder (checkpoints, weights)")
+    p.add_argument("--model", default="rbim-lite", help="architecture name")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.add_argument("--config", default=None,
+                   help="TrainConfig overrides as a JSON object or JSON file (default: none)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh instead of resuming from a checkpoint")
+    p.add_argument("--name", default=None,
+                   help="model name in the weights meta and file name (default: the "
+                        "architecture name)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on a data set's test fields",
+                       description="Evaluate a model (and optional baselines) on a data "
+                                   "set's held-out fields: summary and per-magnitude "
+                                   "tables and figures in --outdir.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("dataset", help="data set folder from make-dataset")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
+    p.add_argument("--outdir", default="evaluation", help="folder for the tables and figures")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="which held-out fields")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--baselines", action="store_true",
+                   help="also run the morphology-cut and catalog-GBT baselines")
+    p.add_argument("--extra-models", nargs="*", default=(), metavar="WEIGHTS",
+                   help="more weights files to compare, e.g. ablation variants "
+                        "(default: none)")
+    p.set_defaults(func=_cmd_evaluate)
 
 
 def build_parser():
     """The argument parser of ``astro-starglx``."""
-    parser = argparse.ArgumentParser(prog="astro-starglx", description=__doc__.split("\n")[1])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=PROG, description=_DESCRIPTION,
+                                     epilog=f"'{PROG} COMMAND --help' shows a command's options.",
+                                     formatter_class=_HelpFormatter,
+                                     parents=[_common_options(top=True)])
+    from . import __version__
 
-    p = sub.add_parser("demo", help="simulate a small CSST-like field and classify it "
-                                    "(offline)")
-    p.add_argument("--size", type=int, default=1024, help="field size in pixels")
-    p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--model", default=None, help="model name or weights file")
-    p.add_argument("--device", default=None)
-    p.add_argument("--output", default=None, help="write the result table (e.g. .ecsv)")
-    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("classify", help="classify a catalog against FITS images")
-    p.add_argument("catalog", help="catalog file readable by astropy Table.read")
-    p.add_argument("images", nargs="+", help="BAND=FILE for each band")
-    p.add_argument("-o", "--output", required=True, help="output table file")
-    p.add_argument("--model", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--hdu", type=int, default=0)
-    p.add_argument("--unit", default=None, help="image unit if BUNIT is absent")
-    p.add_argument("--ra-column", default="ra")
-    p.add_argument("--dec-column", default="dec")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=_cmd_classify)
-
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="show the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common_options(top=False)]
+    _add_demo(sub, common)
+    _add_classify(sub, common)
     _add_weights(sub)
-    sub.choices["weights"].set_defaults(func=_cmd_weights)
-
-    p = sub.add_parser("sim-report", help="measure the simulator's realism from its images")
-    p.add_argument("--outdir", default="sim-report")
-    p.add_argument("--size", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--config", default=None, help=_SIM_CONFIG_HELP)
-    p.set_defaults(func=_cmd_sim_report)
-
-    p = sub.add_parser("make-dataset", help="simulate fields into an on-disk training set")
-    p.add_argument("output", help="output directory")
-    from .dataset import DatasetConfig
-
-    for name in _DATASET_OPTIONS[:-1]:
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, action=_Explicit,
-                       default=getattr(DatasetConfig, name), help="default %(default)s")
-    p.add_argument("--detect", nargs=0, action=_Explicit, const=True,
-                   default=DatasetConfig.detect,
-                   help="detect sources with photutils instead of using truth positions")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--config", default=None,
-                   help="DatasetConfig settings as a JSON object or JSON file, e.g. "
-                        "'{\"psf_scale_range\": [0.85, 1.25]}'; the options above "
-                        "override it")
-    p.set_defaults(func=_cmd_make_dataset)
-
-    p = sub.add_parser("train", help="train a model and export .safetensors weights")
-    p.add_argument("dataset", help="data set directory from make-dataset")
-    p.add_argument("output", help="output directory (checkpoints, weights)")
-    p.add_argument("--model", default="rbim-lite")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--config", default=None, help="JSON object of TrainConfig overrides")
-    p.add_argument("--no-resume", action="store_true")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="evaluate a model on a data set's test fields")
-    p.add_argument("dataset")
-    p.add_argument("--model", default=None)
-    p.add_argument("--outdir", default="evaluation")
-    p.add_argument("--split", default="test")
-    p.add_argument("--device", default=None)
-    p.add_argument("--baselines", action="store_true",
-                   help="also run the morphology-cut and catalog-GBT baselines")
-    p.add_argument("--extra-models", nargs="*", default=(),
-                   help="more weights files to compare (e.g. ablation variants)")
-    p.set_defaults(func=_cmd_evaluate)
+    _add_training(sub, common)
     return parser
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    # One line per warning, instead of astropy's logger and Python's
+    # warnings.showwarning both printing it.
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose):
+    """Route the package's log records to stderr at the level ``-v`` asked for."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = log.level, log.propagate
+    log.setLevel(level)
+    log.addHandler(handler)
+    # Not through the root logger as well: records print once.
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def _error_line(err):
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, (ValueError, TypeError, OSError, ImportError, UsageError)):
+        return text
+    # Anything else may be a bug: say what it was and how to see more.
+    return f"{type(err).__name__}: {text} (--debug shows the traceback)"
 
 
 def main(argv=None):
     """Run ``astro-starglx``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    # astropy replaces warnings.showwarning when it is first imported (its
+    # logger then prints AstropyWarnings); import it now, so that ours, set
+    # below, is the one in force while the command runs.
+    import astropy  # noqa: F401
+
+    with _logging_to_stderr(args.verbose), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if args.debug:
+                raise
+            print(f"{PROG} {args.command}: error: {_error_line(err)}", file=sys.stderr)
+            return 2 if isinstance(err, UsageError) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,7 +29,14 @@ from ._validation import as_image_array, as_positions, check_nddata, check_size
 from ._validation import uncertainty_power
 from .flags import ClassFlag
 
-__all__ = ["BandStamps", "cutout_origin", "extract_band", "extract_cutouts"]
+__all__ = ["BandStamps", "SATURATION_KEYWORDS", "cutout_origin", "extract_band",
+           "extract_cutouts", "saturation_level"]
+
+#: Header keywords read, in order, for a band's saturation level (image units).
+SATURATION_KEYWORDS = ("SATURATE",)
+
+#: Side of the central box in which saturated pixels flag a source.
+SATURATION_BOX = 5
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,10 @@ class BandStamps:
         Per-pixel standard deviation in image units (NaN where ``data`` is
         NaN), or `None` when the image has no ``uncertainty``.
     flags : `~numpy.ndarray`, shape (N,), uint16
-        `~astro_starglx.flags.ClassFlag` bits: ``OFF_IMAGE``, ``PARTIAL`` and
+        `~astro_starglx.flags.ClassFlag` bits: ``OFF_IMAGE``, ``PARTIAL``,
         ``MASKED`` (the in-image part of the stamp holds masked, zero-weight
-        or non-finite pixels).
+        or non-finite pixels) and ``SATURATED`` (an unmasked pixel of the
+        central 5 x 5 is ``+inf`` or at least the ``SATURATE`` level).
     """
 
     data: np.ndarray
@@ -206,8 +214,9 @@ def extract_cutouts(data, x, y, *, size, fill_value=np.nan):
     -------
     stamps : `~numpy.ndarray`, shape (N, size, size), float32
         ``stamps[i]`` equals ``Cutout2D(data, (x[i], y[i]), size,
-        mode="partial", fill_value=fill_value).data`` (as float32); a stamp
-        with no overlap, or a non-finite position, is all ``fill_value``.
+        mode="partial", fill_value=fill_value).data`` (as float32: values
+        beyond its range become +-inf); a stamp with no overlap, or a
+        non-finite position, is all ``fill_value``.
     flags : `~numpy.ndarray`, shape (N,), uint16
         `~astro_starglx.flags.ClassFlag.OFF_IMAGE` where the stamp does not
         overlap the image (or the position is not finite),
@@ -236,7 +245,8 @@ def extract_cutouts(data, x, y, *, size, fill_value=np.nan):
     data = as_image_array("data", data)
     x, y = as_positions(x, y)
     plan = _Plan(data.shape, x, y, size)
-    stamps = plan.gather(data, fill_value, np.float32)
+    with np.errstate(over="ignore"):  # beyond the float32 range: inf, as documented
+        stamps = plan.gather(data, fill_value, np.float32)
     return stamps, plan.flags
 
 
@@ -269,25 +279,74 @@ def _to_sigma(stamps_unc, power, scale):
     return sigma
 
 
-def cut_band(image, data, x, y, *, size):
+def saturation_level(image, name="image"):
+    """
+    The saturation level of a band from its header, in image units, or None.
+
+    Read from the first of `SATURATION_KEYWORDS` (``SATURATE``) in
+    ``image.meta`` (case-insensitive).
+
+    Raises
+    ------
+    ValueError
+        If the keyword holds something other than a real number (NaN is
+        refused; ``+inf`` means no saturation).
+    """
+    meta = getattr(image, "meta", None) or {}
+    keys = {str(key).upper(): key for key in meta.keys()}
+    for keyword in SATURATION_KEYWORDS:
+        if keyword in keys:
+            value = meta[keys[keyword]]
+            ok = (isinstance(value, (int, float, np.integer, np.floating))
+                  and not isinstance(value, (bool, np.bool_)) and not np.isnan(value))
+            if not ok:
+                msg = (f"header keyword {keyword} of {name} must be the saturation level as a "
+                       f"number in image units, got {value!r}; fix or delete the keyword")
+                raise ValueError(msg)
+            return float(value)
+    return None
+
+
+def _saturated(stamps, user_mask, level):
+    """(N,) bool: +inf (or >= ``level``) unmasked pixels in the central box of each stamp."""
+    size = stamps.shape[-1]
+    lo = max(0, (size - SATURATION_BOX) // 2)
+    box = (slice(None), slice(lo, lo + SATURATION_BOX), slice(lo, lo + SATURATION_BOX))
+    core = stamps[box]
+    hot = core == np.inf
+    if level is not None:
+        hot |= core >= level
+    if user_mask is not None:
+        hot &= ~user_mask[box]
+    return hot.any(axis=(1, 2))
+
+
+def cut_band(image, data, x, y, *, size, saturation=None):
     """
     Core of `extract_band`: no validation.
 
     ``image`` must have passed the band checks of `extract_band` (its
     ``data``, as the 2-D array ``data``, mask and uncertainty shapes,
     uncertainty kind and unit), ``x`` and ``y`` be 1-D float64 arrays of one
-    length and ``size`` a positive int.
+    length, ``size`` a positive int and ``saturation`` None or the band's
+    saturation level (`saturation_level`).
     """
     plan = _Plan(data.shape, x, y, size)
-    stamps = plan.gather(data, np.nan, np.float32)
+    # Pixels beyond the float32 range become +inf (then MASKED and SATURATED),
+    # without numpy's overflow warning.
+    with np.errstate(over="ignore"):
+        stamps = plan.gather(data, np.nan, np.float32)
 
     bad = ~np.isfinite(stamps)
+    user_mask = None
     if image.mask is not None:
         mask = np.asanyarray(image.mask)
         if mask.dtype != bool:
             # Integer bit masks (CSST ``flg``): any set bit is bad.
             mask = mask != 0
-        bad |= plan.gather(mask, False, bool)
+        user_mask = plan.gather(mask, False, bool)
+        bad |= user_mask
+    saturated = _saturated(stamps, user_mask, saturation)
 
     sigma = None
     unc = image.uncertainty
@@ -297,8 +356,9 @@ def cut_band(image, data, x, y, *, size):
         scale = 1.0
         if unc.unit is not None and data_unit is not None:
             scale = unc.unit.to(data_unit**power)
-        sigma = _to_sigma(plan.gather(np.asanyarray(unc.array), np.nan, np.float32), power,
-                          scale)
+        with np.errstate(over="ignore"):
+            unc_stamps = plan.gather(np.asanyarray(unc.array), np.nan, np.float32)
+        sigma = _to_sigma(unc_stamps, power, scale)
         bad |= np.isnan(sigma)
 
     # Outside-image pixels are NaN too, but they are PARTIAL, not MASKED.
@@ -309,6 +369,7 @@ def cut_band(image, data, x, y, *, size):
     masked = bad_inside.any(axis=(1, 2))
     flags = plan.flags.copy()
     flags[masked] |= np.uint16(ClassFlag.MASKED)
+    flags[saturated] |= np.uint16(ClassFlag.SATURATED)
     np.copyto(stamps, np.float32(np.nan), where=bad)
     if sigma is not None:
         np.copyto(sigma, np.float32(np.nan), where=bad)
@@ -340,6 +401,9 @@ def extract_band(image, x, y, *, size):
         (N,) uint16. Masked, zero-weight and non-finite pixels are NaN in
         both ``data`` and ``sigma`` and set ``MASKED``; pixels outside the
         image are NaN and set ``PARTIAL`` or ``OFF_IMAGE`` (not ``MASKED``).
+        ``SATURATED`` is set where an unmasked pixel of the central 5 x 5 is
+        ``+inf`` (or beyond the float32 range) or at least the header's
+        ``SATURATE`` level.
 
     Raises
     ------
@@ -347,10 +411,10 @@ def extract_band(image, x, y, *, size):
         If ``image`` is not an NDData or its uncertainty is of another kind.
     ValueError
         As `extract_cutouts`, if the mask or uncertainty shape differs from
-        the data shape, or the uncertainty's unit does not convert to the
-        data's.
+        the data shape, the uncertainty's unit does not convert to the
+        data's, or the ``SATURATE`` keyword is not a number.
     """
     data = check_nddata("image", image)
     size = check_size("size", size)
     x, y = as_positions(x, y)
-    return cut_band(image, data, x, y, size=size)
+    return cut_band(image, data, x, y, size=size, saturation=saturation_level(image))

@@ -524,7 +524,8 @@ def _field_plan(config):
     return [int(s) for s in field_seeds], split_of_field, sims, per_field
 
 
-def make_dataset(output, config=None, *, n_workers=2, progress=False, **overrides):
+def make_dataset(output, config=None, *, n_workers=2, progress=False, max_fields=None,
+                 **overrides):
     """
     Simulate CSST-like fields and write a training set split by field.
 
@@ -538,6 +539,11 @@ def make_dataset(output, config=None, *, n_workers=2, progress=False, **override
         Worker processes simulating fields in parallel.
     progress : bool, optional
         Show a progress bar.
+    max_fields : int or None, optional
+        Build only the first ``max_fields`` fields of the set's plan (the
+        same fields, seeds and splits as the whole set; a quick set, or one
+        cut short by a deadline). Rerunning without it adds the other fields
+        and rewrites the set whole. Recorded in ``dataset.json``.
     **overrides
         `DatasetConfig` fields that replace those of ``config``, e.g.
         ``make_dataset(path, n_stars=100, n_galaxies=300, field_size=512)``.
@@ -569,6 +575,17 @@ def make_dataset(output, config=None, *, n_workers=2, progress=False, **override
     shards.mkdir(parents=True, exist_ok=True)
     field_seeds, split_of_field, sims, per_field = _field_plan(config)
     n_fields = len(sims)
+    if max_fields is not None:
+        if (isinstance(max_fields, bool) or not isinstance(max_fields, (int, np.integer))
+                or max_fields < 3):
+            msg = f"max_fields must be None or an int >= 3, got {max_fields!r}"
+            raise ValueError(msg)
+        n_fields = min(n_fields, int(max_fields))
+        missing = [s for k, s in enumerate(SPLITS) if not np.any(split_of_field[:n_fields] == k)]
+        if missing:
+            msg = (f"the first max_fields={max_fields} fields hold no {missing} field; "
+                   "raise max_fields")
+            raise ValueError(msg)
     tasks = []
     for i in range(n_fields):
         path = shards / f"field_{i:05d}.npz"
@@ -593,9 +610,10 @@ def make_dataset(output, config=None, *, n_workers=2, progress=False, **override
         "n_fields": n_fields,
         "feature_names": list(FEATURE_NAMES + PSF_FEATURE_NAMES),
         "nominal_fwhm": nominal_fwhm(config.bands, pixel_scale=config.pixel_scale),
+        "max_fields": max_fields,
         "field_conditions": [{**sim.record(), "seed": seed}
-                             for sim, seed in zip(sims, field_seeds)],
-        "fields": {split: [int(i) for i in np.flatnonzero(split_of_field == k)]
+                             for sim, seed in zip(sims[:n_fields], field_seeds[:n_fields])],
+        "fields": {split: [int(i) for i in np.flatnonzero(split_of_field[:n_fields] == k)]
                    for k, split in enumerate(SPLITS)},
         "class_names": ["star", "galaxy"],
         "package_version": __version__,

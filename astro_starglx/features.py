@@ -184,8 +184,9 @@ def _measure_chunk(stamps, noise, zeropoint, ox, oy, radii, moment_sigma):
     n, height, width = stamps.shape
     out = np.full((n, len(FEATURE_NAMES)), np.nan, dtype=np.float64)
     finite = np.isfinite(ox) & np.isfinite(oy)
-    ix = np.floor(np.where(finite, ox, 0.0) + 0.5).astype(np.int64)
-    iy = np.floor(np.where(finite, oy, 0.0) + 0.5).astype(np.int64)
+    # clipped as floats: absurd but finite offsets (1e30) cannot be cast to int64
+    ix = np.clip(np.floor(np.where(finite, ox, 0.0) + 0.5), -1, width).astype(np.int64)
+    iy = np.clip(np.floor(np.where(finite, oy, 0.0) + 0.5), -1, height).astype(np.int64)
     ok = finite & (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
     ix = np.clip(ix, 0, width - 1)
     iy = np.clip(iy, 0, height - 1)
@@ -353,7 +354,7 @@ def measure_band(stamps, noise, *, zeropoint, offsets, pixel_scale):
     return out
 
 
-def features_from_table(table, *, bands, column_map):
+def features_from_table(table, *, bands, column_map, feature_names=FEATURE_NAMES):
     """
     Read per-band catalog features from table columns.
 
@@ -365,8 +366,11 @@ def features_from_table(table, *, bands, column_map):
         Band order of the output axis C.
     column_map : mapping
         ``{feature name: column-name template}`` for every name in
-        `FEATURE_NAMES`; ``{band}`` in a template is replaced by the band
+        ``feature_names``; ``{band}`` in a template is replaced by the band
         name, e.g. ``{"mag": "mag_{band}", "mag_err": "magerr_{band}", ...}``.
+    feature_names : sequence of str, optional
+        The features to read, in the order of the output axis F (a model's
+        ``meta.feature_names``); default `FEATURE_NAMES`.
 
     Returns
     -------
@@ -376,32 +380,45 @@ def features_from_table(table, *, bands, column_map):
 
     Raises
     ------
+    TypeError
+        If ``column_map`` is not a mapping or a template is not a string.
     ValueError
-        If ``column_map`` misses or adds a feature, or a column is not
-        numeric.
-    KeyError
-        If a column is not in ``table`` (the message lists the columns).
+        If ``column_map`` misses or adds a feature, a template holds a field
+        other than ``{band}``, a column is not in ``table`` (the message
+        lists the columns) or a column is not numeric.
     """
     check_mapping("column_map", column_map, what="{feature: column template}",
                   hint="; e.g. {'mag': 'mag_{band}', ...}")
-    missing = [name for name in FEATURE_NAMES if name not in column_map]
-    unknown = [name for name in column_map if name not in FEATURE_NAMES]
+    feature_names = tuple(feature_names)
+    missing = [name for name in feature_names if name not in column_map]
+    unknown = [name for name in column_map if name not in feature_names]
     if missing or unknown:
-        msg = (f"column_map must map exactly the features {list(FEATURE_NAMES)}; "
+        msg = (f"column_map must map exactly the features {list(feature_names)}; "
                f"missing {missing}, unknown {unknown}")
         raise ValueError(msg)
     check_bands("bands", bands)
+    for name in feature_names:
+        if not isinstance(column_map[name], str):
+            msg = (f"column_map[{name!r}] must be a column-name template (str), got "
+                   f"{column_map[name]!r}; e.g. {{{name!r}: '{name}_{{band}}'}}")
+            raise TypeError(msg)
     n = len(table)
-    out = np.full((n, len(bands), len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+    out = np.full((n, len(bands), len(feature_names)), np.nan, dtype=np.float32)
     for c, band in enumerate(bands):
-        for f, name in enumerate(FEATURE_NAMES):
-            colname = column_map[name].format(band=band)
+        for f, name in enumerate(feature_names):
+            try:
+                colname = column_map[name].format(band=band)
+            except (AttributeError, KeyError, IndexError, ValueError) as exc:
+                msg = (f"column_map[{name!r}] = {column_map[name]!r} is not a valid template: "
+                       f"the only field it may hold is {{band}} ({type(exc).__name__}: {exc})")
+                raise ValueError(msg) from exc
             if colname not in table.colnames:
                 msg = (
                     f"column {colname!r} (feature {name!r}, band {band!r}) is not in the "
-                    f"table; available columns: {', '.join(table.colnames)}"
+                    f"table; available columns: {', '.join(table.colnames)}. Fix "
+                    f"column_map[{name!r}] = {column_map[name]!r} or add the column"
                 )
-                raise KeyError(msg)
+                raise ValueError(msg)
             col = table[colname]
             mask = None
             if isinstance(col, np.ma.MaskedArray):

@@ -26,6 +26,7 @@ from astropy.coordinates import SkyCoord
 from ._validation import (
     as_pixel_scale,
     as_positions,
+    as_zeropoint,
     check_bands,
     check_catalog,
     check_feature_stamps,
@@ -33,8 +34,8 @@ from ._validation import (
     check_nddata,
     check_size,
 )
-from .background import background_noise, image_noise
-from .cutouts import cut_band, stamp_origin
+from .background import background_noise, image_noise_or_nan
+from .cutouts import cut_band, saturation_level, stamp_origin
 from .features import FEATURE_NAMES, PSF_FEATURE_NAMES, measure_band, psf_features
 from .flags import ClassFlag
 
@@ -89,10 +90,11 @@ class SourceInputs:
 
 def _column_values(catalog, name, *, angle):
     """
-    A position column as (N,) float64, masked -> NaN.
+    A position column as (N,) float64, masked and non-finite -> NaN.
 
     With ``angle``, in degrees: a Quantity or a column unit is converted,
-    no unit means degrees. Pixel columns are read as numbers.
+    no unit means degrees. Pixel columns are read as numbers. A NaN row is a
+    per-source problem (flagged ``OFF_IMAGE`` downstream), not an error.
     """
     column = catalog[name]
     unit = getattr(column, "unit", None)
@@ -123,17 +125,11 @@ def _column_values(catalog, name, *, angle):
                    f"catalog[{name!r}] = values * u.deg")
             raise ValueError(msg)
         values = u.Quantity(values, unit).to_value(u.deg)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        rows = np.flatnonzero(bad)
-        msg = (f"column {name!r} has {bad.sum()} non-finite or masked value(s) (rows "
-               f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}); remove those rows or "
-               "fill them before classifying")
-        raise ValueError(msg)
-    return values
+    return np.where(np.isfinite(values), values, np.nan)
 
 
 def _sky_positions(catalog, ra_column, dec_column):
+    """SkyCoord of the rows with finite ra and dec, and the (N,) bool mask of those rows."""
     ra = _column_values(catalog, ra_column, angle=True)
     dec = _column_values(catalog, dec_column, angle=True)
     outside = np.flatnonzero(np.abs(dec) > 90.0)
@@ -144,10 +140,12 @@ def _sky_positions(catalog, ra_column, dec_column):
                "radians needs unit='rad', one without a unit is read as degrees) and that ra "
                "and dec are not swapped")
         raise ValueError(msg)
-    return SkyCoord(ra, dec, unit="deg")
+    finite = np.isfinite(ra) & np.isfinite(dec)
+    return SkyCoord(ra[finite], dec[finite], unit="deg"), finite
 
 
 def _skycoord_column(catalog, coord_column):
+    """The SkyCoord column's rows with finite coordinates and their (N,) bool mask, or None."""
     if coord_column is not None:
         if coord_column not in catalog.colnames:
             msg = (f"coord_column {coord_column!r} is not in the catalog; available columns: "
@@ -168,13 +166,10 @@ def _skycoord_column(catalog, coord_column):
         msg = (f"SkyCoord column {coord_column!r} must be 1-D (one position per source), got "
                f"shape {coords.shape}{first}")
         raise ValueError(msg)
-    if len(coords):
-        bad = ~(np.isfinite(coords.spherical.lon.deg) & np.isfinite(coords.spherical.lat.deg))
-        if bad.any():
-            msg = (f"the SkyCoord column {coord_column!r} has non-finite coordinates (first at "
-                   f"row {np.flatnonzero(bad)[0]}); remove or fix those rows")
-            raise ValueError(msg)
-    return coords
+    if not len(coords):
+        return coords, np.zeros(0, dtype=bool)
+    finite = np.isfinite(coords.spherical.lon.deg) & np.isfinite(coords.spherical.lat.deg)
+    return coords[finite], finite
 
 
 def _check_celestial_wcs(band, wcs):
@@ -224,14 +219,16 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
     Returns
     -------
     x, y : dict
-        ``{band: (N,) float64}`` 0-based pixel positions in each band.
+        ``{band: (N,) float64}`` 0-based pixel positions in each band; NaN
+        for sources whose position is masked or not finite (a per-source
+        problem: `extract_inputs` flags them ``OFF_IMAGE``).
 
     Raises
     ------
     TypeError
         If ``catalog`` is not a Table or ``coord_column`` holds no SkyCoord.
     ValueError
-        Missing, non-finite, non-numeric or 2-D position columns; sky
+        Missing, non-numeric or 2-D position columns; sky
         columns in a unit that is not an angle, or a declination outside
         [-90, 90] degrees (the message names the first bad row); a band
         without a 2-D celestial WCS.
@@ -266,8 +263,8 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
         xs = _column_values(catalog, x_column, angle=False)
         ys = _column_values(catalog, y_column, angle=False)
         return {b: xs for b in images}, {b: ys for b in images}
-    coords = _skycoord_column(catalog, coord_column)
-    if coords is None:
+    found = _skycoord_column(catalog, coord_column)
+    if found is None:
         if ra_column not in catalog.colnames or dec_column not in catalog.colnames:
             hint = ""
             if has_xy:
@@ -277,17 +274,20 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
                    f"and dec_column={dec_column!r}, or a SkyCoord column (coord_column); "
                    f"available columns: {catalog.colnames}.{hint}")
             raise ValueError(msg)
-        coords = _sky_positions(catalog, ra_column, dec_column)
+        found = _sky_positions(catalog, ra_column, dec_column)
+    coords, finite = found
     for band, image in images.items():
         _check_celestial_wcs(band, image.wcs)
     xs, ys = {}, {}
     for band, image in images.items():
+        # Rows without a finite position keep NaN pixels: OFF_IMAGE downstream.
+        xs[band] = np.full(len(finite), np.nan)
+        ys[band] = np.full(len(finite), np.nan)
         if len(coords) == 0:
-            xs[band] = ys[band] = np.zeros(0)
             continue
         px, py = image.wcs.world_to_pixel(coords)
-        xs[band] = np.asarray(px, dtype=float)
-        ys[band] = np.asarray(py, dtype=float)
+        xs[band][finite] = np.asarray(px, dtype=float)
+        ys[band][finite] = np.asarray(py, dtype=float)
     return xs, ys
 
 
@@ -313,14 +313,7 @@ def _find_zeropoint(image, band, zeropoints):
                f"unit in total) or set the MAGZERO keyword in the image header "
                f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too)")
         raise ValueError(msg)
-    try:
-        zeropoint = float(getattr(value, "value", value))
-    except (TypeError, ValueError):
-        zeropoint = math.nan
-    if not math.isfinite(zeropoint):
-        msg = f"the zero point from {source} must be a finite number, got {value!r}"
-        raise ValueError(msg)
-    return zeropoint
+    return as_zeropoint(source, value, band)
 
 
 def _check_zeropoints(zeropoints, band):
@@ -356,7 +349,8 @@ def get_zeropoint(image, band, zeropoints=None):
     TypeError
         If ``zeropoints`` is not a mapping.
     ValueError
-        If no zero point is found or it is not a finite number.
+        If no zero point is found, or it is not a real number of magnitudes
+        within +-100 (NaN, a bool, a string, 1e30).
     """
     _check_zeropoints(zeropoints, band)
     return _find_zeropoint(image, band, zeropoints)
@@ -448,8 +442,9 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     image_sigma : mapping, optional
         ``{band: per-pixel noise}`` for bands whose image has no uncertainty,
         so that a caller streaming batches computes
-        `~astro_starglx.background.image_noise` once; otherwise it is
-        computed here, once per band and call.
+        `~astro_starglx.background.image_noise_or_nan` once; otherwise it is
+        computed here, once per band and call. NaN (an image with too few
+        usable pixels) means: measure each stamp's noise on its border.
     feature_names : sequence of str, optional
         The features to return, in order (the model's
         ``meta.feature_names``): names of
@@ -464,21 +459,25 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     inputs : `SourceInputs`
         ``stamps`` (N, C, size, size), ``noise`` (N, C), ``features`` (N, C,
         F), ``offsets`` (N, C, 2), all float32, and ``flags`` (N,) uint16:
-        the cutout flags (``OFF_IMAGE``, ``PARTIAL``, ``MASKED``) OR-ed over
-        bands, ``BAND_MISSING`` where a band is absent or its stamp has no
-        data at all, ``NO_FEATURES`` where a band with data has no
-        measurable magnitude (missing pixels in the aperture).
+        the cutout flags (``OFF_IMAGE``, also for a non-finite position,
+        ``PARTIAL``, ``MASKED``, ``SATURATED``) OR-ed over bands,
+        ``BAND_MISSING`` where a band is absent or its stamp has no data at
+        all (a band with no usable pixels flags every source, with or
+        without an uncertainty), ``NO_FEATURES`` where a band with data has
+        no measurable magnitude (missing pixels in the aperture).
 
     Raises
     ------
     TypeError
         If ``images``, ``zeropoints`` or ``image_sigma`` is not a mapping,
-        or an image is not an NDData or has an uncertainty of another kind.
+        or an image is not an NDData, holds complex numbers or has an
+        uncertainty of another kind.
     ValueError
         If ``bands`` is empty or repeats a band, positions are missing or of
-        different lengths, a present band has no zero point, an image's
-        data, mask or uncertainty is malformed, or ``size`` or
-        ``pixel_scale`` is invalid.
+        different lengths, a present band has no zero point or one that is
+        not a real number within +-100 mag, an image's data (empty), mask or
+        uncertainty is malformed, its ``SATURATE`` keyword is not a number,
+        or ``size`` or ``pixel_scale`` is invalid.
     """
     check_mapping("images", images, what="{band: CCDData}",
                   hint="; for one band pass images={'r': image}")
@@ -494,6 +493,7 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     if present:
         _check_zeropoints(zeropoints, present[0])
     zps = {band: _find_zeropoint(images[band], band, zeropoints) for band in present}
+    saturation = {band: saturation_level(images[band], f"images[{band!r}]") for band in present}
 
     columns = _feature_columns(feature_names, psf, present)
 
@@ -510,14 +510,17 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
             continue
         image = images[band]
         xb, yb = positions[band]
-        cut = cut_band(image, data[band], xb, yb, size=size)
+        cut = cut_band(image, data[band], xb, yb, size=size, saturation=saturation[band])
         sigma = None
         if cut.sigma is None:
             if image_sigma is not None and band in image_sigma:
                 sigma = float(image_sigma[band])
             else:
-                sigma = image_noise(image)
-            sigma = np.full(n, sigma)
+                sigma = image_noise_or_nan(image)
+            # An image with too few usable pixels for a whole-image noise:
+            # each stamp's own border gives it (a stamp without data is
+            # flagged BAND_MISSING below), as with an uncertainty.
+            sigma = np.full(n, sigma) if math.isfinite(sigma) else None
         background, band_noise = background_noise(cut.data, cut.sigma, sigma)
         # in place: cut.data is this call's own array (contiguous, unlike
         # stamps[:, c], which keeps the einsums in measure_band fast)
@@ -573,19 +576,27 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
     """
     from scipy.spatial import cKDTree
 
-    data = np.asarray(image.data, dtype=np.float32)
+    data = np.asarray(image.data)
     n = len(x)
     flags = np.zeros(n, dtype=np.uint16)
     ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 2:
+    if ok.sum() < 2 or data.size == 0:
         return flags
-    ix = np.clip(np.round(x[ok]).astype(np.int64), 2, data.shape[1] - 3)
-    iy = np.clip(np.round(y[ok]).astype(np.int64), 2, data.shape[0] - 3)
-    level = np.nanmedian(data[::4, ::4]) if data.size else 0.0
+    ny, nx = data.shape
+    # Clipped as floats first (positions may be absurd but finite), then
+    # each 5 x 5 index again so that images under 5 pixels work too.
+    ix = np.clip(np.round(x[ok]), 2, nx - 3).astype(np.int64)
+    iy = np.clip(np.round(y[ok]), 2, ny - 3).astype(np.int64)
+    sample = np.asarray(data[::4, ::4], dtype=np.float64)
+    sample = sample[np.isfinite(sample)]
+    level = float(np.median(sample)) if sample.size else 0.0
     flux = np.zeros(len(ix))
-    for dy in range(-2, 3):
-        for dx in range(-2, 3):
-            flux += np.nan_to_num(data[iy + dy, ix + dx] - level)
+    # float64 and errstate: +-3e38 float32 pixels must not overflow (or warn)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                pixels = data[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
+                flux += np.nan_to_num(np.asarray(pixels, dtype=np.float64) - level)
     tree = cKDTree(np.column_stack([x[ok], y[ok]]))
     pairs = tree.query_pairs(r=size // 2, p=np.inf, output_type="ndarray")
     if len(pairs):

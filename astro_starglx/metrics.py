@@ -698,9 +698,10 @@ def binned_report(y_true, p_galaxy, values, *, bins, threshold=0.5, n_bootstrap=
             Bin edges and centres.
         ``n_star``, ``n_galaxy`` : int64
             Numbers of true stars and galaxies in the bin.
-        ``recall_star``, ``recall_galaxy``, ``purity_star``, ``purity_galaxy``,
-        ``f1_star``, ``f1_galaxy``, ``accuracy`` : float64
-            As in `classification_report`, NaN where undefined in the bin.
+        ``recall_*``, ``purity_*``, ``f1_*`` (``_star``, ``_galaxy``), ``accuracy`` : float64
+            ``recall_star``, ``recall_galaxy``, ``purity_star``,
+            ``purity_galaxy``, ``f1_star``, ``f1_galaxy`` and ``accuracy``, as
+            in `classification_report`, NaN where undefined in the bin.
         ``recall_star_err``, ... , ``accuracy_err`` : float64
             Bootstrap standard errors (standard deviation over resamples) of
             each of those rates; NaN without at least two defined resamples.

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ._validation import check_bool, check_count, check_real
+
 __all__ = [
     "PSF_HEADER_KEYWORDS",
     "PSF_SOURCES",
@@ -119,10 +121,7 @@ class PSFEstimate:
     detail: str = ""
 
     def __post_init__(self):
-        if not (isinstance(self.fwhm, numbers.Real) and math.isfinite(self.fwhm)
-                and self.fwhm > 0):
-            msg = f"fwhm must be a positive finite number of arcsec, got {self.fwhm!r}"
-            raise ValueError(msg)
+        check_real("fwhm", self.fwhm, low=0.0, low_open=True, hint="; give it in arcsec")
         if self.source not in PSF_SOURCES:
             msg = f"source must be one of {PSF_SOURCES}, got {self.source!r}"
             raise ValueError(msg)
@@ -187,14 +186,7 @@ def _name(band):
 
 
 def _positive(name, value, *, hint):
-    try:
-        ok = np.ndim(value) == 0 and math.isfinite(float(value)) and float(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        msg = f"{name} must be a positive finite number, got {value!r}{hint}"
-        raise ValueError(msg)
-    return float(value)
+    return check_real(name, value, low=0.0, low_open=True, hint=hint)
 
 
 # ----------------------------------------------------------------------------------
@@ -207,14 +199,25 @@ def _stamp_offsets(half):
     return dy.ravel(), dx.ravel()
 
 
-def _gather(array, ix, iy, dy, dx, fill):
-    """(N, P) values of ``array`` at pixels (iy + dy, ix + dx); ``fill`` off the image."""
-    ny, nx = array.shape
+def _stamps(shape, ix, iy, dy, dx):
+    """
+    ``take(array, fill)``: the (N, P) pixels at (iy + dy, ix + dx) of an
+    array of ``shape``, ``fill`` off the image. The flat indices are computed
+    once for the data, mask and noise arrays (random access into a large
+    image is the measurement's main cost).
+    """
+    ny, nx = shape
     xx = ix[:, None] + dx
     yy = iy[:, None] + dy
     inside = (xx >= 0) & (xx < nx) & (yy >= 0) & (yy < ny)
-    values = array[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    return np.where(inside, values, fill)
+    flat = np.where(inside, yy * nx + xx, 0)
+    everywhere = bool(inside.all())
+
+    def take(array, fill):
+        values = np.ravel(array).take(flat)
+        return values if everywhere else np.where(inside, values, fill)
+
+    return take
 
 
 def _fit_gaussians(v, ddx, ddy, w, s0, n_iter=12):
@@ -246,9 +249,9 @@ def _fit_gaussians(v, ddx, ddy, w, s0, n_iter=12):
         s2 = p[:, 3:4] ** 2
         jac = np.stack([m * (ddx - p[:, :1]) / s2, m * (ddy - p[:, 1:2]) / s2, e,
                         m * r2 / (s2 * p[:, 3:4])], axis=2)
-        jw = jac * w[:, :, None]
-        hess = np.einsum("npi,npj->nij", jw, jac)
-        grad = np.einsum("npi,np->ni", jw, v - m)
+        jwt = (jac * w[:, :, None]).transpose(0, 2, 1)
+        hess = jwt @ jac
+        grad = (jwt @ (v - m)[:, :, None])[:, :, 0]
         diag = np.diagonal(hess, axis1=1, axis2=2)[:, :, None] + 1e-12
         damped = hess + lam[:, None, None] * eye * diag
         step = np.linalg.solve(damped, grad[:, :, None])[:, :, 0]
@@ -282,21 +285,21 @@ def _profile(r2, fwhm, gamma):
 
 def _fit_profile(v, r2, w, star, fwhm0):
     """
-    Joint fit of one circular Moffat shape to many stars' pixels.
+    Joint fit of one circular profile (`_profile`) to many stars' pixels.
 
     ``v``, ``r2`` and ``w`` are the values, squared distances (pixels) from
     the star's centre and weights of the fitted pixels, ``star`` the index
     of each pixel's star. The shape (FWHM, and gamma in [-0.5, 0.9]: from
-    Moffat beta = 1.1 through a Gaussian to an Airy-like core; `_profile`) is
-    shared; each
-    star's amplitude is solved linearly inside the residual function
+    Moffat beta = 1.1 through a Gaussian to an Airy-like core) is shared;
+    each star's amplitude is solved linearly inside the residual function
     (variable projection). Returns the FWHM (units of ``sqrt(r2)``), gamma.
 
-    Why not a Gaussian: on the same simulated 1024 x 1024 fields the median
-    of per-star Gaussian fits is off by -2 to +14 % (Moffat wings), and
-    `photutils.psf.fit_fwhm` (pixel-integrated Gaussian, so the FWHM
-    without the pixel) by -15 to +10 % in 120-220 ms for 21 stars; this fit
-    is within 1.8 % in 2-10 ms.
+    Why not Gaussians: on simulated 1024 x 1024 r-band fields (Airy, Moffat
+    2.5 and 5, Gaussian; 0.7-1.8x nominal) the median of per-star Gaussian
+    fits is off by -2 to +14 % (Moffat wings), and `photutils.psf.fit_fwhm`
+    (a pixel-integrated Gaussian, so the FWHM without the pixel) by -15 to
+    +10 %, in 120-220 ms for 21 stars; this fit is within 1.8 % there, in
+    2-10 ms.
     """
     from scipy.optimize import least_squares
 
@@ -378,13 +381,21 @@ def psf_from_argument(value, *, band=None, pixel_scale):
     ValueError
         If it is not finite and positive, a Quantity of other units, or an
         image that is not 2-D, has non-finite pixels or no positive peak.
+
+    Examples
+    --------
+    >>> from astropy import units as u
+    >>> from astro_starglx.psf import psf_from_argument
+    >>> round(psf_from_argument(2 * u.pix, band="r", pixel_scale=0.074).fwhm, 4)
+    0.148
     """
     from astropy import units as u
 
     name = _name(band)
-    hint = (f"; pass the FWHM in arcsec (e.g. {name.replace('psf', 'psf=', 1)}"
-            "0.15 or 0.15 * u.arcsec), a 2-D PSF image or a photutils ImagePSF")
-    pixel_scale = _positive("pixel_scale", pixel_scale, hint=" arcsec per pixel")
+    example = "psf=0.15" if band is None else f"psf={{{band!r}: 0.15}}"
+    hint = (f"; pass the FWHM in arcsec (e.g. {example} or 0.15 * u.arcsec), a 2-D "
+            "PSF image or a photutils ImagePSF")
+    pixel_scale = _positive("pixel_scale", pixel_scale, hint="; give it in arcsec per pixel")
     if isinstance(value, u.Quantity):
         if value.unit.physical_type == "angle":
             fwhm = _positive(name, value.to_value(u.arcsec), hint=hint)
@@ -463,8 +474,18 @@ def psf_from_header(header, *, pixel_scale, band=None):
     estimate : `PSFEstimate` or None
         With ``source="header"`` and the keyword in ``detail``; `None` when
         no keyword gives a usable value.
+
+    Examples
+    --------
+    >>> from astropy.io import fits
+    >>> from astro_starglx.psf import psf_from_header
+    >>> header = fits.Header()
+    >>> header["FWHM"] = (2.0, "[pix] median FWHM of stars")
+    >>> estimate = psf_from_header(header, pixel_scale=0.074)
+    >>> round(estimate.fwhm, 4), estimate.detail
+    (0.148, 'FWHM [pix]')
     """
-    pixel_scale = _positive("pixel_scale", pixel_scale, hint=" arcsec per pixel")
+    pixel_scale = _positive("pixel_scale", pixel_scale, hint="; give it in arcsec per pixel")
     if header is None:
         return None
     comments = getattr(header, "comments", None)
@@ -498,8 +519,8 @@ _PLANE_CHI2 = 13.8
 _PLANE_MIN_CHANGE = 0.02
 
 
-def _noise_std(sigma, gathered):
-    """Standard deviations of the pixels ``gathered(array, fill)`` for a ``sigma`` input."""
+def _noise_std(sigma, take):
+    """Standard deviations of the pixels ``take(array, fill)`` for a ``sigma`` input."""
     from astropy.nddata import (InverseVariance, NDUncertainty, StdDevUncertainty,
                                 VarianceUncertainty)
 
@@ -509,7 +530,7 @@ def _noise_std(sigma, gathered):
     if np.ndim(sigma) == 0 and not isinstance(sigma, NDUncertainty):
         return float(sigma)
     array = sigma.array if isinstance(sigma, NDUncertainty) else sigma
-    values = gathered(np.asarray(array), np.nan).astype(float)
+    values = take(np.asarray(array), np.nan).astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         if isinstance(sigma, InverseVariance):
             values = 1.0 / np.sqrt(values)
@@ -535,11 +556,24 @@ def _check_measure_inputs(data, x, y, mask, sigma, name):
         msg = f"{name}: mask must have the image's shape {data.shape}, got {np.shape(mask)}"
         raise ValueError(msg)
     shape = np.shape(sigma.array if isinstance(sigma, NDUncertainty) else sigma)
-    if sigma is not None and shape not in ((), data.shape):
+    if sigma is not None and shape == ():
+        check_real(f"{name}: sigma", sigma, low=0.0, low_open=True,
+                   hint="; give the background noise (standard deviation) or None")
+    elif sigma is not None and shape != data.shape:
         msg = (f"{name}: sigma must be a scalar or an array of the image's shape {data.shape}, "
                f"got shape {shape}")
         raise ValueError(msg)
     return data, x, y
+
+
+def _row_median(values):
+    """Median of each row ignoring NaN (NaN for empty rows); np.nanmedian on
+    small rows goes through masked arrays and cost 3x the whole measurement."""
+    ordered = np.sort(values, axis=1)  # NaN sort last
+    n = np.count_nonzero(~np.isnan(values), axis=1)
+    lo = np.take_along_axis(ordered, np.maximum((n - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, np.maximum(n // 2, 0)[:, None], axis=1)[:, 0]
+    return np.where(n > 0, 0.5 * (lo + hi), np.nan)
 
 
 def _ring_offsets(half):
@@ -551,7 +585,7 @@ def _ring_offsets(half):
 
 
 def _candidates(data, x, y, *, mask, sigma, f0, saturation, max_candidates, snr_min):
-    """Step (a)-(b): bright, clean, isolated sources. Returns indices, backgrounds, noise."""
+    """Step (a)-(b): bright, clean, isolated sources: indices, backgrounds, noise, S/N."""
     from scipy.spatial import cKDTree
 
     half = max(4, math.ceil(3.5 * f0))
@@ -560,27 +594,27 @@ def _candidates(data, x, y, *, mask, sigma, f0, saturation, max_candidates, snr_
     ix, iy = np.rint(x[on]).astype(int), np.rint(y[on]).astype(int)
     bool_mask = None if mask is None else np.asarray(mask, dtype=bool)
 
-    def values(offsets):
-        v = _gather(data, ix, iy, *offsets, np.nan).astype(float)
+    def values(take):
+        v = take(data, np.nan).astype(float)
         bad = ~np.isfinite(v)
         if bool_mask is not None:
-            bad |= _gather(bool_mask, ix, iy, *offsets, True)
+            bad |= take(bool_mask, True)
         return np.where(bad, np.nan, v)
 
-    ring = _ring_offsets(half)
-    ring_v = values(ring)
+    take_ring = _stamps(data.shape, ix, iy, *_ring_offsets(half))
+    ring_v = values(take_ring)
     core_dy, core_dx = _stamp_offsets(math.ceil(2.0 * f0) + 1)
-    core_v = values((core_dy, core_dx))
+    core_v = values(_stamps(data.shape, ix, iy, core_dy, core_dx))
     rr = np.hypot(ix[:, None] + core_dx - x[on, None], iy[:, None] + core_dy - y[on, None])
     # Sources with all-bad rings or cores give NaN statistics, rejected below.
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        bkg = np.nanmedian(ring_v, axis=1)
-        noise = _noise_std(sigma, lambda array, fill: _gather(array, ix, iy, *ring, fill))
+        bkg = _row_median(ring_v)
+        noise = _noise_std(sigma, take_ring)
         if noise is None:
-            noise = 1.4826 * np.nanmedian(np.abs(ring_v - bkg[:, None]), axis=1)
+            noise = 1.4826 * _row_median(np.abs(ring_v - bkg[:, None]))
         elif np.ndim(noise):
-            noise = np.nanmedian(noise, axis=1)
+            noise = _row_median(noise)
         else:
             noise = np.full(on.size, noise)
         clean = (~np.any(np.isnan(core_v) & (rr <= 2.0 * f0 + 1.0), axis=1)
@@ -598,14 +632,25 @@ def _candidates(data, x, y, *, mask, sigma, f0, saturation, max_candidates, snr_
     return on[keep], bkg[keep], noise[keep], snr[keep]
 
 
-def _locus(size):
+def _weighted_median(values, weights):
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return values[order][np.searchsorted(cum, 0.5 * cum[-1])]
+
+
+def _locus(size, snr, u, v):
     """Step (d): indices of the stellar locus, the narrow clump of the smallest sizes."""
     logs = np.log(size)
+    # Noise of log(size): 1.1-1.2 / SNR measured for simulated stars of S/N
+    # 10-50, with a floor for source noise.
+    err = np.hypot(1.2 / snr, 0.005)
+    kernel = np.maximum(err, 0.02)
     grid = np.linspace(logs.min() - 0.1, logs.max() + 0.1, 400)
-    bandwidth = 0.03
-    density = np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / bandwidth) ** 2).sum(axis=1)
+    # Normalised kernels as wide as each size's noise: faint sources cannot
+    # make narrow peaks of their own.
+    density = (np.exp(-0.5 * ((grid[:, None] - logs) / kernel) ** 2) / kernel).sum(axis=1)
     peaks = np.flatnonzero((density[1:-1] >= density[:-2]) & (density[1:-1] > density[2:])) + 1
-    counts = np.count_nonzero(np.abs(grid[peaks, None] - logs[None, :]) < 2 * bandwidth, axis=1)
+    counts = np.count_nonzero(np.abs(grid[peaks, None] - logs) < 2.0 * kernel, axis=1)
     # Nothing real is smaller than the PSF: the locus is the smallest-size peak
     # (of >= 3 sources and >= 10 % of the highest density), even when galaxies
     # outnumber the stars; too few stars there then means a fallback, not a
@@ -613,18 +658,28 @@ def _locus(size):
     eligible = peaks[(counts >= 3) & (density[peaks] >= 0.1 * density.max())]
     if eligible.size == 0:
         return np.zeros(0, dtype=int)
-    centre, width = grid[eligible[0]], bandwidth
-    for _ in range(5):
-        near = np.abs(logs - centre) < max(3.0 * width, 0.04)
-        below = logs[near & (logs <= centre)]
-        if below.size >= 3:
-            # One-sided scatter: galaxies only contaminate the large side.
-            width = min(max(1.4826 * np.median(centre - below), 0.01), 0.1)
-        members = np.abs(logs - centre) < max(2.5 * width, 0.03)
-        if not members.any():
-            break
-        centre = np.median(logs[members])
-    return np.flatnonzero(np.abs(logs - centre) < max(2.5 * width, 0.03))
+    model, width = np.full(logs.size, grid[eligible[0]]), 0.02
+    design = np.column_stack([np.ones_like(u), u, v])
+    trial = np.linspace(0.01, 0.1, 37)[:, None]
+    for _ in range(8):
+        tol = np.hypot(width, err)
+        members = np.abs(logs - model) < 2.5 * tol
+        if np.count_nonzero(members) >= _MIN_PLANE_STARS:
+            # The locus may slope across the image (PSF variation).
+            wts = 1.0 / tol[members]
+            coef = np.linalg.lstsq(design[members] * wts[:, None], logs[members] * wts,
+                                   rcond=None)[0]
+            model = design @ coef
+        elif members.any():
+            model[:] = _weighted_median(logs[members], 1.0 / tol[members] ** 2)
+        below = members & (logs < model)
+        if np.count_nonzero(below) >= 3:
+            # Remaining width from the small side only, which galaxies cannot
+            # reach: the width at which the deviations, in units of their
+            # expected scatter, have a half-normal's median.
+            z = np.median((model[below] - logs[below]) / np.hypot(trial, err[below]), axis=1)
+            width = float(trial[min(np.searchsorted(-z, -0.6745), trial.size - 1), 0])
+    return np.flatnonzero(np.abs(logs - model) < 2.5 * np.hypot(width, err))
 
 
 def _plane(u, v, f):
@@ -653,33 +708,65 @@ def _sizes(data, mask, x, y, bkg, f0):
     half = max(2, math.ceil(max(3.0, 2.0 * f0)))
     dy, dx = _stamp_offsets(half)
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    v = _gather(data, ix, iy, dy, dx, np.nan).astype(float) - bkg[:, None]
+    take = _stamps(data.shape, ix, iy, dy, dx)
+    v = take(data, np.nan).astype(float) - bkg[:, None]
     ddx, ddy = ix[:, None] + dx - x[:, None], iy[:, None] + dy - y[:, None]
     w = (np.hypot(ddx, ddy) <= half) & np.isfinite(v)
     if mask is not None:
-        w &= ~_gather(np.asarray(mask, dtype=bool), ix, iy, dy, dx, True)
+        w &= ~take(np.asarray(mask, dtype=bool), True)
     return _fit_gaussians(np.where(w, v, 0.0), ddx, ddy, w.astype(float), f0 / _SIGMA_TO_FWHM)[0]
 
 
-def _profile_fwhm(data, mask, sigma_i, xc, yc, amp, fwhm_g):
-    """Step (e): joint profile fit of the locus stars (pixels). Returns FWHM, gamma."""
-    half = math.ceil(3.0 * fwhm_g) + 3
+def _profile_fwhm(data, mask, sigma_i, xc, yc, amp, fwhm_g, scale):
+    """
+    Step (e): joint profile fit of the locus stars (pixels). ``scale`` is
+    each star's FWHM relative to the reference (the plane of step f, or 1):
+    distances are divided by it, so that stars of different widths share one
+    profile. Returns the reference FWHM and gamma.
+    """
+    half = math.ceil(3.0 * fwhm_g * scale.max()) + 3
     dy, dx = _stamp_offsets(half)
     ix, iy = np.rint(xc).astype(int), np.rint(yc).astype(int)
-    v = _gather(data, ix, iy, dy, dx, np.nan).astype(float)
+    take = _stamps(data.shape, ix, iy, dy, dx)
+    v = take(data, np.nan).astype(float)
     bad = ~np.isfinite(v)
     if mask is not None:
-        bad |= _gather(np.asarray(mask, dtype=bool), ix, iy, dy, dx, True)
+        bad |= take(np.asarray(mask, dtype=bool), True)
     r2 = (ix[:, None] + dx - xc[:, None]) ** 2 + (iy[:, None] + dy - yc[:, None]) ** 2
     ring = (r2 > (half - 2.5) ** 2) & (r2 <= half**2) & ~bad
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        bkg = np.nanmedian(np.where(ring, v, np.nan), axis=1)
+        bkg = _row_median(np.where(ring, v, np.nan))
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
+    r2 = r2 / scale[:, None] ** 2
     fit = (r2 <= (_FIT_RADIUS * fwhm_g) ** 2) & ~bad
     star = np.nonzero(fit)[0]
     w = 1.0 / (sigma_i[star] ** 2 + (_ERROR_FLOOR * amp[star]) ** 2)
     return _fit_profile((v - bkg[:, None])[fit], r2[fit], w, star, fwhm_g)
+
+
+def _fit_stars(data, mask, xc, yc, p, noise, spatial, pixel_scale):
+    """Steps (e)-(f) on the locus stars: FWHM (arcsec), plane, shape, scatter, detail."""
+    size = p[:, 3] * _SIGMA_TO_FWHM
+    ref, rel, plane, shape, detail = np.median(size), size / np.median(size), None, None, ""
+    if spatial and size.size >= _MIN_PLANE_STARS:
+        ny, nx = data.shape
+        u, v = 2.0 * xc / max(nx - 1, 1) - 1.0, 2.0 * yc / max(ny - 1, 1) - 1.0
+        coef, _, kept, chi2 = _plane(u, v, size)
+        detail = f", plane chi2 {chi2:.3g}"
+        if kept:
+            # Stars' widths relative to the centre's, from the Gaussian sizes.
+            plane, shape, ref = coef, (int(ny), int(nx)), coef[0]
+            rel = size / (coef[0] + coef[1] * u + coef[2] * v)
+    scale = size / ref / rel  # 1, or the plane's relative width at each star
+    fwhm_pix, gamma = _profile_fwhm(data, mask, noise, xc, yc, p[:, 2], ref, scale)
+    fwhm = fwhm_pix * pixel_scale
+    if plane is not None:
+        plane = tuple(float(c * fwhm / ref) for c in plane)
+    # Stars' scatter about the model, in arcsec.
+    scatter = 1.4826 * float(np.median(np.abs(rel - np.median(rel)))) * fwhm
+    detail = f"{size.size} stars, profile gamma {gamma:.3g}{detail}"
+    return fwhm, plane, shape, scatter, detail
 
 
 def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
@@ -697,13 +784,15 @@ def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
        ``max_candidates`` of highest S/N;
     c. a size for each: a vectorised fit of a sampled circular Gaussian;
     d. the stellar locus: the smallest-size peak of the density of log size
-       (point sources are the smallest objects), clipped with the scatter
-       of its small side (galaxies only lie on the large side);
+       (point sources are the smallest objects), each size smoothed by its
+       noise; members within 2.5 times their noise and the locus's width,
+       measured on its small side (galaxies only lie on the large side);
     e. the FWHM: one circular profile of free shape (Moffat, Gaussian or
        Airy-like core) fitted jointly to the locus stars within 1.25 FWHM;
     f. with ``spatial`` and >= 30 stars, a clipped plane fit to the stars'
        FWHMs, kept when significant (slopes' chi-square > 13.8, p < 0.001)
-       and changing the FWHM by >= 2 % from centre to edge;
+       and changing the FWHM by >= 2 % from centre to edge; the fit of (e)
+       then scales each star by the plane and gives the centre's FWHM;
     g. fewer than ``min_stars`` stars: ``nominal_fwhm``, ``fell_back=True``.
 
     Parameters
@@ -729,8 +818,8 @@ def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
         Saturation level in image units (``SATURATE``).
     min_stars : int, optional
         Fewest stars for a measurement. 5 (with ``snr_min=10``) measures the
-        NUV band of 34 of 40 simulated 1024 x 1024 fields (about 7 stars
-        each) within 4.4 %; 8 (with ``snr_min=30``) measured none.
+        NUV band of 39 of 40 simulated 1024 x 1024 fields (about 9 stars
+        each) within 4.1 %; 8 (with ``snr_min=30``) measured none.
     spatial : bool, optional
         Fit (and keep if significant) a plane across the image.
     max_candidates : int, optional
@@ -748,18 +837,19 @@ def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
         ``source="measured"``, or ``"nominal"`` with ``fell_back=True``.
     """
     name = "measure_psf" if band is None else f"band {band!r}"
-    pixel_scale = _positive("pixel_scale", pixel_scale, hint=" arcsec per pixel")
-    nominal_fwhm = _positive("nominal_fwhm", nominal_fwhm, hint=" (arcsec)")
+    pixel_scale = _positive("pixel_scale", pixel_scale, hint="; give it in arcsec per pixel")
+    nominal_fwhm = _positive("nominal_fwhm", nominal_fwhm, hint="; give it in arcsec")
     if saturation is not None:
-        saturation = _positive("saturation", saturation, hint=" in image units, or None")
-    if not isinstance(min_stars, numbers.Integral) or min_stars < 3:
-        msg = f"min_stars must be an integer >= 3, got {min_stars!r}"
-        raise ValueError(msg)
+        saturation = _positive("saturation", saturation, hint="; give it in image units, or None")
+    min_stars = check_count("min_stars", min_stars, low=3)
+    max_candidates = check_count("max_candidates", max_candidates, low=1)
+    snr_min = check_real("snr_min", snr_min, low=0.0)
+    spatial = check_bool("spatial", spatial)
     data, x, y = _check_measure_inputs(data, x, y, mask, sigma, name)
     f0 = nominal_fwhm / pixel_scale
-    idx, bkg, noise, _ = _candidates(data, x, y, mask=mask, sigma=sigma, f0=f0,
-                                     saturation=saturation, max_candidates=int(max_candidates),
-                                     snr_min=float(snr_min))
+    idx, bkg, noise, snr = _candidates(data, x, y, mask=mask, sigma=sigma, f0=f0,
+                                       saturation=saturation, max_candidates=max_candidates,
+                                       snr_min=snr_min)
     stars = np.zeros(0, dtype=int)
     if idx.size >= min_stars:
         p = _sizes(data, mask, x[idx], y[idx], bkg, f0)
@@ -768,28 +858,18 @@ def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
         ok = np.flatnonzero((p[:, 2] > 0) & (p[:, 3] * _SIGMA_TO_FWHM >= 0.9) & (p[:, 3] < 29.9)
                             & (np.abs(p[:, :2]) < 1.9).all(axis=1))
         if ok.size >= min_stars:
-            stars = ok[_locus(p[ok, 3] * _SIGMA_TO_FWHM)]
+            ny, nx = data.shape
+            u = 2.0 * x[idx[ok]] / max(nx - 1, 1) - 1.0
+            v = 2.0 * y[idx[ok]] / max(ny - 1, 1) - 1.0
+            stars = ok[_locus(p[ok, 3] * _SIGMA_TO_FWHM, snr[ok], u, v)]
     if stars.size < min_stars:
         log.info("%s: %d usable stars (< min_stars=%d); nominal FWHM %.4g arcsec used",
                  name, stars.size, min_stars, nominal_fwhm)
         return PSFEstimate(nominal_fwhm, "nominal", n_stars=int(stars.size), fell_back=True,
                            band=band, detail=f"{stars.size} usable stars < min_stars={min_stars}")
     xc, yc = x[idx[stars]] + p[stars, 0], y[idx[stars]] + p[stars, 1]
-    size = p[stars, 3] * _SIGMA_TO_FWHM
-    fwhm_pix, gamma = _profile_fwhm(data, mask, noise[stars], xc, yc, p[stars, 2],
-                                    float(np.median(size)))
-    # Per-star FWHMs: Gaussian sizes scaled to the profile fit's FWHM.
-    per_star = size * (fwhm_pix / np.median(size)) * pixel_scale
-    fwhm, plane, shape = fwhm_pix * pixel_scale, None, None
-    scatter = 1.4826 * float(np.median(np.abs(per_star - np.median(per_star))))
-    detail = f"{stars.size} stars, profile gamma {gamma:.3g}"
-    if spatial and stars.size >= _MIN_PLANE_STARS:
-        ny, nx = data.shape
-        u, v = 2.0 * xc / max(nx - 1, 1) - 1.0, 2.0 * yc / max(ny - 1, 1) - 1.0
-        coef, plane_scatter, kept, chi2 = _plane(u, v, per_star)
-        detail += f", plane chi2 {chi2:.3g}"
-        if kept:
-            plane, shape, fwhm, scatter = coef, (int(ny), int(nx)), coef[0], plane_scatter
+    fwhm, plane, shape, scatter, detail = _fit_stars(data, mask, xc, yc, p[stars],
+                                                     noise[stars], spatial, pixel_scale)
     log.debug("%s: FWHM %.4g arcsec from %s", name, fwhm, detail)
     return PSFEstimate(float(fwhm), "measured", n_stars=int(stars.size), plane=plane,
                        shape=shape, band=band, scatter=float(scatter), detail=detail)
@@ -821,7 +901,7 @@ def _image_pixel_scale(image, band, pixel_scale):
                    "(or {band: value}), or give the image a celestial WCS or a PIXSCALE "
                    "header keyword")
             raise ValueError(msg)
-    return _positive(f"pixel_scale[{band!r}]", value, hint=" arcsec per pixel")
+    return _positive(f"pixel_scale[{band!r}]", value, hint="; give it in arcsec per pixel")
 
 
 def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
@@ -904,7 +984,7 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
         estimates[band] = measure_psf(
             image.data, x, y, pixel_scale=scale,
             nominal_fwhm=_positive(f"nominal_fwhm[{band!r}]", _per_band(nominal_fwhm, band),
-                                   hint=" (arcsec)"),
+                                   hint="; give it in arcsec"),
             sigma=image.uncertainty, mask=image.mask,
             saturation=saturation,
             min_stars=min_stars, spatial=spatial, max_candidates=max_candidates,

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 _REGISTRY_FORMAT = 1
 
 
-def register_weights(path, *, bundled, registry_path=None, name=None):
+def register_weights(path, *, bundled, registry_path=None, name=None, default=False):
     """
     Add or update a registry entry from a weights file (release step).
 
@@ -45,6 +45,9 @@ def register_weights(path, *, bundled, registry_path=None, name=None):
         ``"rbim-lite"``); None for the package's registry.
     name : str or None
         Entry name; default ``meta["name"]``.
+    default : bool, optional
+        Make this entry the registry's default model (what
+        ``StarGalaxyClassifier()`` loads).
 
     Returns
     -------
@@ -86,6 +89,8 @@ def register_weights(path, *, bundled, registry_path=None, name=None):
                     "caches holding the old file will refuse it. Give retrained weights a "
                     "new file name, e.g. %s-v2.safetensors.", path.name, reused, path.stem)
     registry["models"][name] = entry
+    if default:
+        registry["default"] = name
     registry["models"] = dict(sorted(registry["models"].items()))
     text = json.dumps(registry, indent=2, allow_nan=False) + "\n"
     with atomic_write(registry_path, "w", encoding="utf-8") as fh:
@@ -104,8 +109,11 @@ def main(argv=None):
     parser.add_argument("--bundled", action="store_true",
                         help="the file ships inside the package (default: downloaded)")
     parser.add_argument("--name", default=None, help="registry name (default: meta name)")
+    parser.add_argument("--default", action="store_true",
+                        help="make it the default model (default: keep the current one)")
     args = parser.parse_args(argv)
-    entry = register_weights(args.file, bundled=args.bundled, name=args.name)
+    entry = register_weights(args.file, bundled=args.bundled, name=args.name,
+                             default=args.default)
     print(f"registered {entry.name} ({entry.filename}, sha256 {entry.sha256})")
     return 0
 

@@ -266,11 +266,14 @@ def _cpu_has_native_bf16():
 class _Run:
     """The mutable state of one training run: network, optimiser, schedule, position."""
 
-    def __init__(self, config, arch, device, steps_per_epoch):
+    def __init__(self, config, arch, device, steps_per_epoch, init_state=None):
         # Our own RNG streams: the global torch RNG is forked, never left changed.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.network = build_model(arch).to(device)
+        if init_state is not None:
+            # Fine-tuning: start from given weights, before the optimiser sees them.
+            self.network.load_state_dict(init_state, strict=True)
         self.bf16 = config.use_bf16(device)
         # Channels-last in every set-up: 2.6x the fp32 training throughput of
         # rbim-lite on the 2-core CPU (benchmarks/bench_training.py).
@@ -396,7 +399,7 @@ def _log_file(output_dir):
 
 
 def fit(train, val, *, config, output_dir, normalization=None, device="cpu", resume=True,
-        progress=False):
+        progress=False, init_state=None, architecture=None):
     """
     Train a network; checkpoint every epoch and every few minutes; resume exactly.
 
@@ -420,6 +423,15 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
         the result is the same as that of an uninterrupted run).
     progress : bool, optional
         Progress bar with loss and validation recall.
+    init_state : dict or None, optional
+        A state dict (e.g. a released model's ``network.state_dict()``)
+        loaded into the freshly built network before the optimiser is
+        built: fine-tuning starts from it. ``None`` starts from the seeded
+        random initialisation. A resumed checkpoint takes precedence.
+    architecture : dict or None, optional
+        The `~astro_starglx.model.build_model` config of the network (that
+        of the model ``init_state`` comes from); ``None`` builds
+        ``config.architecture(...)`` for the data's bands and features.
 
     Returns
     -------
@@ -435,13 +447,14 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
     try:
         return _fit(train, val, config=config, output_dir=output_dir,
                     normalization=normalization, device=device, resume=resume,
-                    progress=progress)
+                    progress=progress, init_state=init_state, architecture=architecture)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _fit(train, val, *, config, output_dir, normalization, device, resume, progress):
+def _fit(train, val, *, config, output_dir, normalization, device, resume, progress,
+         init_state=None, architecture=None):
     from tqdm.auto import tqdm
 
     n_train = len(train.labels)
@@ -459,8 +472,9 @@ def _fit(train, val, *, config, output_dir, normalization, device, resume, progr
                                                       device=device),
                                   label_smoothing=config.label_smoothing)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    run = _Run(config, config.architecture(n_bands=n_bands, n_features=n_features), device,
-               steps_per_epoch)
+    if architecture is None:
+        architecture = config.architecture(n_bands=n_bands, n_features=n_features)
+    run = _Run(config, architecture, device, steps_per_epoch, init_state=init_state)
     ckpt_path = output_dir / _CHECKPOINT
     if resume and ckpt_path.exists():
         ckpt = _load_checkpoint(ckpt_path, config, device)
@@ -521,7 +535,7 @@ def _psf_validity(info, train, feature_names):
 
 
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,
-                  progress=True):
+                  progress=True, name=None):
     """
     The release recipe: train on a data set, calibrate, test, export weights.
 
@@ -546,6 +560,9 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     command : str or None, optional
         The command line recorded in the recipe.
     progress : bool, optional
+    name : str or None, optional
+        The model's name in its meta and file name (e.g. ``"rbim-lite-v2"``);
+        default the model family, with the mode of an ablation appended.
 
     Returns
     -------
@@ -570,7 +587,8 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     val_logits = predict_logits(network, val, result.normalization, device=device)
     y_val = np.asarray(val.labels)
     temperature = float(metrics.fit_temperature(val_logits, y_val))
-    name = config.model if config.mode in (None, "fused") else f"{config.model}-{config.mode}"
+    if name is None:
+        name = config.model if config.mode in (None, "fused") else f"{config.model}-{config.mode}"
     meta = ModelMeta(
         name=name, bands=tuple(info["bands"]), stamp_size=int(info["stamp_size"]),
         pixel_scale=float(info["pixel_scale"]), feature_names=tuple(feature_names),

@@ -1,103 +1,371 @@
 """
-Robustness of released models to shifts in the simulated fields.
+Robustness of released models to the observing conditions of the fields.
 
-For each condition of a suite (PSF width and family, depth, galaxy profiles
-and sizes, colours, sky left in), simulates fresh fields once with seeds that
-no data set used, classifies them with every model given through the public
-API (``StarGalaxyClassifier(model).classify(table, images)``) and reports star
-and galaxy recall for r <= 25 against the truth, with binomial errors. Run::
+For each condition (PSF width, family and gradient, exposure time, zero
+point, close neighbours, ...) simulates fresh fields once, with seeds that no
+data set used (the same seeds for every condition, so that conditions differ
+only in what they change), and classifies them with every model given
+through the public API, ``StarGalaxyClassifier(model).classify(truth["id",
+"ra", "dec"], images)``. Per condition and model it reports star and galaxy
+recall (binomial errors) for r <= 25 and r <= 26, the expected calibration
+error of ``p_galaxy`` for r <= 25 and, for PSF-aware models, the accuracy of
+the PSF the classifier used: per band the median over sources of
+|estimate at the source / true FWHM - 1|, reported as the worst band's.
+
+By default (``--psf-source measured``) the PSF keywords are removed from
+copies of the images, so that PSF-aware models must measure the PSF from the
+field, as on real images without such keywords; ``--psf-source header``
+leaves them in. Run::
 
     python -m benchmarks.robustness --models rbim-lite path/to/other.safetensors \\
-        [--fields 2] [--size 2048] [--seed 70001] [--output robustness.ecsv]
+        [--conditions nominal "psf x1.4" ...] [--fields 2] [--size 2048] \\
+        [--seed 70001] [--jobs 2] [--psf-source {measured,header}] \\
+        [--output robustness.ecsv] [--rst robustness.rst]
 
-The conditions are deliberately outside or at the edges of what the
-training sets drew, to show where a model stops generalising.
+It prints one line per condition and model as it goes, then the table, an
+RST grid table for the model card, the total wall time and each model's
+classification speed (objects/s; reported, not asserted).
 """
 
 import argparse
+import math
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
+from astropy.nddata import CCDData
 from astropy.table import Table
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
+from astro_starglx.metrics import expected_calibration_error
+from astro_starglx.psf import PSFEstimate
 from astro_starglx.simulate import SimConfig, exptime_scale_for_depth, simulate_field
 from benchmarks.fresh_fields import recall
 
 #: The nominal CSST-like field of every condition (``shape`` from ``--size``).
 NOMINAL = SimConfig(wcs_jitter=0.5, rotation_jitter=0.02)
 
-#: name -> `SimConfig` fields replaced in ``NOMINAL``.
+#: The conditions of the issue "A classifier that knows the PSF", run by
+#: default: name -> `SimConfig` fields replaced in ``NOMINAL`` (``psf x1.0``
+#: is ``nominal``).
 CONDITIONS = {
     "nominal": {},
     "psf x0.8": {"psf_scale": 0.8},
+    "psf x1.2": {"psf_scale": 1.2},
     "psf x1.4": {"psf_scale": 1.4},
     "psf x1.6": {"psf_scale": 1.6},
     "moffat b=2.5": {"psf_model": "moffat", "psf_beta": 2.5},
-    "moffat b=3.5 x1.2": {"psf_model": "moffat", "psf_beta": 3.5, "psf_scale": 1.2},
     "gaussian": {"psf_model": "gaussian"},
     "exptime x0.25": {"exptime_scale": 0.25},
     "exptime x4": {"exptime_scale": 4.0},
-    "sersic galaxies": {"sersic_fraction": 1.0},
-    "galaxies x0.7": {"galaxy_size_scale": 0.7},
-    "colour scatter 0.1": {"colour_scatter": 0.1},
-    "sky kept": {"subtract_sky": False},
-    "depth -1 mag": {"exptime_scale": exptime_scale_for_depth(-1.0)},
-    "depth +0.5 mag": {"exptime_scale": exptime_scale_for_depth(0.5)},
-    "psf gradient 0.3": {"psf_gradient": 0.3},
-    "psf x1.8": {"psf_scale": 1.8},
-    "zero point 30": {"zeropoint": 30.0},
-    "blends 30 %": {"neighbour_fraction": 0.3},
+    "zero point 24": {"zeropoint": 24.0},
+    "zero point 31": {"zeropoint": 31.0},
+    "neighbours 0.5-1 arcsec": {"neighbour_fraction": 0.3,
+                                "neighbour_separation": (0.5, 1.0)},
+    "psf gradient 0.4": {"psf_gradient": 0.4},
 }
 
+#: Further conditions, run only when named in ``--conditions``.
+EXTRA_CONDITIONS = {
+    "psf x1.8": {"psf_scale": 1.8},
+    "moffat b=3.5 x1.2": {"psf_model": "moffat", "psf_beta": 3.5, "psf_scale": 1.2},
+    "depth -1 mag": {"exptime_scale": exptime_scale_for_depth(-1.0)},
+    "depth +0.5 mag": {"exptime_scale": exptime_scale_for_depth(0.5)},
+    "galaxies x0.7": {"galaxy_size_scale": 0.7},
+    "sersic galaxies": {"sersic_fraction": 1.0},
+    "colour scatter 0.1": {"colour_scatter": 0.1},
+    "sky kept": {"subtract_sky": False},
+}
 
-def main():
+ALL_CONDITIONS = {**CONDITIONS, **EXTRA_CONDITIONS}
+
+#: Header keywords that tell the PSF; removed with ``--psf-source measured``.
+PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSF_FWHM", "PSFR80", "PSFSCALE", "PSFMODEL",
+                "PSFBETA", "PSFGRAD", "PSFJITTR")
+
+#: Magnitude limits (r band, truth) of the recall columns.
+MAG_LIMITS = (25.0, 26.0)
+
+
+# ----------------------------------------------------------------------- simulation
+def simulate_condition(condition, n_fields, size, seed):
+    """The ``n_fields`` fields of one condition and the time it took (s).
+
+    Top-level so that `ProcessPoolExecutor` can run it in a worker.
+    """
+    t0 = time.perf_counter()
+    fields = [simulate_field(NOMINAL, seed=seed + k, shape=(size, size),
+                             **ALL_CONDITIONS[condition])
+              for k in range(n_fields)]
+    return fields, time.perf_counter() - t0
+
+
+def iter_conditions(conditions, n_fields, size, seed, jobs):
+    """Yield ``(condition, fields, sim_seconds)`` in order.
+
+    With ``jobs > 1`` the conditions are simulated in ``jobs`` processes,
+    keeping at most ``jobs + 1`` conditions ahead of the one being classified
+    so that memory stays bounded while the workers never wait for the
+    classification.
+    """
+    if jobs <= 1:
+        for cond in conditions:
+            yield (cond, *simulate_condition(cond, n_fields, size, seed))
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pending = {}
+        ahead = iter(conditions)
+
+        def submit_next():
+            cond = next(ahead, None)
+            if cond is not None:
+                pending[cond] = pool.submit(simulate_condition, cond, n_fields, size, seed)
+
+        for _ in range(jobs + 1):
+            submit_next()
+        for cond in conditions:
+            fields, t_sim = pending.pop(cond).result()
+            submit_next()
+            yield cond, fields, t_sim
+
+
+def strip_psf_keywords(images):
+    """Copies of ``images`` (sharing the pixel arrays) without PSF keywords."""
+    out = {}
+    for band, image in images.items():
+        meta = image.meta.copy()
+        for key in PSF_KEYWORDS:
+            meta.pop(key, None)
+        out[band] = CCDData(image.data, unit=image.unit, wcs=image.wcs, mask=image.mask,
+                            uncertainty=image.uncertainty, meta=meta)
+    return out
+
+
+# ------------------------------------------------------------------------ measures
+def psf_errors(psf_meta, images, truth):
+    """Per band, ``estimate / truth - 1`` at every source on that band's image.
+
+    The truth is the header's ``PSFFWHM`` for a uniform PSF, else (a PSF
+    gradient) each source's ``psf_fwhm_<band>``; the estimate is evaluated at
+    each source's position like `~astro_starglx.psf.PSFEstimate.at`.
+    """
+    errors = {}
+    for band, record in psf_meta.items():
+        est = PSFEstimate(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in record.items()})
+        image = images[band]
+        ny, nx = image.shape
+        x, y = np.asarray(truth[f"x_{band}"]), np.asarray(truth[f"y_{band}"])
+        inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+        if float(image.meta.get("PSFGRAD", 0.0)) != 0.0:
+            true = np.asarray(truth[f"psf_fwhm_{band}"], dtype=float)[inside]
+        else:
+            true = float(image.meta["PSFFWHM"])
+        errors[band] = np.asarray(est.at(x[inside], y[inside])) / true - 1.0
+    return errors
+
+
+def score(outs, fields):
+    """Recalls, ECE and PSF accuracy of one model on the fields of a condition."""
+    label, mag, pred, p_gal = [], [], [], []
+    errors, n_fell_back = {}, 0
+    for out, (images, truth) in zip(outs, fields):
+        ok = ~np.ma.getmaskarray(out["class"])
+        label.append(np.asarray(truth["label"])[ok])
+        mag.append(np.asarray(truth["mag_r"])[ok])
+        pred.append(np.asarray(out["class"])[ok])
+        p_gal.append(np.ma.getdata(out["p_galaxy"])[ok].astype(float))
+        psf_meta = out.meta["astro_starglx"].get("psf")
+        if psf_meta:
+            n_fell_back += sum(bool(r["fell_back"]) for r in psf_meta.values())
+            for band, err in psf_errors(psf_meta, images, truth).items():
+                errors.setdefault(band, []).append(err)
+    label, mag, pred, p_gal = (np.concatenate(a) for a in (label, mag, pred, p_gal))
+    row = {}
+    for limit in MAG_LIMITS:
+        sel = mag <= limit
+        for cls in ("star", "galaxy"):
+            r, e, n = recall(pred[sel], label[sel], cls)
+            row.update({f"{cls}_recall_{limit:.0f}": 100 * r, f"{cls}_err_{limit:.0f}": 100 * e,
+                        f"n_{cls}_{limit:.0f}": n})
+    sel = mag <= MAG_LIMITS[0]
+    row["ece_25"] = (expected_calibration_error((label[sel] == "galaxy").astype(int),
+                                                p_gal[sel]) if sel.any() else math.nan)
+    medians = {band: 100 * float(np.median(np.abs(np.concatenate(errs))))
+               for band, errs in errors.items() if sum(e.size for e in errs)}
+    worst = max(medians, key=medians.get) if medians else ""
+    row.update({"psf_err": medians.get(worst, math.nan), "psf_err_band": worst,
+                "psf_fell_back": n_fell_back})
+    return row
+
+
+def classify_fields(clf, fields, psf_source):
+    """Classify every field; the outputs and the classification wall time (s)."""
+    outs, t_cls = [], 0.0
+    for images, truth in fields:
+        given = strip_psf_keywords(images) if psf_source == "measured" else images
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StarGalaxyWarning)
+            outs.append(clf.classify(truth["id", "ra", "dec"], given))
+        t_cls += time.perf_counter() - t0
+    return outs, t_cls
+
+
+# -------------------------------------------------------------------------- output
+def _recall_cell(row, limit):
+    lim = f"{limit:.0f}"
+    return (f"{row[f'star_recall_{lim}']:.2f} ± {row[f'star_err_{lim}']:.2f} / "
+            f"{row[f'galaxy_recall_{lim}']:.2f} ± {row[f'galaxy_err_{lim}']:.2f}")
+
+
+def _psf_cell(row):
+    if not math.isfinite(row["psf_err"]):
+        return "-"
+    return f"{row['psf_err']:.1f} % ({row['psf_err_band']})"
+
+
+def rst_grid(table, models):
+    """The table as an RST grid table: one row per condition, four columns per model."""
+    header = ["condition"]
+    for name in models:
+        header += [f"{name}: star / galaxy recall r<=25 (%)", "r<=26 (%)", "ECE r<=25",
+                   "PSF error"]
+    body = []
+    for cond in dict.fromkeys(table["condition"]):
+        line = [cond]
+        for name in models:
+            rows = table[(table["condition"] == cond) & (table["model"] == name)]
+            if len(rows) == 0:
+                line += ["-"] * 4
+                continue
+            row = rows[0]
+            line += [_recall_cell(row, 25), _recall_cell(row, 26),
+                     "-" if not math.isfinite(row["ece_25"]) else f"{row['ece_25']:.3f}",
+                     _psf_cell(row)]
+        body.append(line)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def rule(char):
+        return "+" + "+".join(char * (w + 2) for w in widths) + "+"
+
+    def cells(r):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    lines = [rule("-"), cells(header), rule("=")]
+    for r in body:
+        lines += [cells(r), rule("-")]
+    return "\n".join(lines)
+
+
+def model_names(models):
+    """Short unique display names: registry names, or file stems."""
+    names = []
+    for m in models:
+        name = "default" if m is None else (Path(m).stem if str(m).endswith(".safetensors")
+                                            else str(m))
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names
+
+
+def build_table(rows, args, speed, wall):
+    table = Table(rows=rows)
+    table.meta.update({
+        "fields": args.fields, "size": args.size,
+        "seeds": list(range(args.seed, args.seed + args.fields)),
+        "psf_source": args.psf_source, "device": args.device,
+        "selection": "truth mag_r <= limit, classified (on the image)",
+        "psf_err": "worst band's median over sources of |estimate / truth - 1|, %",
+        "conditions": {c: {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in ALL_CONDITIONS[c].items()} for c in args.conditions},
+        "wall_s": wall, "objects_per_s": speed,
+    })
+    for col in table.colnames:
+        if col.startswith(("star_", "galaxy_")) or col == "psf_err":
+            table[col].format = ".2f"
+    for col, fmt in (("ece_25", ".4f"), ("sim_s", ".1f"), ("classify_s", ".2f")):
+        table[col].format = fmt
+    return table
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--models", nargs="+", default=[None],
                         help="model names or weights files (default: the package default)")
-    parser.add_argument("--fields", type=int, default=2)
-    parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=70001)
-    parser.add_argument("--conditions", nargs="*", default=list(CONDITIONS),
-                        choices=list(CONDITIONS))
+    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS),
+                        choices=list(ALL_CONDITIONS), metavar="CONDITION",
+                        help="conditions to run (default: the issue's); choose from "
+                             + ", ".join(repr(c) for c in ALL_CONDITIONS))
+    parser.add_argument("--fields", type=int, default=2, help="fields per condition")
+    parser.add_argument("--size", type=int, default=2048, help="field side, pixels")
+    parser.add_argument("--seed", type=int, default=70001,
+                        help="first field seed (never used by a data set)")
+    parser.add_argument("--psf-source", choices=("measured", "header"), default="measured",
+                        help="measured: remove the PSF keywords so that the classifier "
+                             "measures the PSF (default); header: keep them")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that simulate the conditions' fields")
+    parser.add_argument("--device", default="cpu", help="torch device for classify")
     parser.add_argument("--output", default=None, help="write the table (e.g. .ecsv)")
-    args = parser.parse_args()
-    classifiers = [StarGalaxyClassifier(m, device="cpu") for m in args.models]
-    names = [str(m or "default") for m in args.models]
+    parser.add_argument("--rst", default=None, help="also write the RST grid table here")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    names = model_names(args.models)
+    classifiers = [StarGalaxyClassifier(m, device=args.device) for m in args.models]
+    n_objects = dict.fromkeys(names, 0)
+    t_classify = dict.fromkeys(names, 0.0)
     rows = []
-    for cond in args.conditions:
-        fields = []
-        t0 = time.perf_counter()
-        for k in range(args.fields):
-            fields.append(simulate_field(NOMINAL, seed=args.seed + k,
-                                         shape=(args.size, args.size), **CONDITIONS[cond]))
-        t_sim = time.perf_counter() - t0
+    print(f"{len(args.conditions)} conditions x {args.fields} field(s) of {args.size}^2 "
+          f"(seeds {args.seed}..{args.seed + args.fields - 1}), PSF {args.psf_source}, "
+          f"models {names}", flush=True)
+    warm = False
+    for cond, fields, t_sim in iter_conditions(args.conditions, args.fields, args.size,
+                                               args.seed, args.jobs):
+        if not warm:
+            # Untimed: the first call loads the weights and builds the predictor.
+            images, truth = fields[0]
+            for clf in classifiers:
+                classify_fields(clf, [(images, truth[:8])], args.psf_source)
+            warm = True
+        n_src = sum(len(truth) for _, truth in fields)
         for name, clf in zip(names, classifiers):
-            labels, preds = [], []
-            for images, truth in fields:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", StarGalaxyWarning)
-                    out = clf.classify(truth["id", "ra", "dec"], images)
-                sel = ~np.ma.getmaskarray(out["class"]) & (np.asarray(truth["mag_r"]) <= 25)
-                labels.append(np.asarray(truth["label"])[sel])
-                preds.append(np.asarray(out["class"])[sel])
-            label, pred = np.concatenate(labels), np.concatenate(preds)
-            rs, es, ns = recall(pred, label, "star")
-            rg, eg, ng = recall(pred, label, "galaxy")
-            rows.append((cond, name, 100 * rs, 100 * es, ns, 100 * rg, 100 * eg, ng))
-            print(f"{cond:>20s}  {name:<40s} star {100 * rs:6.2f} +- {100 * es:4.2f} % "
-                  f"(n={ns})  galaxy {100 * rg:6.2f} +- {100 * eg:4.2f} % (n={ng})  "
-                  f"[sim {t_sim:.0f} s]", flush=True)
-    table = Table(rows=rows, names=("condition", "model", "star_recall", "star_err",
-                                    "n_star", "galaxy_recall", "galaxy_err", "n_galaxy"))
-    table.meta.update({"fields": args.fields, "size": args.size, "seed": args.seed,
-                       "selection": "r <= 25, on the image"})
-    for col in ("star_recall", "star_err", "galaxy_recall", "galaxy_err"):
-        table[col].format = ".2f"
+            outs, t_cls = classify_fields(clf, fields, args.psf_source)
+            n_objects[name] += n_src
+            t_classify[name] += t_cls
+            row = {"condition": cond, "model": name, **score(outs, fields),
+                   "n_sources": n_src, "sim_s": t_sim, "classify_s": t_cls}
+            rows.append(row)
+            psf = _psf_cell(row) + (f", {row['psf_fell_back']} fell back"
+                                    if row["psf_fell_back"] else "")
+            print(f"{cond:>24s}  {name:<20s} star / galaxy r<=25 {_recall_cell(row, 25)} "
+                  f"(n={row['n_star_25']}/{row['n_galaxy_25']})  r<=26 "
+                  f"{_recall_cell(row, 26)}  ECE {row['ece_25']:.4f}  PSF {psf}  "
+                  f"[sim {t_sim:.0f} s, classify {t_cls:.1f} s]", flush=True)
+    wall = time.perf_counter() - t_start
+    speed = {name: n_objects[name] / t_classify[name] if t_classify[name] else math.nan
+             for name in names}
+    table = build_table(rows, args, speed, wall)
     if args.output:
         table.write(args.output, overwrite=True)
+    print()
     table.pprint(max_lines=-1, max_width=-1)
+    grid = rst_grid(table, names)
+    print("\n" + grid)
+    if args.rst:
+        Path(args.rst).write_text(grid + "\n")
+    print(f"\ntotal wall time {wall:.0f} s")
+    for name in names:
+        print(f"  {name}: classify {n_objects[name] / max(t_classify[name], 1e-9):.0f} "
+              f"objects/s ({n_objects[name]} objects in {t_classify[name]:.1f} s)")
 
 
 if __name__ == "__main__":

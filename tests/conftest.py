@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from astro_starglx import weights as weights_module
 from astro_starglx.csst import CSST_BANDS
@@ -236,3 +237,40 @@ def isolated_registry(tmp_path, monkeypatch, tiny_weights_file):
     monkeypatch.setenv("ASTRO_STARGLX_WEIGHTS_URL", closed_port_url())
     return IsolatedRegistry(path=registry_path, bundled_dir=bundled_dir, cache_dir=cache,
                             default="tiny", remote="tiny-remote", remote_file=remote_file)
+
+
+# --------------------------------------------------------------------------
+# hypothesis profiles of tests/test_fuzz.py: "fuzz" runs in the default test
+# run (fixed examples: reproducible, about a minute on a quiet 2-core
+# machine); "fuzz-long" (5,000 random examples per property) runs with
+# `pytest -m slow --slow tests/test_fuzz.py`. No example database: tests
+# write files only in tmp_path.
+_FUZZ_SETTINGS = dict(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("fuzz", max_examples=100, derandomize=True, **_FUZZ_SETTINGS)
+settings.register_profile("fuzz-long", max_examples=5000, derandomize=False, **_FUZZ_SETTINGS)
+
+_HYPOTHESIS_HOME = []
+
+
+def pytest_configure(config):
+    """Hypothesis' own files (its constants cache, written while collecting) in a temporary
+    folder removed at the end, not in ./.hypothesis."""
+    import tempfile
+
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="astro_starglx-hypothesis-"))
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
+
+
+def pytest_unconfigure(config):
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(None)
+    while _HYPOTHESIS_HOME:
+        shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)

@@ -1,5 +1,6 @@
 """Tests of StarGalaxyClassifier on synthetic multi-band images built in code."""
 
+import re
 import warnings
 
 import astropy.units as u
@@ -43,8 +44,11 @@ def field():
     """A 7-band field with per-band WCS offsets (integer pixels) and a catalog."""
     rng = np.random.default_rng(42)
     n = 12
-    x = rng.uniform(20, SHAPE[1] - 20, n)
-    y = rng.uniform(20, SHAPE[0] - 20, n)
+    # A jittered 4 x 3 grid: no source within another's stamp (no BLENDED flag),
+    # even when a 0.2"/pixel WCS shrinks the separations 2.7 times.
+    gx, gy = np.meshgrid(np.linspace(20, SHAPE[1] - 20, 4), np.linspace(20, SHAPE[0] - 20, 3))
+    x = gx.ravel() + rng.uniform(-3, 3, n)
+    y = gy.ravel() + rng.uniform(-3, 3, n)
     sig = np.where(np.arange(n) % 2 == 0, 1.0, 2.5)
     flux = rng.uniform(20, 60, n)
     base = make_wcs()
@@ -265,12 +269,27 @@ def test_pixel_columns_need_shared_grid(clf, field):
         clf.classify(Table({"a": [1.0]}), images, shared_grid=True)
 
 
-def test_non_finite_coordinates(clf, field):
+def test_non_finite_coordinates_are_per_source(clf, field):
+    """One NaN or masked coordinate used to reject the whole catalog: now it flags that row."""
     catalog, images = field
-    bad = catalog.copy()
-    bad["dec"][3] = np.nan
-    with pytest.raises(ValueError, match=r"column 'dec' has 1 non-finite.*rows \[3\]"):
-        clf.classify(bad, images)
+    ref = clf.classify(catalog, images)
+    for kind in ("nan", "masked"):
+        bad = Table(catalog, masked=kind == "masked", copy=True)
+        if kind == "nan":
+            bad["dec"][3] = np.nan
+        else:
+            bad["ra"].mask[3] = True
+        before = bad.copy()
+        with pytest.warns(StarGalaxyWarning, match=r"1 of 12 sources flagged \(OFF_IMAGE 1"):
+            out = clf.classify(bad, images)
+        assert len(out) == len(catalog)
+        assert out["class_flags"][3] & ClassFlag.OFF_IMAGE
+        assert out["p_galaxy"].mask[3] and out["p_star"].mask[3] and out["class"].mask[3]
+        keep = np.arange(len(catalog)) != 3
+        assert not np.any(out["p_galaxy"].mask[keep])
+        np.testing.assert_allclose(out["p_galaxy"][keep], ref["p_galaxy"][keep], atol=1e-6)
+        for name in catalog.colnames:  # the input is untouched
+            np.testing.assert_array_equal(bad[name], before[name])
 
 
 def test_images_type_errors(clf, field):
@@ -309,6 +328,125 @@ def test_no_matching_bands(clf, field):
         clf.classify(catalog, renamed)
 
 
+def test_absurd_zeropoints_and_complex_images(clf, field):
+    """Accepted silently before: 1e30 or True as zero points, complex pixels (imaginary dropped)."""
+    catalog, images = field
+    for zp in (1e30, True, "25.0", np.nan):
+        with pytest.raises(ValueError, match=r"zero point from zeropoints\['g'\] must be a finite "
+                                             r"real number.*zeropoints=\{'g': 25.0\}"):
+            clf.classify(catalog, images, zeropoints={"g": zp})
+    header = dict(images, i=CCDData(images["i"].data, unit="electron/s", wcs=images["i"].wcs,
+                                    meta={"MAGZERO": 1e30}))
+    with pytest.raises(ValueError, match=r"header keyword MAGZERO of band 'i' must be"):
+        clf.classify(catalog, header)
+    im = images["r"]
+    complex_r = dict(images, r=CCDData(im.data + 1j, unit=im.unit, wcs=im.wcs, meta=im.meta))
+    with pytest.raises(TypeError, match=r"images\['r'\]\.data must hold real numbers, got "
+                                        r"complex dtype"):
+        clf.classify(catalog, complex_r)
+
+
+def test_malformed_images_and_band_keys(clf, field):
+    """numpy/astropy errors (broadcast, IndexError, '<' not supported) leaked before."""
+    catalog, images = field
+    im = images["z"]
+    for mask in (np.zeros((3, 3), bool), np.bool_(False)):
+        bad = dict(images, z=NDData(im.data, mask=mask, wcs=im.wcs, meta=im.meta))
+        with pytest.raises(ValueError, match=r"images\['z'\]\.mask must have the shape of "
+                                             r"images\['z'\]\.data \(120, 150\).*mask=None"):
+            clf.classify(catalog, bad)
+    empty = dict(images, z=CCDData(np.zeros((0, 150)), unit="adu", wcs=im.wcs, meta=im.meta))
+    with pytest.raises(ValueError, match=r"images\['z'\]\.data must have at least one row and "
+                                         r"one column"):
+        clf.classify(catalog, empty)
+    for key in (3, ("r", 1), None):
+        with pytest.raises(TypeError, match=r"images keys must be band names \(str\), got "
+                                            r".* name the mapping's keys after the model's bands"):
+            clf.classify(catalog, {**images, key: images["r"]})
+    with pytest.raises(TypeError, match="images keys must be band names"):
+        clf.classify(catalog, {1: images["r"], "F1": images["g"]})
+
+
+def test_feature_columns_errors(clf, field):
+    """A missing column was a KeyError, a non-string template an AttributeError."""
+    catalog, images = field
+    columns = {name: f"{name}_{{band}}" for name in clf.meta.feature_names}
+    with pytest.raises(ValueError, match=r"column 'mag_NUV' \(feature 'mag', band 'NUV'\) is not "
+                                         r"in the table; available columns: id, ra, dec\. Fix "
+                                         r"column_map\['mag'\]"):
+        clf.classify(catalog, images, feature_columns=columns)
+    with pytest.raises(TypeError, match=r"column_map\['radius'\] must be a column-name template"):
+        clf.classify(catalog, images, feature_columns={**columns, "radius": 7})
+
+
+def test_band_without_usable_pixels_flags_its_sources(clf, field):
+    """Without an uncertainty this raised, advising an image_sigma= that classify() lacks."""
+    catalog, images = field
+    im = images["u"]
+    dead = dict(images, u=CCDData(im.data, unit=im.unit, wcs=im.wcs, meta=im.meta,
+                                  mask=np.ones(im.data.shape, bool)))
+    with pytest.warns(StarGalaxyWarning, match=r"12 of 12 sources flagged \(MASKED 12, "
+                                               r"BAND_MISSING 12\)"):
+        out = clf.classify(catalog, dead)
+    assert not np.any(out["p_galaxy"].mask)
+    nan = dict(images, u=CCDData(np.full(im.data.shape, np.nan), unit=im.unit, wcs=im.wcs,
+                                 meta=im.meta))
+    with pytest.warns(StarGalaxyWarning, match="BAND_MISSING 12"):
+        clf.classify(catalog, nan)
+
+
+def test_saturated_flag_from_header(clf, field):
+    catalog, images = field
+    out = clf.classify(catalog, images)
+    im = images["g"]
+    level = float(np.quantile(im.data, 0.999))
+    sat = dict(images, g=CCDData(im.data, unit=im.unit, wcs=im.wcs, uncertainty=im.uncertainty,
+                                 meta=dict(im.meta, SATURATE=level)))
+    with pytest.warns(StarGalaxyWarning, match="SATURATED"):
+        flagged = clf.classify(catalog, sat)
+    hit = (np.asarray(flagged["class_flags"]) & ClassFlag.SATURATED) != 0
+    assert 0 < hit.sum() < len(catalog)
+    # the flag says so; the pixels and the probabilities are unchanged
+    np.testing.assert_array_equal(flagged["p_galaxy"], out["p_galaxy"])
+
+
+def test_library_warnings_are_summarised(clf, field):
+    """numpy overflow and astropy WCS non-convergence leaked as their own warnings."""
+    catalog, images = field
+    im = images["y"]
+    data = np.where(np.arange(im.data.size).reshape(im.data.shape) % 2, 3e38, -3e38)
+    huge = dict(images, y=CCDData(data.astype(np.float32), unit=im.unit, wcs=im.wcs,
+                                  meta=im.meta))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = clf.classify(catalog, huge)
+        proba = clf.predict_proba(catalog, huge)
+    assert [r.category for r in record] == [StarGalaxyWarning] * 2, \
+        [str(r.message) for r in record]
+    assert all(r.filename == __file__ for r in record)  # pointing at the caller
+    message = str(record[0].message)
+    assert re.search(r"warning\(s\) of the libraries underneath were caught: RuntimeWarning "
+                     r"'overflow encountered in .*' at astro_starglx/.*\(x\d+\).*float32 limit",
+                     message), message
+    assert "libraries underneath" in str(record[1].message)
+    assert len(out) == len(catalog) and proba.shape == (len(catalog), 2)
+    # a SIP distortion that diverges far from the detector: astropy warns per call
+    from astropy.wcs import Sip
+
+    sip = make_wcs()
+    sip.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    a, b = np.zeros((4, 4)), np.zeros((4, 4))
+    a[3, 0], b[0, 3], a[2, 0] = 1e-3, 1e-3, 1e-3
+    sip.sip = Sip(a, b, None, None, sip.wcs.crpix)
+    far = sip.pixel_to_world([10.0, 3000.0], [10.0, -4000.0])
+    cat = Table({"ra": far.ra.deg + [0.0, 1.0], "dec": far.dec.deg})
+    distorted = {band: CCDData(im.data, unit=im.unit, wcs=sip, meta=im.meta)
+                 for band, im in images.items()}
+    with pytest.warns(StarGalaxyWarning, match=r"'WCS.all_world2pix' failed to converge.* at "
+                                               r"astropy/wcs/.*A WCS did not converge"):
+        clf.classify(cat, distorted)
+
+
 def test_device_and_options_errors():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="device='cuda' was requested"):
@@ -319,8 +457,18 @@ def test_device_and_options_errors():
         StarGalaxyClassifier(batch_size=0)
     with pytest.raises(ValueError, match="threshold must be None or a float"):
         StarGalaxyClassifier(threshold=1.5)
+    # a bare float() error before; True and NaN were accepted or misreported
+    for threshold in ("abc", "0.5", True, np.nan, 0.0, 1.0, -0.2, [0.5]):
+        with pytest.raises(ValueError, match=r"threshold must be None or a float in \(0, 1\), "
+                                             r"got .*; pass the p_galaxy .* e.g. threshold=0.5"):
+            StarGalaxyClassifier(threshold=threshold)
+    assert StarGalaxyClassifier(threshold=np.float32(0.25)).threshold == 0.25
     with pytest.raises(TypeError, match="zeropoints must be a mapping"):
         StarGalaxyClassifier(zeropoints=25.0)
+    for zp in (1e30, True, "25", np.nan):
+        with pytest.raises(ValueError, match=r"zero point from zeropoints\['r'\] must be a finite "
+                                             r"real number of AB magnitudes"):
+            StarGalaxyClassifier(zeropoints={"r": zp})
 
 
 def test_construction_does_no_io(monkeypatch):
@@ -347,5 +495,224 @@ def test_pixel_scale_mismatch_warns(clf, field):
     catalog, images = field
     coarse = {b: CCDData(im.data, unit=im.unit, wcs=make_wcs(scale=0.2), meta=im.meta,
                          uncertainty=im.uncertainty) for b, im in images.items()}
-    with pytest.warns(StarGalaxyWarning, match="differs by more than 10%.*resample"):
+    with pytest.warns(StarGalaxyWarning,
+                      match="differs by more than 10%.*resampling the images does not help"):
         clf.classify(catalog, coarse)
+
+
+# --------------------------------------------------------------------------
+# PSF-aware models, zero points and blends on a simulated field
+
+PSF_FEATURES = ["mag", "mag_err", "concentration", "radius", "ellipticity", "psf_fwhm",
+                "radius_excess", "concentration_excess"]
+PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSFR80")
+
+
+def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf"):
+    """Tiny random-init weights of a PSF-aware model (8 features, ``meta.psf`` set)."""
+    from conftest import TINY_ARCHITECTURE, make_tiny_meta, seeded_state_dict
+
+    meta = make_tiny_meta(name)
+    n_bands, n_features = len(CSST_BANDS), len(PSF_FEATURES)
+    meta["feature_names"] = PSF_FEATURES
+    meta["architecture"] = dict(TINY_ARCHITECTURE, n_features=n_features)
+    meta["normalization"]["feature_mean"] = [[0.01 * (i + j) for j in range(n_features)]
+                                             for i in range(n_bands)]
+    meta["normalization"]["feature_std"] = [[1.0] * n_features for _ in range(n_bands)]
+    meta["psf"] = {"nominal_fwhm": {band: 0.13 for band in CSST_BANDS},
+                   "fwhm_range": {band: list(fwhm_range) for band in CSST_BANDS}}
+    save_weights(path, seeded_state_dict(meta), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sim_field():
+    """A simulated 7-band 384 x 384 field with PSF header keywords, and its catalog."""
+    pytest.importorskip("galsim")
+    from astro_starglx.simulate import simulate_field
+
+    images, truth = simulate_field(shape=(384, 384), seed=11, psf_scale=1.0, n_stars=40,
+                                   n_galaxies=20)
+    return Table({"ra": truth["ra"], "dec": truth["dec"]}), images
+
+
+def without_psf_keywords(images):
+    return {band: CCDData(im.data, unit=im.unit, wcs=im.wcs, mask=im.mask,
+                          uncertainty=im.uncertainty,
+                          meta={k: v for k, v in im.meta.items() if k not in PSF_KEYWORDS})
+            for band, im in images.items()}
+
+
+def classify_recording(clf, catalog, images, **kwargs):
+    """classify(), and the messages of the StarGalaxyWarnings it gave."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = clf.classify(catalog, images, **kwargs)
+    ours = [str(r.message) for r in record if issubclass(r.category, StarGalaxyWarning)]
+    assert len(ours) == len(record), [str(r.message) for r in record]
+    return out, ours
+
+
+@pytest.fixture
+def psf_clf(tmp_path):
+    return StarGalaxyClassifier(psf_model_file(tmp_path / "psf.safetensors"), device="cpu",
+                                batch_size=16)
+
+
+def test_psf_from_header(psf_clf, sim_field):
+    catalog, images = sim_field
+    out, messages = classify_recording(psf_clf, catalog, images)
+    psf = out.meta["astro_starglx"]["psf"]
+    assert list(psf) == list(CSST_BANDS)
+    for band, record in psf.items():
+        assert record["source"] == "header" and record["band"] == band
+        assert record["fwhm"] == pytest.approx(images[band].meta["PSFFWHM"])
+        assert record["detail"].startswith("PSFFWHM")
+    assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+    # one summary warning at most (edge and blend flags), never a PSF one
+    assert len(messages) <= 1 and not any("PSF" in m for m in messages)
+    np.testing.assert_allclose(out["p_star"] + out["p_galaxy"], 1.0, atol=1e-6)
+
+
+def test_psf_argument_overrides_the_header(psf_clf, sim_field):
+    catalog, images = sim_field
+    header, _ = classify_recording(psf_clf, catalog, images)
+    out, _ = classify_recording(psf_clf, catalog, images, psf=0.2)
+    psf = out.meta["astro_starglx"]["psf"]
+    assert {r["source"] for r in psf.values()} == {"argument"}
+    assert all(r["fwhm"] == 0.2 for r in psf.values())
+    # the PSF features reach the network
+    assert np.any(np.asarray(out["p_galaxy"]) != np.asarray(header["p_galaxy"]))
+    np.testing.assert_array_equal(psf_clf.predict_proba(catalog, images, psf=0.2)[:, 1],
+                                  out["p_galaxy"])
+    # one band given, the others from the header
+    out, _ = classify_recording(psf_clf, catalog, images, psf={"r": 0.25 * u.arcsec})
+    psf = out.meta["astro_starglx"]["psf"]
+    assert psf["r"]["source"] == "argument" and psf["r"]["fwhm"] == pytest.approx(0.25)
+    assert all(psf[b]["source"] == "header" for b in CSST_BANDS if b != "r")
+
+
+def test_psf_measured_without_header_keywords(psf_clf, sim_field):
+    catalog, images = sim_field
+    bare = without_psf_keywords(images)
+    out, messages = classify_recording(psf_clf, catalog, bare)
+    psf = out.meta["astro_starglx"]["psf"]
+    sources = {band: record["source"] for band, record in psf.items()}
+    assert set(sources.values()) <= {"measured", "nominal"}
+    for band, record in psf.items():
+        if record["source"] == "measured":
+            assert record["n_stars"] >= 5 and not record["fell_back"]
+            assert record["fwhm"] == pytest.approx(images[band].meta["PSFFWHM"], rel=0.1)
+    fell_back = [band for band, source in sources.items() if source == "nominal"]
+    psf_warnings = [m for m in messages if "too few usable point sources" in m]
+    assert len(psf_warnings) == (1 if fell_back else 0)
+    assert "measured" in sources.values()
+    # the images were not changed
+    assert "PSFFWHM" in images["r"].meta and "PSFFWHM" not in bare["r"].meta
+
+
+def test_psf_fallback_warns_once_and_flags(psf_clf, sim_field):
+    """Three sources give too few stars: nominal PSF, one warning, every source flagged."""
+    catalog, images = sim_field
+    out, messages = classify_recording(psf_clf, catalog[:3], without_psf_keywords(images))
+    psf = out.meta["astro_starglx"]["psf"]
+    assert all(r["source"] == "nominal" and r["fell_back"] for r in psf.values())
+    assert all(r["fwhm"] == 0.13 for r in psf.values())
+    psf_warnings = [m for m in messages if "too few usable point sources" in m]
+    assert len(psf_warnings) == 1
+    assert "assumed its nominal PSF" in psf_warnings[0] and "psf={band: fwhm_arcsec}" \
+        in psf_warnings[0]
+    assert np.all(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+
+
+def test_out_of_range_flag(tmp_path, sim_field):
+    catalog, images = sim_field
+    narrow = StarGalaxyClassifier(psf_model_file(tmp_path / "narrow.safetensors",
+                                                 fwhm_range=(0.3, 0.5)), device="cpu")
+    out, messages = classify_recording(narrow, catalog, images)
+    flags = np.asarray(out["class_flags"])
+    assert np.all(flags & ClassFlag.OUT_OF_RANGE)
+    assert any("OUT_OF_RANGE 60" in m for m in messages)
+    # a PSF inside the range: no flag
+    out, _ = classify_recording(narrow, catalog, images, psf=0.4)
+    assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+    # a tight range that still holds every band's header PSF (0.125-0.15"): no flag
+    wide = StarGalaxyClassifier(psf_model_file(tmp_path / "wide.safetensors",
+                                               fwhm_range=(0.1, 0.16)), device="cpu")
+    out, _ = classify_recording(wide, catalog, images)
+    assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+
+
+def test_zeropoints_in_classify(psf_clf, tiny_weights_file, sim_field):
+    catalog, images = sim_field
+    zps = {band: im.meta["MAGZERO"] for band, im in images.items()}
+    shifted = {band: zp + 2.0 for band, zp in zps.items()}
+    for model in (psf_clf.model, tiny_weights_file):
+        base, _ = classify_recording(StarGalaxyClassifier(model, device="cpu"), catalog, images)
+        # the header's zero points given explicitly change nothing
+        same, _ = classify_recording(StarGalaxyClassifier(model, device="cpu"), catalog, images,
+                                     zeropoints=zps)
+        np.testing.assert_array_equal(same["p_galaxy"], base["p_galaxy"])
+        # other zero points move the magnitude features and so p
+        moved, _ = classify_recording(StarGalaxyClassifier(model, device="cpu"), catalog,
+                                      images, zeropoints=shifted)
+        assert np.any(np.asarray(moved["p_galaxy"]) != np.asarray(base["p_galaxy"]))
+        # classify's zero points override the constructor's ...
+        clf = StarGalaxyClassifier(model, device="cpu", zeropoints=shifted)
+        np.testing.assert_array_equal(clf.predict_proba(catalog, images)[:, 1],
+                                      moved["p_galaxy"])
+        out, _ = classify_recording(clf, catalog, images, zeropoints=zps)
+        np.testing.assert_array_equal(out["p_galaxy"], base["p_galaxy"])
+        # ... band by band: bands classify does not name keep the constructor's
+        partial = StarGalaxyClassifier(model, device="cpu", zeropoints={"r": zps["r"] + 2.0})
+        out, _ = classify_recording(partial, catalog, images, zeropoints={"g": zps["g"]})
+        mixed, _ = classify_recording(StarGalaxyClassifier(model, device="cpu"), catalog,
+                                      images, zeropoints={"r": zps["r"] + 2.0})
+        np.testing.assert_array_equal(out["p_galaxy"], mixed["p_galaxy"])
+    with pytest.raises(TypeError, match="zeropoints must be a mapping"):
+        psf_clf.classify(catalog, images, zeropoints=25.0)
+
+
+def test_psf_argument_ignored_by_models_without_psf(clf, field):
+    catalog, images = field
+    base, _ = classify_recording(clf, catalog, images)
+    out, messages = classify_recording(clf, catalog, images, psf=0.2)
+    ignored = [m for m in messages if "psf= is ignored" in m]
+    assert len(ignored) == 1 and "does not read the PSF" in ignored[0]
+    assert "psf" not in out.meta["astro_starglx"]
+    np.testing.assert_array_equal(out["p_galaxy"], base["p_galaxy"])
+    with pytest.warns(StarGalaxyWarning, match="psf= is ignored"):
+        clf.predict_proba(catalog, images, psf={"r": 0.2})
+
+
+def test_blended_flags_for_every_model(clf, psf_clf, sim_field):
+    from astro_starglx.inputs import blend_flags
+
+    catalog, images = sim_field
+    coords = SkyCoord(catalog["ra"], catalog["dec"], unit="deg")
+    x, y = images["r"].wcs.world_to_pixel(coords)
+    expected = blend_flags(images["r"], x, y, size=clf.meta.stamp_size)
+    assert 0 < np.count_nonzero(expected) < len(catalog)
+    for model in (clf, psf_clf):
+        out, messages = classify_recording(model, catalog, images)
+        got = np.asarray(out["class_flags"]) & ClassFlag.BLENDED
+        np.testing.assert_array_equal(got, expected)
+        assert any(f"BLENDED {np.count_nonzero(expected)}" in m for m in messages)
+
+
+def test_feature_columns_of_a_psf_aware_model(psf_clf, sim_field):
+    """Table features follow the model's feature list (8 names here), not the default 5."""
+    catalog, images = sim_field
+    measured, _ = classify_recording(psf_clf, catalog, images)
+    table = Table(catalog)
+    rng = np.random.default_rng(5)
+    for name in PSF_FEATURES:
+        for band in CSST_BANDS:
+            table[f"{name}_{band}"] = rng.normal(size=len(table))
+    columns = {name: f"{name}_{{band}}" for name in PSF_FEATURES}
+    out, _ = classify_recording(psf_clf, table, images, feature_columns=columns)
+    assert np.all(np.isfinite(np.asarray(out["p_galaxy"])))
+    assert np.any(np.asarray(out["p_galaxy"]) != np.asarray(measured["p_galaxy"]))
+    with pytest.raises(ValueError, match=r"missing \['psf_fwhm', 'radius_excess'"):
+        psf_clf.classify(table, images, feature_columns={name: columns[name]
+                                                         for name in PSF_FEATURES[:5]})

@@ -8,14 +8,19 @@ import pytest
 pytest.importorskip("galsim")
 
 from astro_starglx import dataset as ds  # noqa: E402
-from astro_starglx.features import FEATURE_NAMES  # noqa: E402
+from astro_starglx.features import FEATURE_NAMES, PSF_FEATURE_NAMES  # noqa: E402
+from astro_starglx.flags import ClassFlag  # noqa: E402
+
+ALL_FEATURES = list(FEATURE_NAMES + PSF_FEATURE_NAMES)
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("ds") / "tiny"
+    # no companions, so that the source count is n_stars + n_galaxies
     ds.make_dataset(path, n_stars=12, n_galaxies=24, field_size=160, stamp_size=15,
-                    n_workers=1, seed=7, split_fractions=(0.6, 0.2, 0.2))
+                    n_workers=1, seed=7, split_fractions=(0.6, 0.2, 0.2),
+                    neighbour_fraction=0.0)
     return path
 
 
@@ -28,7 +33,7 @@ def test_round_trip(tiny_dataset):
         total += n
         assert data.stamps.shape == (n, 7, 15, 15) and data.stamps.dtype == np.float32
         assert data.noise.shape == (n, 7)
-        assert data.features.shape == (n, 7, len(FEATURE_NAMES))
+        assert data.features.shape == (n, 7, len(ALL_FEATURES))
         assert data.flags.dtype == np.uint16
         assert isinstance(data.stamps, np.memmap)
         # The catalog rows line up with the arrays.
@@ -38,7 +43,7 @@ def test_round_trip(tiny_dataset):
         np.testing.assert_array_equal(data.flags, data.catalog["flags"])
         assert info["counts"][split] == n
     assert total == 36
-    assert info["feature_names"] == list(FEATURE_NAMES)
+    assert info["feature_names"] == ALL_FEATURES
     loaded = ds.load_dataset(tiny_dataset, "train", in_memory=True)
     assert not isinstance(loaded.stamps, np.memmap)
 
@@ -52,14 +57,23 @@ def test_split_by_field(tiny_dataset):
     assert not fields["val"] & fields["test"]
 
 
-def test_stamps_hold_the_sources(tiny_dataset):
+def test_stamps_hold_the_sources(psf_dataset):
     """Bright sources peak at the stamp centre (truth positions land on sources)."""
-    data = ds.load_dataset(tiny_dataset, "train")
-    bright = np.asarray(data.catalog["mag_r"]) < 22
     r = 3  # band index of r
-    for stamp in data.stamps[bright][:, r]:
-        iy, ix = np.unravel_index(np.nanargmax(stamp), stamp.shape)
-        assert abs(iy - 7) <= 1 and abs(ix - 7) <= 1
+    n_bright = 0
+    for split in ds.SPLITS:
+        data = ds.load_dataset(psf_dataset, split)
+        # unflagged: not cut by the field's edge (a large galaxy cut by it peaks
+        # elsewhere), nor blended (a brighter companion may peak elsewhere); the
+        # noisy peak of a faint extended galaxy may be 2 pixels off
+        mag = np.asarray(data.catalog["mag_r"])
+        star = np.asarray(data.catalog["label"]) == "star"
+        bright = ((mag < 22) | (star & (mag < 23))) & (np.asarray(data.flags) == 0)
+        n_bright += np.count_nonzero(bright)
+        for stamp in data.stamps[bright][:, r]:
+            iy, ix = np.unravel_index(np.nanargmax(stamp), stamp.shape)
+            assert abs(iy - 7) <= 1 and abs(ix - 7) <= 1
+    assert n_bright >= 10
 
 
 def test_resume_uses_finished_shards(tiny_dataset, monkeypatch):
@@ -71,7 +85,8 @@ def test_resume_uses_finished_shards(tiny_dataset, monkeypatch):
 
     monkeypatch.setattr(ds, "_field_task", no_simulation)
     ds.make_dataset(tiny_dataset, n_stars=12, n_galaxies=24, field_size=160, stamp_size=15,
-                    n_workers=1, seed=7, split_fractions=(0.6, 0.2, 0.2))
+                    n_workers=1, seed=7, split_fractions=(0.6, 0.2, 0.2),
+                    neighbour_fraction=0.0)
     after = ds.load_dataset(tiny_dataset, "test", in_memory=True)
     np.testing.assert_array_equal(before.stamps, after.stamps)
 
@@ -126,7 +141,8 @@ def test_config_is_recorded(tiny_dataset):
     info = json.loads((tiny_dataset / "dataset.json").read_text())
     config = ds.DatasetConfig(**info["config"])
     assert config == ds.DatasetConfig(n_stars=12, n_galaxies=24, field_size=160,
-                                      stamp_size=15, seed=7, split_fractions=(0.6, 0.2, 0.2))
+                                      stamp_size=15, seed=7, split_fractions=(0.6, 0.2, 0.2),
+                                      neighbour_fraction=0.0)
     # Format-1 readers find the settings at the top level too.
     for key, value in info["config"].items():
         assert info[key] == value, key
@@ -202,3 +218,92 @@ def test_detect_sources_finds_the_bright_sources():
     true = SkyCoord(truth["ra"][inside], truth["dec"][inside], unit="deg")
     _, sep, _ = true.match_to_catalog_sky(found)
     assert np.all(sep.arcsec < 0.3)
+
+
+# --------------------------------------------------------------------------
+# the PSF as classify() finds it
+
+
+@pytest.fixture(scope="module")
+def psf_dataset(tmp_path_factory):
+    """Three 512 x 512 fields of 25 sources: enough stars to measure most bands' PSF."""
+    path = tmp_path_factory.mktemp("ds") / "psf"
+    ds.make_dataset(path, n_stars=45, n_galaxies=30, field_size=512, stamp_size=15,
+                    n_workers=1, seed=3, split_fractions=(1, 1, 1))
+    return path
+
+
+def test_psf_features_and_estimates(psf_dataset):
+    info = json.loads((psf_dataset / "dataset.json").read_text())
+    assert info["feature_names"] == ALL_FEATURES
+    bands = info["bands"]
+    nominal = ds.nominal_fwhm(bands, pixel_scale=info["pixel_scale"])
+    assert info["nominal_fwhm"] == pytest.approx(nominal)
+    assert list(nominal) == bands and all(0.1 < v < 0.2 for v in nominal.values())
+    assert nominal["NUV"] < nominal["y"]  # the PSF grows with wavelength
+    i_fwhm = ALL_FEATURES.index("psf_fwhm")
+    n_measured = 0
+    for split in ds.SPLITS:
+        data = ds.load_dataset(psf_dataset, split)
+        cat = data.catalog
+        assert data.features.shape[2] == len(ALL_FEATURES)
+        fell_back = []
+        for c, band in enumerate(bands):
+            est = np.asarray(cat[f"psf_est_{band}"])
+            truth = np.asarray(cat[f"psf_fwhm_{band}"])
+            # the psf_fwhm feature is the estimate at the source
+            np.testing.assert_array_equal(data.features[:, c, i_fwhm], est)
+            if np.all(est == np.float32(nominal[band])):
+                fell_back.append(band)
+                continue
+            n_measured += 1
+            np.testing.assert_allclose(est, truth, rtol=0.15)
+        # one field per split: the flag says whether any band fell back
+        assert len(set(cat["field"])) == 1
+        assert set(cat["psf_fell_back"]) == {bool(fell_back)}
+    assert n_measured >= 14  # most (field, band) pairs are measured
+
+
+def test_psf_estimates_ignore_the_header(monkeypatch, tmp_path):
+    """The simulator's PSF keywords are removed before resolve_psf sees the images."""
+    import astro_starglx.psf as psf_module
+
+    seen = []
+    original = psf_module.resolve_psf
+
+    def spy(images, positions, **kwargs):
+        seen.append({band: dict(image.meta) for band, image in images.items()})
+        return original(images, positions, **kwargs)
+
+    monkeypatch.setattr(psf_module, "resolve_psf", spy)
+    config = ds.DatasetConfig(n_stars=4, n_galaxies=4, field_size=96, stamp_size=15,
+                              bands=("g", "r"))
+    arrays = ds.simulate_inputs(config.field_config(n_stars=4, n_galaxies=4), seed=1,
+                                field_id=0, stamp_size=15, detect=False, position_jitter=0.0)
+    assert len(seen) == 1
+    for meta in seen[0].values():
+        assert "MAGZERO" in meta
+        assert not {"PSFFWHM", "PSF_FWHM", "SEEING", "FWHM", "PSFR80"} & set(meta)
+    # too few stars: the nominal PSF, and the field says so
+    assert arrays["psf_fell_back"].all()
+    for band in ("g", "r"):
+        np.testing.assert_allclose(arrays[f"psf_est_{band}"],
+                                   ds.nominal_fwhm(["g", "r"], pixel_scale=0.074)[band],
+                                   rtol=1e-6)
+    assert arrays["features"].shape[2] == len(ALL_FEATURES)
+    assert arrays["flags"].dtype == np.uint16
+
+
+def test_blended_flag_in_the_data_set(monkeypatch):
+    """simulate_inputs ORs the reference band's BLENDED bits into the flags."""
+    import astro_starglx.inputs as inputs_module
+
+    def all_blended(image, x, y, *, size, ratio=0.1):
+        return np.full(len(x), ClassFlag.BLENDED, dtype=np.uint16)
+
+    monkeypatch.setattr(inputs_module, "blend_flags", all_blended)
+    config = ds.DatasetConfig(n_stars=3, n_galaxies=3, field_size=96, stamp_size=15,
+                              bands=("r",))
+    arrays = ds.simulate_inputs(config.field_config(n_stars=3, n_galaxies=3), seed=2,
+                                field_id=0, stamp_size=15, detect=False, position_jitter=0.0)
+    assert np.all(arrays["flags"] & ClassFlag.BLENDED)

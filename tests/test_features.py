@@ -9,9 +9,12 @@ from synthetic_sources import PIXEL_SCALE, SIZE, ZP, ccd, make_field, moffat
 
 from astro_starglx.features import (
     FEATURE_NAMES,
+    PSF_FEATURE_NAMES,
     features_from_table,
     measure_band,
     measure_features,
+    point_source_features,
+    psf_features,
 )
 from astro_starglx.inputs import extract_inputs
 
@@ -264,11 +267,35 @@ def test_features_from_table_quantities():
     np.testing.assert_allclose(feats[:, 0, 3], [0.1, 0.2, 0.3])
 
 
+def test_features_from_table_feature_names():
+    """A model's own feature list (e.g. with PSF features), in its order."""
+    table = catalog()
+    table["psf_g"] = [0.15, 0.16, 0.17]
+    table["psf_r"] = [0.18, 0.19, 0.2]
+    column_map = {"radius": "rad_{band}", "psf_fwhm": "psf_{band}", "mag": "mag_{band}"}
+    feats = features_from_table(table, bands=["g", "r"], column_map=column_map,
+                                feature_names=["psf_fwhm", "mag", "radius"])
+    assert feats.shape == (3, 2, 3)
+    np.testing.assert_allclose(feats[:, 1, 0], [0.18, 0.19, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(feats[:, 0, 1], table["mag_g"])
+    np.testing.assert_array_equal(feats[:, 1, 2], table["rad_r"])
+    with pytest.raises(ValueError, match=r"must map exactly the features \['psf_fwhm', 'mag', "
+                                         r"'radius', 'ellipticity'\]; missing \['ellipticity'\]"):
+        features_from_table(table, bands=["g"], column_map=column_map,
+                            feature_names=["psf_fwhm", "mag", "radius", "ellipticity"])
+
+
 def test_features_from_table_errors():
     table = catalog()
-    with pytest.raises(KeyError, match=r"column 'mag_i' \(feature 'mag', band 'i'\).*"
-                                       r"available columns: mag_g"):
+    with pytest.raises(ValueError, match=r"column 'mag_i' \(feature 'mag', band 'i'\).*"
+                                         r"available columns: mag_g.*Fix column_map\['mag'\]"):
         features_from_table(table, bands=["g", "i"], column_map=COLUMN_MAP)
+    with pytest.raises(TypeError, match=r"column_map\['mag'\] must be a column-name template "
+                                        r"\(str\), got 3"):
+        features_from_table(table, bands=["g"], column_map={**COLUMN_MAP, "mag": 3})
+    with pytest.raises(ValueError, match=r"column_map\['mag'\] = 'mag_\{filter\}' is not a "
+                                         r"valid template.*\{band\}"):
+        features_from_table(table, bands=["g"], column_map={**COLUMN_MAP, "mag": "mag_{filter}"})
     partial = {k: v for k, v in COLUMN_MAP.items() if k != "radius"}
     with pytest.raises(ValueError, match=r"missing \['radius'\]"):
         features_from_table(table, bands=["g"], column_map=partial)
@@ -279,3 +306,96 @@ def test_features_from_table_errors():
     table["mag_g"] = ["a", "b", "c"]
     with pytest.raises(ValueError, match="column 'mag_g' must be numeric"):
         features_from_table(table, bands=["g"], column_map=COLUMN_MAP)
+
+
+# --------------------------------------------------------------------------
+# point-source reference and PSF features
+
+
+def gaussian_star(fwhm, *, flux=1e6, size=SIZE, ox=None, oy=None):
+    """A noiseless pixel-integrated circular Gaussian (the effective PSF) at (ox, oy)."""
+    from scipy.special import erf
+
+    sigma = fwhm / PIXEL_SCALE / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    centre = (size - 1) / 2.0
+    ox = centre if ox is None else ox
+    oy = centre if oy is None else oy
+    edges = np.arange(size + 1) - 0.5
+    line_x = np.diff(0.5 * (1.0 + erf((edges - ox) / (np.sqrt(2.0) * sigma))))
+    line_y = np.diff(0.5 * (1.0 + erf((edges - oy) / (np.sqrt(2.0) * sigma))))
+    return (flux * line_y[:, None] * line_x[None, :]).astype(np.float32)
+
+
+def test_psf_feature_names():
+    assert PSF_FEATURE_NAMES == ("psf_fwhm", "radius_excess", "concentration_excess")
+    assert not set(PSF_FEATURE_NAMES) & set(FEATURE_NAMES)
+
+
+def test_point_source_features_grow_with_fwhm():
+    fwhm = np.linspace(0.06, 0.6, 60)
+    radius, concentration = point_source_features(fwhm, pixel_scale=PIXEL_SCALE, size=SIZE)
+    assert radius.shape == concentration.shape == fwhm.shape
+    assert np.all(np.diff(radius) > 0)
+    assert np.all(np.diff(concentration) > 0)
+    # the fixed weight bounds the radius: s sw / sqrt(s^2 + sw^2) < sw = 0.25"
+    assert np.all((radius > 0) & (radius < 0.25))
+    scalar = point_source_features(0.17, pixel_scale=PIXEL_SCALE, size=SIZE)
+    assert np.ndim(scalar[0]) == 0
+
+
+@pytest.mark.parametrize("fwhm", [0.1, 0.137, 0.17, 0.23, 0.31])
+def test_point_source_features_match_the_measurement(fwhm):
+    """The table is what measure_features gives a centred Gaussian star (FWHM off its grid)."""
+    centre = (SIZE - 1) / 2.0
+    feats = measure_features(gaussian_star(fwhm)[None], 1.0, zeropoint=ZP,
+                             offsets=[[centre, centre]], pixel_scale=PIXEL_SCALE)
+    radius, concentration = point_source_features(fwhm, pixel_scale=PIXEL_SCALE, size=SIZE)
+    assert abs(feats[0, IRAD] - radius) < 1e-3  # arcsec
+    assert abs(feats[0, ICONC] - concentration) < 0.01  # mag
+
+
+def test_point_source_features_depend_on_pixel_scale_and_size():
+    a = point_source_features(0.17, pixel_scale=PIXEL_SCALE, size=SIZE)
+    b = point_source_features(0.17, pixel_scale=0.1, size=SIZE)
+    c = point_source_features(0.17, pixel_scale=PIXEL_SCALE, size=9)
+    assert a[0] != b[0] and a[1] != b[1]
+    assert a[1] != c[1]  # the 9-pixel stamp caps the large aperture
+
+
+def test_psf_features_shape_and_nan_propagation():
+    rng = np.random.default_rng(30)
+    feats = rng.uniform(0.05, 0.5, (4, len(FEATURE_NAMES))).astype(np.float32)
+    feats[1, IRAD] = np.nan
+    feats[2, ICONC] = np.nan
+    fwhm = np.array([0.15, 0.17, 0.2, np.nan])
+    out = psf_features(feats, fwhm, pixel_scale=PIXEL_SCALE, size=SIZE)
+    assert out.shape == (4, len(PSF_FEATURE_NAMES)) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:3, 0], fwhm[:3].astype(np.float32))
+    radius, concentration = point_source_features(fwhm[:3], pixel_scale=PIXEL_SCALE,
+                                                  size=SIZE)
+    np.testing.assert_allclose(out[[0, 2], 1], feats[[0, 2], IRAD] - radius[[0, 2]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(out[[0, 1], 2], feats[[0, 1], ICONC] - concentration[[0, 1]],
+                               rtol=1e-6)
+    assert np.isnan(out[1, 1]) and np.isfinite(out[1, 2])
+    assert np.isnan(out[2, 2]) and np.isfinite(out[2, 1])
+    assert np.all(np.isnan(out[3]))  # no PSF, no PSF features
+    empty = psf_features(np.zeros((0, len(FEATURE_NAMES)), np.float32), np.zeros(0),
+                         pixel_scale=PIXEL_SCALE, size=SIZE)
+    assert empty.shape == (0, len(PSF_FEATURE_NAMES))
+
+
+@pytest.mark.parametrize("fwhm", [0.12, 0.17, 0.26])
+def test_excesses_separate_point_sources_from_galaxies(fwhm):
+    """~0 for a star of the PSF's FWHM (whatever it is), > 0 for an extended Gaussian."""
+    rng = np.random.default_rng(31)
+    offsets = np.column_stack([rng.uniform(11.6, 12.4, 2), rng.uniform(11.6, 12.4, 2)])
+    star = gaussian_star(fwhm, ox=offsets[0, 0], oy=offsets[0, 1])
+    # a round Gaussian galaxy of FWHM 0.3" seen through the PSF (widths add in quadrature)
+    galaxy = gaussian_star(np.hypot(fwhm, 0.3), ox=offsets[1, 0], oy=offsets[1, 1])
+    feats = measure_features(np.stack([star, galaxy]), 1.0, zeropoint=ZP, offsets=offsets,
+                             pixel_scale=PIXEL_SCALE)
+    out = psf_features(feats, np.full(2, fwhm), pixel_scale=PIXEL_SCALE, size=SIZE)
+    r_ex, c_ex = out[:, 1], out[:, 2]
+    assert abs(r_ex[0]) < 2e-3 and abs(c_ex[0]) < 0.02
+    assert r_ex[1] > 0.02 and c_ex[1] > 0.2

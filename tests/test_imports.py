@@ -18,6 +18,8 @@ FORBIDDEN = {
     "astro_starglx.background": ("torch",),
     "astro_starglx.features": ("torch",),
     "astro_starglx.inputs": ("torch",),
+    "astro_starglx.psf": ("torch", "astropy", "photutils", "scipy"),
+    "astro_starglx.adapt": ("galsim",),
     # astropy too: numpy-only modules (preprocess, metrics) may use its checkers
     "astro_starglx._validation": ("torch", "astropy", "photutils"),
     "astro_starglx.simulate": ("torch", "galsim"),

@@ -1,5 +1,7 @@
 """Tests of the input extraction: positions, zero points, stamps, noise and features."""
 
+import re
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -11,9 +13,16 @@ from astropy.utils.masked import Masked
 from astropy.wcs import WCS
 from synthetic_sources import PIXEL_SCALE, SIZE, ZP, ccd, make_field
 
-from astro_starglx.features import FEATURE_NAMES
+from astro_starglx.features import FEATURE_NAMES, PSF_FEATURE_NAMES, psf_features
 from astro_starglx.flags import ClassFlag
-from astro_starglx.inputs import SourceInputs, extract_inputs, get_zeropoint, pixel_positions
+from astro_starglx.inputs import (
+    SourceInputs,
+    blend_flags,
+    extract_inputs,
+    get_zeropoint,
+    pixel_positions,
+)
+from astro_starglx.psf import PSFEstimate
 
 IMAG = FEATURE_NAMES.index("mag")
 
@@ -45,12 +54,35 @@ def test_get_zeropoint_errors():
     with pytest.raises(ValueError, match=r"magnitude features need one.*zeropoints=\{'g': value\}"
                                          r".*MAGZERO"):
         get_zeropoint(image, "g")
-    with pytest.raises(ValueError, match="must be a finite number"):
+    with pytest.raises(ValueError, match="must be a finite real number"):
         get_zeropoint(image, "g", {"g": np.nan})
-    with pytest.raises(ValueError, match="header keyword MAGZERO .* must be a finite number"):
+    with pytest.raises(ValueError, match="header keyword MAGZERO .* must be a finite real number"):
         get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu", meta={"MAGZERO": "n/a"}), "g")
     with pytest.raises(TypeError, match="zeropoints must be a mapping"):
         get_zeropoint(image, "g", 25.0)
+
+
+@pytest.mark.parametrize("value", [1e30, -1e3, True, np.bool_(False), "25.0", 25 + 0j,
+                                   np.array([25.0]), None, np.inf, 25.0 * u.m])
+def test_get_zeropoint_refuses_absurd_values(value):
+    """Absurd zero points used to be taken at face value (1e30, True, strings)."""
+    image = CCDData(np.zeros((3, 3)), unit="adu")
+    with pytest.raises(ValueError, match=r"zero point from zeropoints\['g'\] must be a finite "
+                                         r"real number of AB magnitudes within \+-100 .*got "
+                                         r".* of type .*zeropoints=\{'g': 25.0\}"):
+        get_zeropoint(image, "g", {"g": value})
+    header = CCDData(np.zeros((3, 3)), unit="adu", meta={"PHOTZP": value})
+    if not isinstance(value, (np.ndarray, u.Quantity)) and value is not None:
+        with pytest.raises(ValueError, match=r"header keyword PHOTZP of band 'g' must be"):
+            get_zeropoint(header, "g")
+
+
+def test_get_zeropoint_accepts_numbers_and_magnitudes():
+    image = CCDData(np.zeros((3, 3)), unit="adu")
+    for value in (25, np.float32(25.0), np.int16(25), 25.0 * u.mag, 25.0 * u.dimensionless_unscaled,
+                  u.Magnitude(25.0, u.ABmag), -48.6):
+        assert get_zeropoint(image, "g", {"g": value}) == pytest.approx(float(getattr(
+            value, "value", value)))
 
 
 def test_extract_inputs_needs_zeropoints():
@@ -234,6 +266,95 @@ def test_extract_inputs_does_not_mutate():
         np.testing.assert_array_equal(ys[b], pos[b][1])
 
 
+def test_extract_inputs_refuses_malformed_images():
+    """Complex, empty, wrongly masked images used to leak numpy errors or lose data."""
+    rng = np.random.default_rng(20)
+    kw = dict(bands=["r"], size=SIZE, pixel_scale=PIXEL_SCALE)
+    data = rng.normal(size=(40, 40))
+    with pytest.raises(TypeError, match=r"images\['r'\]\.data must hold real numbers, got "
+                                        r"complex dtype complex128; pass the real part"):
+        extract_inputs({"r": ccd(data + 1j)}, [20.0], [20.0], **kw)
+    for shape in [(0, 40), (40, 0)]:
+        with pytest.raises(ValueError, match=r"images\['r'\]\.data must have at least one row "
+                                             rf"and one column of pixels, got shape "
+                                             rf"{re.escape(str(shape))}"):
+            extract_inputs({"r": ccd(np.zeros(shape))}, [20.0], [20.0], **kw)
+    for mask in [np.zeros((3, 3), bool), np.bool_(True), False]:
+        image = NDData(data, mask=mask, meta={"MAGZERO": ZP})
+        with pytest.raises(ValueError, match=r"images\['r'\]\.mask must have the shape of "
+                                             r"images\['r'\]\.data \(40, 40\), got .*; give a "
+                                             r"boolean array of that shape.*or mask=None"):
+            extract_inputs({"r": image}, [20.0], [20.0], **kw)
+    image = NDData(data, mask=np.full((40, 40), "x"), meta={"MAGZERO": ZP})
+    with pytest.raises(TypeError, match=r"images\['r'\]\.mask must be a boolean or integer"):
+        extract_inputs({"r": image}, [20.0], [20.0], **kw)
+    image = ccd(data, uncertainty=StdDevUncertainty(np.ones((40, 40)) + 0j))
+    with pytest.raises(TypeError, match=r"images\['r'\]\.uncertainty must hold real numbers"):
+        extract_inputs({"r": image}, [20.0], [20.0], **kw)
+
+
+@pytest.mark.parametrize("with_uncertainty", [False, True])
+def test_band_without_usable_pixels_is_flagged(with_uncertainty):
+    """
+    With no uncertainty this raised, advising an ``image_sigma=`` argument
+    that classify() does not have; now it flags, as with an uncertainty.
+    """
+    rng = np.random.default_rng(21)
+    images, xs, ys = two_band_field(rng, n=4)
+    data = images["g"].data
+    unc = StdDevUncertainty(np.ones(data.shape)) if with_uncertainty else None
+    images["g"] = ccd(data, mask=np.ones(data.shape, bool), uncertainty=unc)
+    out = extract_inputs(images, xs, ys, bands=("g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    assert np.all(out.flags & ClassFlag.BAND_MISSING)
+    assert np.all(np.isnan(out.stamps[:, 0])) and np.all(np.isfinite(out.features[:, 1]))
+    # a tiny image (too few pixels for a whole-image noise) measures each stamp's own
+    tiny = ccd(rng.normal(size=(3, 4)))
+    out = extract_inputs({"r": tiny}, [1.0], [1.5], bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert out.flags[0] & ClassFlag.PARTIAL and not out.flags[0] & ClassFlag.BAND_MISSING
+    assert np.isfinite(out.noise[0, 0])
+
+
+def test_saturated_flag():
+    """SATURATED (32) was documented but never set."""
+    rng = np.random.default_rng(22)
+    data, x, y = make_field(rng, ["star"] * 4, [18.0] * 4, shape=(64, 96))
+    peaks = data[np.round(y).astype(int), np.round(x).astype(int)]
+    level = float(np.sort(peaks)[1]) + 1e-3  # two sources reach it, two do not
+    image = ccd(data)
+    image.meta["SATURATE"] = level
+    out = extract_inputs({"r": image}, x, y, bands=["r"], size=SIZE, pixel_scale=PIXEL_SCALE)
+    saturated = (out.flags & ClassFlag.SATURATED) != 0
+    assert saturated.tolist() == (peaks >= level).tolist()
+    assert not np.any(out.flags & ClassFlag.MASKED)  # saturated pixels are still data
+    # +inf in the central 5 x 5: SATURATED (and MASKED: the pixel has no value);
+    # +inf outside it, -inf, or a masked +inf: not SATURATED
+    data = data.copy()
+    iy, ix = np.round(y).astype(int), np.round(x).astype(int)
+    data[iy[0] + 1, ix[0] - 2] = np.inf
+    data[iy[1], ix[1] + 6] = np.inf
+    data[iy[2], ix[2]] = -np.inf
+    data[iy[3], ix[3]] = np.inf
+    mask = np.zeros(data.shape, bool)
+    mask[iy[3], ix[3]] = True
+    out = extract_inputs({"r": ccd(data, mask=mask)}, x, y, bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert ((out.flags & ClassFlag.SATURATED) != 0).tolist() == [True, False, False, False]
+    assert np.all(out.flags & ClassFlag.MASKED)
+    # float64 pixels beyond the float32 range are +inf there: saturated, no numpy warning
+    data = np.zeros((40, 40))
+    data[20, 20] = 1e39
+    out = extract_inputs({"r": ccd(data)}, [20.0], [20.0], bands=["r"], size=SIZE,
+                         pixel_scale=PIXEL_SCALE)
+    assert out.flags[0] & ClassFlag.SATURATED
+    for bad in ["n/a", np.nan, True]:
+        with pytest.raises(ValueError, match=r"header keyword SATURATE of images\['r'\] must "
+                                             r"be the saturation level as a number"):
+            image = CCDData(data, unit="adu", meta={"MAGZERO": ZP, "SATURATE": bad})
+            extract_inputs({"r": image}, [20.0], [20.0], bands=["r"], size=SIZE,
+                           pixel_scale=PIXEL_SCALE)
+
+
 # --------------------------------------------------------------------------
 # pixel_positions
 
@@ -298,12 +419,37 @@ def test_pixel_positions_unit_errors():
     catalog = QTable({"ra": coords.ra.deg * u.m, "dec": coords.dec})
     with pytest.raises(ValueError, match=r"column 'ra' has unit m, which is not an angle"):
         positions(catalog, images)
-    masked = QTable({"ra": Masked(coords.ra, mask=[False, True] + [False] * 4),
-                     "dec": coords.dec})
-    with pytest.raises(ValueError, match=r"column 'ra' has 1 non-finite or masked.*rows \[1\]"):
-        positions(masked, images)
     with pytest.raises(ValueError, match="column 'ra' must hold numbers"):
         positions(Table({"ra": ["10:00:00"] * 6, "dec": coords.dec.deg}), images)
+
+
+def test_masked_or_nan_positions_are_per_source():
+    """One masked or NaN coordinate used to reject the whole catalog."""
+    images, coords = sky_field()
+    ref_x, ref_y = positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images)
+    ra, dec = coords.ra.deg.copy(), coords.dec.deg.copy()
+    ra[1], dec[4] = np.nan, np.inf
+    catalogs = [
+        QTable({"ra": Masked(coords.ra, mask=[False, True] + [False] * 4),
+                "dec": Masked(coords.dec, mask=[False] * 4 + [True, False])}),
+        Table({"ra": np.ma.MaskedArray(coords.ra.deg, mask=[0, 1, 0, 0, 0, 0]),
+               "dec": np.ma.MaskedArray(coords.dec.deg, mask=[0, 0, 0, 0, 1, 0])}),
+        Table({"ra": ra, "dec": dec}),
+        Table({"c": SkyCoord(ra, np.where(np.isfinite(dec), dec, np.nan), unit="deg")}),
+    ]
+    for catalog in catalogs:
+        x, y = positions(catalog, images)
+        for band in images:
+            assert np.isnan(x[band][[1, 4]]).all() and np.isnan(y[band][[1, 4]]).all()
+            keep = [0, 2, 3, 5]
+            np.testing.assert_allclose(x[band][keep], ref_x[band][keep], atol=1e-6)
+            np.testing.assert_allclose(y[band][keep], ref_y[band][keep], atol=1e-6)
+    x, _ = positions(Table({"x": [1.0, np.nan], "y": [2.0, 3.0]}), images, shared_grid=True)
+    assert np.isnan(x["g"][1]) and x["r"][0] == 1.0
+    # and the sources without a position are OFF_IMAGE
+    data = ccd(np.random.default_rng(0).normal(size=(60, 80)))
+    out = extract_inputs({"g": data}, x, x, bands=["g"], size=SIZE, pixel_scale=PIXEL_SCALE)
+    assert out.flags[1] & ClassFlag.OFF_IMAGE and np.isnan(out.stamps[1]).all()
 
 
 def test_pixel_positions_dec_out_of_range():
@@ -373,3 +519,132 @@ def test_pixel_positions_empty_catalog():
     images, _ = sky_field()
     x, y = positions(Table({"ra": np.zeros(0), "dec": np.zeros(0)}), images)
     assert x["g"].shape == (0,) and y["r"].shape == (0,)
+
+
+# --------------------------------------------------------------------------
+# feature selection and PSF features
+
+
+def test_extract_inputs_feature_names_order_and_subset():
+    rng = np.random.default_rng(40)
+    images, xs, ys = two_band_field(rng, n=6)
+    kw = dict(bands=("g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    default = extract_inputs(images, xs, ys, **kw)
+    same = extract_inputs(images, xs, ys, feature_names=FEATURE_NAMES, **kw)
+    np.testing.assert_array_equal(same.features, default.features)
+    subset = extract_inputs(images, xs, ys, feature_names=["radius", "mag"], **kw)
+    assert subset.features.shape == (6, 2, 2)
+    np.testing.assert_array_equal(subset.features[..., 0],
+                                  default.features[..., FEATURE_NAMES.index("radius")])
+    np.testing.assert_array_equal(subset.features[..., 1], default.features[..., IMAG])
+    # the stamps, noise and flags do not depend on the features asked for
+    np.testing.assert_array_equal(subset.stamps, default.stamps)
+    np.testing.assert_array_equal(subset.flags, default.flags)
+
+
+def test_extract_inputs_psf_features():
+    rng = np.random.default_rng(41)
+    images, xs, ys = two_band_field(rng, n=6)
+    ny, nx = images["r"].data.shape
+    # band r's PSF grows from left to right: each source gets its local FWHM
+    psf = {"g": PSFEstimate(0.15, "argument", band="g"),
+           "r": PSFEstimate(0.2, "measured", band="r", plane=(0.2, 0.03, 0.0),
+                            shape=(ny, nx), n_stars=10)}
+    kw = dict(bands=("u", "g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    names = FEATURE_NAMES + PSF_FEATURE_NAMES
+    base = extract_inputs(images, xs, ys, **kw)
+    out = extract_inputs(images, xs, ys, feature_names=names, psf=psf, **kw)
+    assert out.features.shape == (6, 3, len(names))
+    np.testing.assert_array_equal(out.features[..., :len(FEATURE_NAMES)], base.features)
+    assert np.all(np.isnan(out.features[:, 0]))  # band u is missing
+    i_fwhm = names.index("psf_fwhm")
+    np.testing.assert_allclose(out.features[:, 1, i_fwhm], 0.15)
+    np.testing.assert_allclose(out.features[:, 2, i_fwhm],
+                               psf["r"].at(xs["r"], ys["r"]), rtol=1e-6)
+    assert np.ptp(out.features[:, 2, i_fwhm]) > 0.01
+    for c, band in ((1, "g"), (2, "r")):
+        expected = psf_features(base.features[:, c], psf[band].at(xs[band], ys[band]),
+                                pixel_scale=PIXEL_SCALE, size=SIZE)
+        np.testing.assert_allclose(out.features[:, c, len(FEATURE_NAMES):], expected,
+                                   rtol=1e-6, atol=1e-7)
+    # PSF features alone, reordered
+    alone = extract_inputs(images, xs, ys, feature_names=["concentration_excess", "psf_fwhm"],
+                           psf=psf, **kw)
+    np.testing.assert_array_equal(alone.features[..., 0],
+                                  out.features[..., names.index("concentration_excess")])
+    np.testing.assert_array_equal(alone.features[..., 1], out.features[..., i_fwhm])
+    # stars have small radius excesses, galaxies (odd rows) large ones
+    excess = out.features[:, 1, names.index("radius_excess")]
+    assert excess[1::2].min() > excess[0::2].max()
+
+
+def test_extract_inputs_feature_names_errors():
+    rng = np.random.default_rng(42)
+    images, xs, ys = two_band_field(rng, n=2)
+    kw = dict(bands=("g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
+    with pytest.raises(ValueError, match=r"feature_names holds \['size'\], which astro_starglx "
+                                         r"cannot measure; known features: \['mag'"):
+        extract_inputs(images, xs, ys, feature_names=["mag", "size"], **kw)
+    with pytest.raises(TypeError, match="feature_names must be a sequence of feature names, "
+                                        "got 'mag'"):
+        extract_inputs(images, xs, ys, feature_names="mag", **kw)
+    with pytest.raises(TypeError, match="feature_names must be a sequence of feature names"):
+        extract_inputs(images, xs, ys, feature_names=["mag", 3], **kw)
+    with pytest.raises(ValueError, match=r"asks for PSF features but psf has no estimate for "
+                                         r"bands \['g', 'r'\]; pass psf=astro_starglx.psf"):
+        extract_inputs(images, xs, ys, feature_names=["mag", "psf_fwhm"], **kw)
+    with pytest.raises(ValueError, match=r"no estimate for bands \['r'\]"):
+        extract_inputs(images, xs, ys, feature_names=["radius_excess"],
+                       psf={"g": PSFEstimate(0.15, "argument")}, **kw)
+    # only the bands present need a PSF
+    out = extract_inputs({"g": images["g"]}, xs, ys, feature_names=["radius_excess"],
+                         psf={"g": PSFEstimate(0.15, "argument")}, **kw)
+    assert out.features.shape == (2, 2, 1)
+
+
+# --------------------------------------------------------------------------
+# blend_flags
+
+
+def gaussian_sources(shape, xs, ys, fluxes, *, sigma=1.2, noise=0.01, seed=0):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    data = np.random.default_rng(seed).normal(0.0, noise, shape)
+    for x, y, f in zip(xs, ys, fluxes):
+        r2 = (xx - x) ** 2 + (yy - y) ** 2
+        data += f / (2 * np.pi * sigma**2) * np.exp(-r2 / (2 * sigma**2))
+    return data.astype(np.float32)
+
+
+def test_blend_flags():
+    # A and B: equal, 5 pixels apart; C: isolated; D bright with E, 30x fainter,
+    # 9 pixels away; F: no position
+    x = np.array([20.0, 25.0, 75.0, 40.0, 49.0, np.nan])
+    y = np.array([20.0, 20.3, 40.0, 48.0, 48.0, np.nan])
+    flux = np.array([100.0, 100.0, 100.0, 900.0, 30.0])
+    image = ccd(gaussian_sources((64, 96), x[:5], y[:5], flux))
+    flags = blend_flags(image, x, y, size=SIZE)
+    assert flags.dtype == np.uint16 and flags.shape == (6,)
+    blended = ClassFlag.BLENDED
+    assert flags.tolist() == [blended, blended, 0, 0, blended, 0]
+    # the neighbour must lie inside the stamp: 5 pixels is outside a 7-pixel stamp
+    assert blend_flags(image, x, y, size=7).tolist() == [0] * 6
+    # a lower ratio counts the faint neighbour of the bright one too
+    assert blend_flags(image, x, y, size=SIZE, ratio=0.01)[3] == blended
+    # fewer than two positions: nothing to blend
+    assert blend_flags(image, x[:1], y[:1], size=SIZE).tolist() == [0]
+
+
+def test_blend_flags_tiny_odd_images():
+    """Images under 5 pixels, absurd positions and +-3e38 pixels used to raise or warn."""
+    for shape in [(1, 1), (3, 2), (4, 7)]:
+        image = ccd(np.ones(shape, dtype=np.float32))
+        flags = blend_flags(image, np.array([0.0, 1.0, 1e30]), np.array([0.0, 0.0, -1e30]),
+                            size=SIZE)
+        assert flags.tolist() == [ClassFlag.BLENDED] * 2 + [0]
+    data = np.full((20, 20), 3e38, dtype=np.float32)
+    data[::2] = -3e38
+    data[5, 5] = np.nan
+    flags = blend_flags(ccd(data), np.array([5.0, 8.0]), np.array([5.0, 5.0]), size=SIZE)
+    assert flags.shape == (2,)
+    assert blend_flags(ccd(np.full((20, 20), np.nan)), np.array([5.0, 8.0]),
+                       np.array([5.0, 5.0]), size=SIZE).shape == (2,)

@@ -326,3 +326,95 @@ def test_validate_architecture_errors():
         validate_architecture(dict(config("rbim-lite"), image_encoder="resnet"))
     with pytest.raises(TypeError, match="config must be a dict"):
         validate_architecture(["resnet"])
+
+
+# ----------------------------------------------------------------------------- psf
+
+
+def psf_entry(bands=("NUV", "u", "g", "r", "i", "z", "y")):
+    return {"nominal_fwhm": {band: 0.12 + 0.005 * k for k, band in enumerate(bands)},
+            "fwhm_range": {band: [0.08, 0.3] for band in bands}}
+
+
+def test_psf_defaults_to_none_and_is_not_stored(tiny_meta):
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert meta.psf is None
+    assert "psf" not in meta.to_dict()
+    assert ModelMeta.from_dict(dict(tiny_meta, psf=None)) == meta
+    assert "psf" not in ModelMeta.from_dict(dict(tiny_meta, psf=None)).to_dict()
+
+
+def test_psf_round_trip(tiny_meta):
+    tiny_meta["psf"] = psf_entry()
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert meta.psf == tiny_meta["psf"]
+    assert meta.to_dict()["psf"] == tiny_meta["psf"]
+    assert meta.to_dict() == stored(tiny_meta)
+    assert ModelMeta.from_json(meta.to_json()) == meta
+    assert meta.extra == {}
+    # numpy values and tuples are stored as plain JSON
+    tiny_meta["psf"]["fwhm_range"]["r"] = (np.float32(0.1), np.float64(0.25))
+    assert ModelMeta.from_dict(tiny_meta).psf["fwhm_range"]["r"] == [
+        float(np.float32(0.1)), 0.25]
+    # replace() adds, keeps and removes it
+    plain = ModelMeta.from_dict(make_tiny_meta())
+    aware = plain.replace(psf=psf_entry())
+    assert aware.psf == psf_entry()
+    assert aware.replace(threshold=0.4).psf == psf_entry()
+    assert aware.replace(psf=None).psf is None
+    assert "psf" not in aware.replace(psf=None).to_dict()
+
+
+def test_psf_extra_bands_are_allowed(tiny_meta):
+    entry = psf_entry()
+    entry["nominal_fwhm"]["w"] = 0.2
+    entry["fwhm_range"]["w"] = [0.1, 0.3]
+    assert ModelMeta.from_dict(dict(tiny_meta, psf=entry)).psf == entry
+
+
+def _bad_psf(**changes):
+    entry = psf_entry()
+    for key, value in changes.items():
+        part, band = key.split("__")
+        if value is None:
+            del entry[part][band]
+        else:
+            entry[part][band] = value
+    return entry
+
+
+@pytest.mark.parametrize("psf", [
+    {},
+    [0.1, 0.2],
+    "nominal",
+    {"nominal_fwhm": {"r": 0.1}},
+    {"fwhm_range": psf_entry()["fwhm_range"]},
+    {"nominal_fwhm": 0.15, "fwhm_range": psf_entry()["fwhm_range"]},
+    {"nominal_fwhm": psf_entry()["nominal_fwhm"], "fwhm_range": [0.1, 0.3]},
+    _bad_psf(nominal_fwhm__g=None),
+    _bad_psf(fwhm_range__y=None),
+    _bad_psf(nominal_fwhm__r=0.0),
+    _bad_psf(nominal_fwhm__r=-0.1),
+    _bad_psf(nominal_fwhm__r="0.15"),
+    _bad_psf(nominal_fwhm__r=True),
+    _bad_psf(fwhm_range__r=[0.3, 0.1]),
+    _bad_psf(fwhm_range__r=[0.2, 0.2]),
+    _bad_psf(fwhm_range__r=[0.0, 0.2]),
+    _bad_psf(fwhm_range__r=[0.1]),
+    _bad_psf(fwhm_range__r=[0.1, 0.2, 0.3]),
+    _bad_psf(fwhm_range__r=0.2),
+    _bad_psf(fwhm_range__r=[0.1, None]),
+])
+def test_psf_validation(tiny_meta, psf):
+    with pytest.raises(ValueError, match=r"invalid weights meta:\n  - psf must be None or a dict "
+                                         r"with 'nominal_fwhm' \{band: arcsec > 0\} and "
+                                         r"'fwhm_range' \{band: \[low, high\]\} for every band"):
+        ModelMeta.from_dict(dict(tiny_meta, psf=psf))
+
+
+def test_psf_validation_nan(tiny_meta):
+    with pytest.raises(ValueError, match="meta must be strict JSON"):
+        ModelMeta.from_dict(dict(tiny_meta, psf=_bad_psf(nominal_fwhm__r=float("nan"))))
+    meta = ModelMeta.from_dict(tiny_meta)
+    with pytest.raises(ValueError, match="psf must be None or a dict"):
+        meta.replace(psf={"nominal_fwhm": {}, "fwhm_range": {}})

@@ -178,11 +178,13 @@ def test_measure_psf_input_errors():
         measure_psf(image, [1.0], [1.0], mask=np.zeros((3, 3), bool), **kw)
     with pytest.raises(ValueError, match="sigma must be a scalar or an array"):
         measure_psf(image, [1.0], [1.0], sigma=np.ones(3), **kw)
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        measure_psf(image, [1.0], [1.0], sigma=-1.0, **kw)
     with pytest.raises(ValueError, match="min_stars must be an integer >= 3"):
         measure_psf(image, [1.0], [1.0], min_stars=1, **kw)
-    with pytest.raises(ValueError, match="nominal_fwhm must be a positive finite number"):
+    with pytest.raises(ValueError, match="nominal_fwhm must be a finite number > 0"):
         measure_psf(image, [1.0], [1.0], pixel_scale=SCALE, nominal_fwhm=-1)
-    with pytest.raises(ValueError, match="pixel_scale must be a positive finite number"):
+    with pytest.raises(ValueError, match="pixel_scale must be a finite number > 0"):
         measure_psf(image, [1.0], [1.0], pixel_scale=np.nan, nominal_fwhm=0.15)
 
 
@@ -216,13 +218,13 @@ def test_psf_from_argument_images(profile):
 
 
 @pytest.mark.parametrize("value, error, match", [
-    (-0.1, ValueError, r"psf\['r'\] must be a positive finite number"),
-    (np.nan, ValueError, r"psf\['r'\] must be a positive finite number"),
+    (-0.1, ValueError, r"psf\['r'\] must be a finite number > 0"),
+    (np.nan, ValueError, r"psf\['r'\] must be a finite number > 0"),
     (0.0, ValueError, "pass the FWHM in arcsec"),
     ("0.15", TypeError, r"psf\['r'\] must be a number, a Quantity or a PSF image, got str"),
     (True, TypeError, "got bool"),
     (3 * u.m, ValueError, r"has unit .*expected an angle or pixels"),
-    (-2 * u.pix, ValueError, "must be a positive finite number"),
+    (-2 * u.pix, ValueError, "must be a finite number > 0"),
     (np.ones((3, 3, 3)), ValueError, "must be a 2-D PSF image of at least 3 x 3 pixels"),
     (np.ones(5), ValueError, "must be a 2-D PSF image"),
     (np.full((5, 5), np.nan), ValueError, "finite pixels with a positive peak"),
@@ -327,9 +329,9 @@ def test_resolve_psf_errors(field):
         resolve_psf(images, {"r": (x, y)}, nominal_fwhm=0.15)
     with pytest.raises(ValueError, match="positions has no entry for band 'r'"):
         resolve_psf(images, {}, nominal_fwhm=0.15, pixel_scale=SCALE)
-    with pytest.raises(ValueError, match=r"psf\['r'\] must be a positive finite number"):
+    with pytest.raises(ValueError, match=r"psf\['r'\] must be a finite number > 0"):
         resolve_psf(images, {}, psf={"r": -1.0}, nominal_fwhm=0.15, pixel_scale=SCALE)
-    with pytest.raises(ValueError, match=r"nominal_fwhm\['r'\] must be a positive"):
+    with pytest.raises(ValueError, match=r"nominal_fwhm\['r'\] must be a finite number > 0.0"):
         resolve_psf(images, {"r": (x, y)}, nominal_fwhm={"g": 0.1}, pixel_scale=SCALE)
     with pytest.raises(TypeError, match=r"images\['r'\] must be an NDData"):
         resolve_psf({"r": image}, {}, nominal_fwhm=0.15, pixel_scale=SCALE)
@@ -356,7 +358,7 @@ def test_estimate_at_and_to_dict():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"fwhm": -1.0, "source": "header"}, "fwhm must be a positive finite number"),
+    ({"fwhm": -1.0, "source": "header"}, "fwhm must be a finite number > 0"),
     ({"fwhm": 0.1, "source": "guess"}, "source must be one of"),
     ({"fwhm": 0.1, "source": "measured", "plane": (0.1, 0.0, 0.0)}, "needs the image shape"),
 ])

@@ -1,12 +1,17 @@
 """Tests of training: learning, exact resume, determinism, export."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from astro_starglx import training
+from astro_starglx.csst import CSST_BANDS
+from astro_starglx.features import FEATURE_NAMES, PSF_FEATURE_NAMES
 from astro_starglx.inference import predict_logits
+from astro_starglx.metrics import softmax
 from astro_starglx.preprocess import Normalization, compute_normalization
 from astro_starglx.training import TrainConfig, _scheduler, augment_batch, fit
 
@@ -166,3 +171,202 @@ def test_config_errors():
         TrainConfig(optimizer="lbfgs")
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainConfig(epochs=0)
+
+
+# --------------------------------------------------------------------------
+# mid-epoch checkpoints, precision, feature subsets, PSF validity
+
+
+def quick_split(n, *, seed):
+    """`toy_split` on 9-pixel stamps with a stronger size feature: learnt in 2 epochs."""
+    split = toy_split(n, seed=seed, size=9)
+    split.features[:, :, 3] *= 2
+    return split
+
+
+@pytest.fixture(scope="module")
+def quick_data():
+    return quick_split(192, seed=5), quick_split(64, seed=6)
+
+
+def quick_config(**kw):
+    base = dict(model="rbim-lite", epochs=2, batch_size=32, lr=1e-2, seed=3, patience=10,
+                precision="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(quick_data, tmp_path_factory):
+    train, val = quick_data
+    output_dir = tmp_path_factory.mktemp("full")
+    result = fit(train, val, config=quick_config(), output_dir=output_dir)
+    return SimpleNamespace(result=result, output_dir=output_dir)
+
+
+def test_checkpoint_once_per_epoch_by_default(uninterrupted):
+    log_text = (uninterrupted.output_dir / "train.log").read_text()
+    assert "epoch 0:" in log_text and "epoch 1:" in log_text
+    assert "checkpoint after batch" not in log_text  # 10 minutes never passed
+    ckpt = torch.load(uninterrupted.output_dir / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["rng_state"]) == (2, 0, None)
+
+
+def test_mid_epoch_resume_is_exact(quick_data, uninterrupted, tmp_path):
+    train, val = quick_data
+    # every batch checkpoints (1e-6 minutes); not part of the run's identity
+    config = quick_config(checkpoint_minutes=1e-6)
+    assert config.run_key() == quick_config().run_key()
+    # 6 batches per epoch: saves 1-5 are within epoch 0, save 6 ends it, and
+    # save 8 follows batch 2 of epoch 1
+    _run_epochs(train, val, config, tmp_path, stop_after=8)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    assert ckpt["rng_state"] is not None and ckpt["torch_rng"] is not None
+    assert ckpt["n_seen"] == 2 * config.batch_size and len(ckpt["history"]) == 1
+    resumed = fit(train, val, config=config, output_dir=tmp_path, resume=True)
+    full = uninterrupted.result.network.state_dict()
+    for key, value in resumed.network.state_dict().items():
+        assert torch.equal(value, full[key]), key
+    assert resumed.history == uninterrupted.result.history
+    log_text = (tmp_path / "train.log").read_text()
+    assert f"resumed from {tmp_path / 'checkpoint.pt'} at epoch 1, batch 2" in log_text
+    assert "epoch 0: checkpoint after batch 1 of 6" in log_text
+
+
+def test_precision_fp32_and_bf16_agree(quick_data, uninterrupted, tmp_path):
+    """bf16 autocast (emulated on CPUs without native bf16; the LSTM stays fp32)."""
+    train, val = quick_data
+    config = quick_config(precision="bf16")
+    assert config.use_bf16(torch.device("cpu"))
+    assert not quick_config().use_bf16(torch.device("cpu"))
+    bf16 = fit(train, val, config=config, output_dir=tmp_path)
+    assert "bf16 autocast" in (tmp_path / "train.log").read_text()
+    fp32 = uninterrupted.result
+    p32 = softmax(predict_logits(fp32.network, val, fp32.normalization))[:, 1]
+    p16 = softmax(predict_logits(bf16.network, val, bf16.normalization))[:, 1]
+    # both learn the problem ...
+    assert np.mean((p32 >= 0.5) == val.labels) > 0.95
+    assert np.mean((p16 >= 0.5) == val.labels) > 0.95
+    # ... to the same classes and nearly the same probabilities (0.04 measured)
+    np.testing.assert_array_equal(p32 >= 0.5, p16 >= 0.5)
+    assert np.max(np.abs(p32 - p16)) < 0.1
+    # and bf16 really ran: the weights are not those of the fp32 run
+    state = fp32.network.state_dict()
+    assert not all(torch.equal(v, state[k]) for k, v in bf16.network.state_dict().items())
+
+
+def test_precision_auto(monkeypatch):
+    config = TrainConfig()
+    assert config.precision == "auto"
+    assert config.use_bf16(torch.device("cuda"))
+    for native in (False, True):
+        monkeypatch.setattr(training, "_cpu_has_native_bf16", lambda native=native: native)
+        assert config.use_bf16(torch.device("cpu")) is native
+    assert TrainConfig(precision="fp32").use_bf16(torch.device("cuda")) is False
+    assert isinstance(training._cpu_has_native_bf16.__call__(), bool)
+
+
+def test_new_config_errors_and_run_key():
+    with pytest.raises(ValueError, match="precision must be 'auto', 'fp32' or 'bf16', got 'fp16'"):
+        TrainConfig(precision="fp16")
+    for minutes in (0, -1.0):
+        with pytest.raises(ValueError, match="checkpoint_minutes must be > 0"):
+            TrainConfig(checkpoint_minutes=minutes)
+    for features in ("mag", (), ["mag", 3]):
+        with pytest.raises(ValueError, match="features must be None or a non-empty sequence"):
+            TrainConfig(features=features)
+    config = TrainConfig(features=["mag", "radius"])
+    assert config.features == ("mag", "radius")
+    key = config.run_key()
+    assert "checkpoint_minutes" not in key and key["features"] == ["mag", "radius"]
+    assert json.loads(json.dumps(key)) == key
+    assert TrainConfig(checkpoint_minutes=1.0).run_key() == TrainConfig().run_key()
+    assert TrainConfig(precision="bf16").run_key() != TrainConfig().run_key()
+    assert TrainConfig(features=["mag"]).run_key() != TrainConfig().run_key()
+
+
+ALL_FEATURES = list(FEATURE_NAMES + PSF_FEATURE_NAMES)
+
+
+def test_select_features():
+    split = quick_split(8, seed=7)
+    split.features = np.arange(8 * 7 * 8, dtype=np.float32).reshape(8, 7, 8)
+    info = {"feature_names": ALL_FEATURES}
+    names, splits = training._select_features(TrainConfig(), info, [split])
+    assert names == ALL_FEATURES and splits[0] is split
+    names, (sub,) = training._select_features(TrainConfig(features=["psf_fwhm", "mag"]), info,
+                                              [split])
+    assert names == ["psf_fwhm", "mag"]
+    np.testing.assert_array_equal(sub.features, split.features[:, :, [5, 0]])
+    assert sub.stamps is split.stamps and sub.labels is split.labels
+    with pytest.raises(ValueError, match=r"TrainConfig.features names \['size'\], which the "
+                                         r"data set does not have; it has \['mag'"):
+        training._select_features(TrainConfig(features=["mag", "size"]), info, [split])
+
+
+def test_psf_validity():
+    rng = np.random.default_rng(8)
+    bands = ["g", "r"]
+    features = rng.normal(size=(1000, 2, 3)).astype(np.float32)
+    features[:, 0, 1] = rng.uniform(0.1, 0.2, 1000)
+    features[:, 1, 1] = rng.uniform(0.15, 0.3, 1000)
+    features[:5, 1, 1] = np.nan  # unmeasured: ignored
+    info = {"bands": bands, "nominal_fwhm": {"g": 0.13, "r": np.float64(0.14), "i": 0.15}}
+    names = ["mag", "psf_fwhm", "radius"]
+    psf = training._psf_validity(info, SimpleNamespace(features=features), names)
+    assert psf["nominal_fwhm"] == {"g": 0.13, "r": 0.14}
+    assert type(psf["nominal_fwhm"]["r"]) is float
+    for c, band in enumerate(bands):
+        values = features[:, c, 1][np.isfinite(features[:, c, 1])]
+        expected = np.round(np.quantile(values, [0.005, 0.995]), 4)
+        np.testing.assert_allclose(psf["fwhm_range"][band], expected, atol=1e-12)
+        assert values.min() < psf["fwhm_range"][band][0] < psf["fwhm_range"][band][1] \
+            < values.max()
+    assert json.loads(json.dumps(psf)) == psf
+    assert training._psf_validity(info, SimpleNamespace(features=features),
+                                  ["mag", "radius_excess", "radius"]) is None
+
+
+def write_toy_dataset(path, *, sizes=(96, 32, 32)):
+    """A data set directory in the format of `astro_starglx.dataset.make_dataset`."""
+    from astropy.table import Table
+
+    path.mkdir()
+    for k, (split, n) in enumerate(zip(("train", "val", "test"), sizes)):
+        data = quick_split(n, seed=20 + k)
+        features = np.concatenate([data.features, np.zeros((n, 7, 3), np.float32)], axis=2)
+        features[:, :, 5] = np.random.default_rng(k).uniform(0.1, 0.25, (n, 7))
+        arrays = {"stamps": data.stamps, "noise": data.noise, "features": features,
+                  "labels": data.labels, "flags": np.zeros(n, np.uint16)}
+        for name, array in arrays.items():
+            np.save(path / f"{split}_{name}.npy", array)
+        Table({"label": np.where(data.labels == 1, "galaxy", "star"),
+               "mag_r": np.linspace(20, 26, n)}).write(path / f"{split}_catalog.ecsv")
+    info = {"bands": list(CSST_BANDS), "stamp_size": 9, "pixel_scale": 0.074, "seed": 11,
+            "config": {"seed": 11}, "feature_names": ALL_FEATURES,
+            "nominal_fwhm": {band: 0.13 for band in CSST_BANDS},
+            "class_names": ["star", "galaxy"]}
+    (path / "dataset.json").write_text(json.dumps(info))
+    return path
+
+
+@pytest.mark.parametrize("features", [("mag", "radius"), ("radius", "psf_fwhm")])
+def test_train_release_records_the_feature_subset(tmp_path, features):
+    from astro_starglx.weights import read_meta
+
+    dataset = write_toy_dataset(tmp_path / "ds")
+    config = quick_config(epochs=1, features=features)
+    path = training.train_release(dataset, tmp_path / "out", config=config, device="cpu",
+                                  progress=False)
+    meta = read_meta(path)
+    assert meta.feature_names == features
+    assert meta.normalization.shape == (7, 2)
+    assert meta.architecture["n_features"] == 2
+    assert meta.recipe["config"]["features"] == list(features)
+    if "psf_fwhm" in features:
+        assert meta.psf["nominal_fwhm"] == {band: 0.13 for band in CSST_BANDS}
+        for low, high in meta.psf["fwhm_range"].values():
+            assert 0.1 <= low < 0.11 and 0.24 < high <= 0.25
+    else:
+        assert meta.psf is None

@@ -1,0 +1,853 @@
+"""
+Adapt a released model to your own survey: labelled inputs, fine-tuning, priors.
+
+The released models were trained on CSST-like simulations. On another survey
+(another pixel scale, PSF, depth, band set, star fraction) they still rank
+objects well but their threshold, calibration and priors are CSST's.
+`fine_tune` takes a few hundred of your own labelled objects and writes a
+model for your images::
+
+    catalog + images + labels -> labelled_inputs (as classify() extracts them)
+        -> seeded stratified train/validation split (stratified_split)
+        -> fit from the base model's weights (or from scratch, or no training)
+        -> temperature and threshold refitted on validation
+        -> <output>/<name>.safetensors, read by StarGalaxyClassifier(path)
+
+`reweight_prior` moves probabilities to another star fraction (a Galactic
+latitude changes it by orders of magnitude).
+"""
+
+import dataclasses
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.utils.exceptions import AstropyUserWarning
+
+from ._validation import check_bool, check_catalog, check_choice, check_count, check_real
+
+__all__ = [
+    "FINE_TUNE_MODES",
+    "LabelledInputs",
+    "fine_tune",
+    "labelled_inputs",
+    "parse_labels",
+    "reweight_prior",
+    "stratified_split",
+]
+
+log = logging.getLogger(__name__)
+
+#: What `fine_tune` trains: all weights from the base model, all weights from
+#: a random initialisation, or nothing (only temperature and threshold).
+FINE_TUNE_MODES = ("fine-tune", "scratch", "calibrate")
+
+#: Learning rate of each training mode when ``lr=None``: a gentle one that
+#: keeps what the base model learned, and the release recipe's for scratch.
+_DEFAULT_LR = {"fine-tune": 3e-4, "scratch": 2e-3}
+
+# The PSF range a fine-tuned PSF-aware model is valid for: the FWHMs seen in
+# the user's data, widened by this factor on each side.
+_PSF_WIDENING = 1.15
+
+# Fields (or bands) whose pixel scales differ by more than this cannot share
+# one model: the meta holds one pixel scale (the classifier's own tolerance).
+_SCALE_TOLERANCE = 0.1
+
+# Bounds of the temperature fitted on a small validation set: a few hundred
+# labels are often perfectly separated, which drives the unbounded fit to
+# T -> 0 (probabilities of exactly 0 and 1).
+_TEMPERATURE_BOUNDS = (0.1, 10.0)
+
+_LABEL_HINT = ("'star'/'galaxy' strings (any case), 0/1 integers (1 = galaxy) or booleans "
+               "(True = galaxy)")
+
+
+# ---------------------------------------------------------------------------
+# labels and splits
+
+
+def parse_labels(values, *, column="label"):
+    """
+    Star/galaxy labels as 0 (star) and 1 (galaxy).
+
+    Parameters
+    ----------
+    values : array_like or `~astropy.table.Column`
+        ``"star"``/``"galaxy"`` strings (any case, surrounding blanks
+        ignored), 0/1 integers (or floats equal to 0 and 1), or booleans
+        (True = galaxy).
+    column : str, optional
+        The column's name, used in error messages.
+
+    Returns
+    -------
+    labels : `~numpy.ndarray`
+        ``(N,)`` int8, 0 = star, 1 = galaxy.
+
+    Raises
+    ------
+    ValueError
+        If a value is none of those (the message names the column and the
+        bad values), a value is masked or NaN, or ``values`` is not 1-D.
+
+    Examples
+    --------
+    >>> from astro_starglx.adapt import parse_labels
+    >>> parse_labels(["Star", "GALAXY", " star "]).tolist()
+    [0, 1, 0]
+    >>> parse_labels([True, False]).tolist()
+    [1, 0]
+    """
+    mask = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
+    arr = np.asarray(np.ma.getdata(values))
+    if arr.ndim != 1:
+        msg = (f"label column {column!r} must be 1-D (one label per source), got shape "
+               f"{arr.shape}")
+        raise ValueError(msg)
+    if mask is not None and np.shape(mask) == arr.shape and mask.any():
+        rows = np.flatnonzero(mask)
+        msg = (f"label column {column!r} has {rows.size} masked value(s) (rows "
+               f"{_rows(rows)}); keep only the labelled rows, e.g. "
+               f"catalog[~catalog[{column!r}].mask]")
+        raise ValueError(msg)
+    if arr.dtype.kind == "O":
+        arr = np.asarray(arr.tolist())
+        if arr.ndim != 1:
+            msg = f"label column {column!r} must hold one label per row, got nested objects"
+            raise ValueError(msg)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int8)
+    kind = arr.dtype.kind
+    if kind == "S":
+        arr = np.char.decode(arr, "ascii", errors="replace")
+        kind = "U"
+    if kind == "U":
+        text = np.char.lower(np.char.strip(arr))
+        galaxy = text == "galaxy"
+        bad = ~(galaxy | (text == "star"))
+        labels = galaxy
+    elif kind == "b":
+        bad = np.zeros(arr.shape, dtype=bool)
+        labels = arr
+    elif kind in "iuf":
+        bad = ~((arr == 0) | (arr == 1))
+        labels = arr == 1
+    else:
+        msg = f"label column {column!r} must hold {_LABEL_HINT}, got dtype {arr.dtype}"
+        raise ValueError(msg)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        examples = sorted({str(v) for v in arr[bad].tolist()})[:5]
+        msg = (f"label column {column!r} must hold {_LABEL_HINT}; got {examples} in "
+               f"{rows.size} row(s) (rows {_rows(rows)}). Map other classes first (e.g. "
+               f"QSO to 'star' or drop them) and drop unlabelled rows")
+        raise ValueError(msg)
+    return labels.astype(np.int8)
+
+
+def _rows(rows):
+    return f"{rows[:5].tolist()}{' ...' if rows.size > 5 else ''}"
+
+
+def stratified_split(labels, *, val_fraction, seed):
+    """
+    A seeded train/validation split that keeps the class fractions.
+
+    Each class is shuffled with ``numpy.random.default_rng(seed)`` and
+    ``round(val_fraction * n_class)`` of its members (at least 1, at most
+    all but 1) go to validation.
+
+    Parameters
+    ----------
+    labels : array_like
+        ``(N,)`` 0 (star) / 1 (galaxy).
+    val_fraction : float
+        Fraction of each class in the validation split, in (0, 1).
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    train, val : `~numpy.ndarray`
+        Sorted int64 row indices, disjoint, together all rows.
+
+    Raises
+    ------
+    ValueError
+        If ``val_fraction`` is not in (0, 1), or a class has fewer than 2
+        members (both splits need both classes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astro_starglx.adapt import stratified_split
+    >>> labels = np.array([0] * 10 + [1] * 30)
+    >>> train, val = stratified_split(labels, val_fraction=0.3, seed=0)
+    >>> np.bincount(labels[val]).tolist(), np.bincount(labels[train]).tolist()
+    ([3, 9], [7, 21])
+    """
+    val_fraction = check_real("val_fraction", val_fraction, low=0.0, high=1.0,
+                              low_open=True, high_open=True, hint="; e.g. val_fraction=0.3")
+    labels = np.asarray(labels)
+    counts = np.bincount(labels.astype(np.int64), minlength=2) if labels.size else np.zeros(2)
+    if labels.ndim != 1 or counts.size != 2 or counts.min() < 2:
+        msg = (f"labels must hold at least 2 stars and 2 galaxies (both splits need both "
+               f"classes), got {int(counts[0])} stars and {int(counts[1])} galaxies; label "
+               "more objects of the rarer class")
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_val = int(np.clip(round(val_fraction * members.size), 1, members.size - 1))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ---------------------------------------------------------------------------
+# inputs
+
+
+@dataclass(frozen=True)
+class LabelledInputs:
+    """
+    Model inputs and labels of a user's labelled sources (see `labelled_inputs`).
+
+    The arrays have the attributes `astro_starglx.training.fit` reads.
+
+    Attributes
+    ----------
+    stamps : `~numpy.ndarray`
+        ``(N, C, H, W)`` float32, C in the model's band order (NaN for bands
+        the images lack).
+    noise : `~numpy.ndarray`
+        ``(N, C)`` float32.
+    features : `~numpy.ndarray`
+        ``(N, C, F)`` float32, in the model's feature order.
+    labels : `~numpy.ndarray`
+        ``(N,)`` int8, 0 = star, 1 = galaxy.
+    flags : `~numpy.ndarray`
+        ``(N,)`` uint16 `~astro_starglx.flags.ClassFlag` bits (cutout,
+        band-missing and blend bits, as ``classify()`` sets them).
+    field : `~numpy.ndarray`
+        ``(N,)`` int32, the index of each source's field (0 for one field).
+    row : `~numpy.ndarray`
+        ``(N,)`` int64, its row in that field's catalog.
+    psf_fwhm : `~numpy.ndarray`
+        ``(N, C)`` float32 PSF FWHM at each source, arcsec (NaN for models
+        that do not read the PSF and for missing bands).
+    pixel_scale : float
+        Arcsec per pixel of the images, at which the inputs were extracted.
+    bands : tuple of str
+        The model's bands (axis C).
+    n_dropped : int
+        Labelled sources left out because no band has pixels at their
+        position.
+    """
+
+    stamps: np.ndarray
+    noise: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    flags: np.ndarray
+    field: np.ndarray
+    row: np.ndarray
+    psf_fwhm: np.ndarray
+    pixel_scale: float
+    bands: tuple
+    n_dropped: int = 0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, index):
+        """
+        The sources at ``index`` (an integer or boolean array), as new `LabelledInputs`.
+
+        Returns
+        -------
+        subset : `LabelledInputs`
+        """
+        arrays = {name: getattr(self, name)[index] for name in _PER_SOURCE}
+        return dataclasses.replace(self, **arrays)
+
+
+_PER_SOURCE = ("stamps", "noise", "features", "labels", "flags", "field", "row", "psf_fwhm")
+
+
+def _as_fields(catalog, images, zeropoints, psf):
+    """``[(catalog, images, zeropoints, psf)]``, one per field."""
+    from astropy.table import Table
+
+    if isinstance(catalog, Table):
+        return [(catalog, images, zeropoints, psf)]
+    if isinstance(catalog, (str, bytes)) or not isinstance(catalog, Sequence):
+        check_catalog(catalog)  # raises, with a hint for pandas frames
+    if isinstance(images, Mapping) or not isinstance(images, Sequence):
+        msg = (f"catalog is a sequence of {len(catalog)} tables (one per field), so images "
+               f"must be a sequence of as many {{band: CCDData}} mappings, got "
+               f"{type(images).__name__}")
+        raise TypeError(msg)
+    if len(images) != len(catalog) or not catalog:
+        msg = (f"catalog and images must have one entry per field, got {len(catalog)} "
+               f"catalogs and {len(images)} images")
+        raise ValueError(msg)
+
+    def per_field(name, value, is_shared):
+        if value is None or is_shared(value):
+            return [value] * len(catalog)
+        if len(value) != len(catalog):
+            msg = (f"{name} must be one value for all fields or a sequence with one per "
+                   f"field ({len(catalog)}), got {len(value)}")
+            raise ValueError(msg)
+        return list(value)
+
+    zps = per_field("zeropoints", zeropoints,
+                    lambda v: isinstance(v, Mapping) or not isinstance(v, (list, tuple)))
+    psfs = per_field("psf", psf, lambda v: not isinstance(v, (list, tuple)))
+    return list(zip(catalog, images, zps, psfs))
+
+
+def _field_images(images, meta, where):
+    """``{band: NDData}`` of the model's bands present, mapped by name."""
+    from astropy.nddata import NDData
+
+    bands = list(meta.bands)
+    if isinstance(images, NDData):
+        band = bands[0] if len(bands) == 1 else (images.meta or {}).get("FILTER")
+        if band not in bands:
+            msg = (f"{where} is a single image but the model reads bands {bands}; pass a "
+                   "mapping {band: CCDData} (or set the image's FILTER keyword)")
+            raise ValueError(msg)
+        images = {band: images}
+    if not isinstance(images, Mapping):
+        msg = (f"{where} must be a CCDData/NDData or a mapping {{band: CCDData}}, got "
+               f"{type(images).__name__}")
+        raise TypeError(msg)
+    for band, image in images.items():
+        if not isinstance(image, NDData):
+            msg = (f"{where}[{band!r}] must be an astropy CCDData or NDData, got "
+                   f"{type(image).__name__}; wrap arrays as "
+                   "CCDData(data, unit='electron/s', wcs=WCS(header))")
+            raise TypeError(msg)
+    present = [band for band in bands if band in images]
+    missing = [band for band in bands if band not in images]
+    unknown = sorted(set(images) - set(bands))
+    if unknown:
+        log.info("%s: ignoring bands the model does not read: %s", where, unknown)
+    if not present:
+        msg = (f"{where} has bands {sorted(images)} but the model reads {bands}; name the "
+               "mapping's keys after the model's bands")
+        raise ValueError(msg)
+    if missing and not meta.allow_missing_bands:
+        msg = (f"{where} lacks band(s) {missing} that the model needs (it was trained "
+               "without band dropout); add them, or fine-tune a model that allows "
+               "missing bands")
+        raise ValueError(msg)
+    if missing:
+        log.info("%s: bands %s are missing; the model sees them as dropped bands", where,
+                 missing)
+    return {band: images[band] for band in present}
+
+
+def _image_scale(image):
+    """Arcsec per pixel from a celestial FITS WCS or a PIXSCALE keyword, else None."""
+    from astropy import units as u
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    wcs = image.wcs
+    if isinstance(wcs, WCS) and wcs.has_celestial:
+        celestial = wcs.celestial
+        scales = proj_plane_pixel_scales(celestial)
+        unit = u.Unit(celestial.wcs.cunit[0] or "deg")
+        return float((np.sqrt(np.prod(scales)) * unit).to_value(u.arcsec))
+    value = (image.meta or {}).get("PIXSCALE")
+    return None if value is None else float(value)
+
+
+def _field_scale(images, pixel_scale, where):
+    if pixel_scale is not None:
+        return pixel_scale
+    scales = {band: _image_scale(image) for band, image in images.items()}
+    unknown = [band for band, scale in scales.items() if scale is None]
+    if unknown:
+        msg = (f"{where}: no pixel scale for band(s) {unknown} (no celestial WCS, no "
+               "PIXSCALE keyword); pass pixel_scale=<arcsec per pixel>")
+        raise ValueError(msg)
+    values = np.array(list(scales.values()))
+    if values.max() / values.min() - 1.0 > _SCALE_TOLERANCE:
+        msg = (f"{where}: the bands' pixel scales differ ({scales} arcsec), but one model "
+               "reads one pixel scale; resample the bands to a common grid or pass "
+               "pixel_scale= to override")
+        raise ValueError(msg)
+    return float(np.median(values))
+
+
+def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, ra_column,
+               dec_column):
+    """Inputs of one field, as classify() extracts them (plus the PSF at each source)."""
+    from .background import image_noise
+    from .inputs import blend_flags, extract_inputs, pixel_positions
+
+    x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
+                           coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    estimates = {}
+    if meta.psf is not None and len(catalog):
+        from .psf import resolve_psf
+
+        estimates = resolve_psf(images, {band: (x[band], y[band]) for band in images},
+                                psf=psf, pixel_scale=pixel_scale,
+                                nominal_fwhm=meta.psf["nominal_fwhm"])
+        fell_back = [band for band, est in estimates.items() if est.fell_back]
+        if fell_back:
+            msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "
+                   "their PSF features assume the model's nominal PSF, which is not your "
+                   "survey's. Pass psf={band: fwhm_arcsec} if you know it.")
+            warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+    image_sigma = {band: image_noise(image) for band, image in images.items()
+                   if image.uncertainty is None}
+    inputs = extract_inputs(images, x, y, bands=meta.bands, size=meta.stamp_size,
+                            pixel_scale=pixel_scale, zeropoints=zeropoints,
+                            image_sigma=image_sigma, feature_names=meta.feature_names,
+                            psf=estimates)
+    ref = "r" if "r" in images else next(iter(images))
+    flags = inputs.flags | blend_flags(images[ref], x[ref], y[ref], size=meta.stamp_size)
+    n = len(catalog)
+    psf_fwhm = np.full((n, len(meta.bands)), np.nan, dtype=np.float32)
+    for c, band in enumerate(meta.bands):
+        if band in estimates:
+            psf_fwhm[:, c] = estimates[band].at(x[band], y[band])
+    return {"stamps": inputs.stamps, "noise": inputs.noise, "features": inputs.features,
+            "labels": labels, "flags": flags, "row": np.arange(n, dtype=np.int64),
+            "psf_fwhm": psf_fwhm}
+
+
+def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=None,
+                    psf=None, pixel_scale=None, ra_column="ra", dec_column="dec"):
+    """
+    Model inputs and labels of your own labelled sources, as ``classify()`` sees them.
+
+    Stamps, noise and features are extracted with the functions
+    ``StarGalaxyClassifier.classify`` uses (`~astro_starglx.inputs`), at
+    the model's bands (mapped by name: bands your images lack are NaN, as
+    the band dropout of training makes them), stamp size and feature names,
+    but at the pixel scale of *your* images, so that apertures keep their
+    size in arcsec. Sources without pixels in any band are left out (logged).
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table` or sequence of Table
+        Sources with sky positions (``ra_column``/``dec_column`` or a
+        `~astropy.coordinates.SkyCoord` column) and labels; a sequence holds
+        one table per field. Never modified.
+    images : mapping, `~astropy.nddata.CCDData` or sequence
+        ``{band: CCDData}`` as for ``classify()`` (each band with its own
+        WCS), or a sequence of them, one per field.
+    meta : `~astro_starglx.meta.ModelMeta` or dict
+        The model's meta (``load_model(...).meta``).
+    label_column : str, optional
+        Column of labels: ``"star"``/``"galaxy"`` (any case), 0/1 (1 =
+        galaxy) or booleans (True = galaxy).
+    zeropoints : mapping, sequence of mapping, or None, optional
+        ``{band: AB zero point}`` (for all fields, or one per field); else
+        the images' ``MAGZERO`` keywords.
+    psf : value, mapping, sequence or None, optional
+        The PSF per band for PSF-aware models, as for ``classify()`` (a
+        list or tuple gives one per field).
+    pixel_scale : float or None, optional
+        Arcsec per pixel of your images; ``None`` reads each band's
+        celestial WCS (or ``PIXSCALE`` keyword).
+    ra_column, dec_column : str, optional
+        Names of the sky position columns.
+
+    Returns
+    -------
+    inputs : `LabelledInputs`
+
+    Raises
+    ------
+    TypeError
+        If a catalog is not a Table or the images not NDData (mappings).
+    ValueError
+        If ``label_column`` is missing or holds other values, the images
+        hold none of the model's bands (or lack bands a model without band
+        dropout needs), a pixel scale is unknown or differs between bands or
+        fields by more than 10 %, or a zero point is missing.
+    """
+    from .meta import ModelMeta
+
+    meta = ModelMeta.from_dict(meta)
+    if not isinstance(label_column, str):
+        msg = f"label_column must be a column name (str), got {label_column!r}"
+        raise TypeError(msg)
+    if pixel_scale is not None:
+        pixel_scale = check_real("pixel_scale", pixel_scale, low=0.0, low_open=True,
+                                 hint="; give it in arcsec per pixel")
+    fields = _as_fields(catalog, images, zeropoints, psf)
+    many = len(fields) > 1 or not _is_table(catalog)
+    parts, scales = [], []
+    for i, (cat, imgs, zps, field_psf) in enumerate(fields):
+        where = f"images[{i}]" if many else "images"
+        check_catalog(cat)
+        if label_column not in cat.colnames:
+            msg = (f"label_column {label_column!r} is not in the catalog"
+                   f"{f' of field {i}' if many else ''}; available columns: {cat.colnames}")
+            raise ValueError(msg)
+        labels = parse_labels(cat[label_column], column=label_column)
+        imgs = _field_images(imgs, meta, where)
+        scale = _field_scale(imgs, pixel_scale, where)
+        scales.append(scale)
+        part = _one_field(cat, imgs, labels, meta=meta, zeropoints=zps, psf=field_psf,
+                          pixel_scale=scale, ra_column=ra_column, dec_column=dec_column)
+        part["field"] = np.full(len(cat), i, dtype=np.int32)
+        parts.append(part)
+    if max(scales) / min(scales) - 1.0 > _SCALE_TOLERANCE:
+        msg = (f"the fields' pixel scales differ ({[round(s, 4) for s in scales]} arcsec), "
+               "but one model reads one pixel scale; fine-tune one model per pixel scale")
+        raise ValueError(msg)
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in _PER_SOURCE}
+    usable = np.isfinite(arrays["stamps"]).any(axis=(1, 2, 3))
+    n_dropped = int((~usable).sum())
+    if n_dropped:
+        log.info("left out %d of %d labelled sources without pixels in any band (off the "
+                 "images)", n_dropped, usable.size)
+    inputs = LabelledInputs(**arrays, pixel_scale=float(np.median(scales)),
+                            bands=tuple(meta.bands), n_dropped=n_dropped)
+    return inputs.take(usable) if n_dropped else inputs
+
+
+def _is_table(value):
+    from astropy.table import Table
+
+    return isinstance(value, Table)
+
+
+# ---------------------------------------------------------------------------
+# fine-tuning
+
+
+def _jsonable(obj):
+    """Plain JSON values, non-finite floats as None (metrics of empty classes)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _psf_meta(base_psf, data):
+    """The user's PSF range per band: median FWHM and [min, max] widened, else the base's."""
+    if base_psf is None:
+        return None
+    nominal = dict(base_psf["nominal_fwhm"])
+    ranges = dict(base_psf["fwhm_range"])
+    for c, band in enumerate(data.bands):
+        values = data.psf_fwhm[:, c]
+        values = values[np.isfinite(values)]
+        if values.size:
+            nominal[band] = round(float(np.median(values)), 4)
+            ranges[band] = [round(float(values.min()) / _PSF_WIDENING, 4),
+                            round(float(values.max()) * _PSF_WIDENING, 4)]
+    return {"nominal_fwhm": nominal, "fwhm_range": ranges}
+
+
+def _check_options(*, mode, epochs, lr, batch_size, val_fraction, patience,
+                   refit_normalization, name, seed):
+    check_choice("mode", mode, FINE_TUNE_MODES)
+    check_count("epochs", epochs, low=1)
+    check_count("batch_size", batch_size, low=1)
+    check_count("patience", patience, low=1)
+    check_count("seed", seed, low=0)
+    check_real("val_fraction", val_fraction, low=0.0, high=1.0, low_open=True,
+               high_open=True, hint="; e.g. val_fraction=0.3")
+    if lr is not None:
+        check_real("lr", lr, low=0.0, low_open=True, hint="; e.g. lr=3e-4")
+    check_bool("refit_normalization", refit_normalization)
+    if name is not None and not (isinstance(name, str) and name.strip()
+                                 and "/" not in name and "\\" not in name):
+        msg = f"name must be None or a non-empty file-name-safe string, got {name!r}"
+        raise ValueError(msg)
+
+
+def _train_config(meta, *, epochs, lr, batch_size, patience, seed):
+    from .meta import MODEL_CONFIGS
+    from .training import TrainConfig
+
+    recipe_config = meta.recipe.get("config") or {}
+    family = recipe_config.get("model")
+    return TrainConfig(
+        model=family if family in MODEL_CONFIGS else "rbim-lite",
+        epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+        # the base model's robustness to a missing band is kept while it adapts
+        band_dropout=float(recipe_config.get("band_dropout", 0.05)),
+        softening=float(meta.normalization.softening))
+
+
+def fine_tune(catalog, images, *, output, label_column="label", base="default", seed=0,
+              epochs=30, lr=None, batch_size=64, val_fraction=0.3, patience=6,
+              zeropoints=None, psf=None, pixel_scale=None, device=None,
+              refit_normalization=True, mode="fine-tune", name=None, ra_column="ra",
+              dec_column="dec", progress=False):
+    """
+    Adapt a released model to your own survey with your own labelled objects.
+
+    The labelled sources are extracted as ``classify()`` extracts them
+    (`labelled_inputs`) and split into training and validation by a seeded
+    stratified split (`stratified_split`). Then, by ``mode``:
+
+    - ``"fine-tune"``: all weights are trained, starting from ``base``;
+    - ``"scratch"``: the same architecture is trained from a random
+      initialisation on your data only;
+    - ``"calibrate"``: no training, the base weights and normalisation are
+      kept.
+
+    Training early-stops on the validation loss and keeps the best epoch.
+    The probability temperature and the decision threshold (equal star and
+    galaxy recall) are then refitted on the validation split, and the model
+    is written with a meta that holds your pixel scale, the PSF range of
+    your data (PSF-aware models), the recipe and the validation metrics.
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table` or sequence of Table
+        Labelled sources with sky positions, as for ``classify()``; a
+        sequence holds one table per field.
+    images : mapping, `~astropy.nddata.CCDData` or sequence
+        ``{band: CCDData}`` (or one per field). Bands are mapped to the
+        model's by name; bands the model reads but you lack are treated as
+        dropped bands.
+    output : path-like
+        Directory for the checkpoints, ``train.log``, ``metrics.json`` and
+        the weights file ``<name>.safetensors``.
+    label_column : str, optional
+        ``"star"``/``"galaxy"`` (any case), 0/1 (1 = galaxy) or booleans
+        (True = galaxy).
+    base : str or path-like, optional
+        The model to start from: a registry name or a ``.safetensors`` file.
+    seed : int, optional
+        Seed of the split, the initialisation, the batch order and the
+        augmentation (recorded as the recipe's ``data_seed``).
+    epochs : int, optional
+        Maximum number of epochs.
+    lr : float or None, optional
+        Peak learning rate; ``None`` uses 3e-4 to fine-tune and 2e-3 from
+        scratch.
+    batch_size : int, optional
+    val_fraction : float, optional
+        Fraction of each class held out for early stopping and calibration.
+    patience : int, optional
+        Epochs without a better validation loss before stopping.
+    zeropoints, psf, pixel_scale
+        As in `labelled_inputs`.
+    device : None, str or `torch.device`, optional
+        ``None`` picks CUDA when available.
+    refit_normalization : bool, optional
+        Recompute the feature normalisation from your training objects (for
+        ``"fine-tune"``; ``"scratch"`` always does, ``"calibrate"`` never).
+    mode : {"fine-tune", "scratch", "calibrate"}, optional
+    name : str or None, optional
+        Name of the new model (meta and file name); default
+        ``"<base name>-ft"``.
+    ra_column, dec_column : str, optional
+        Names of the sky position columns.
+    progress : bool, optional
+        Progress bars while training.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+        The written ``.safetensors`` file: ``StarGalaxyClassifier(path)``
+        classifies with it.
+
+    Raises
+    ------
+    ValueError
+        For an invalid option (the message names it), labels that are not
+        star/galaxy, fewer than 2 labelled stars or galaxies, or the errors
+        of `labelled_inputs`.
+
+    Notes
+    -----
+    Recorded in the meta's ``recipe``: the call, the seed, the base model's
+    name and sha256, the numbers of training and validation objects, the
+    mode and the `~astro_starglx.training.TrainConfig`. In ``metrics``: the
+    validation report of the new model and of the base model on the same
+    inputs, and the training history.
+    """
+    import torch
+
+    from . import metrics
+    from .inference import predict_logits, resolve_device
+    from .preprocess import compute_normalization
+    from .training import fit
+    from .weights import load_model, save_weights
+
+    _check_options(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,
+                   val_fraction=val_fraction, patience=patience,
+                   refit_normalization=refit_normalization, name=name, seed=seed)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        msg = f"output must be a directory (checkpoints and weights go there), got file {output}"
+        raise ValueError(msg)
+    device = resolve_device(device)
+    loaded = load_model(base, device=device)
+    meta = loaded.meta
+    data = labelled_inputs(catalog, images, meta=meta, label_column=label_column,
+                           zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
+                           ra_column=ra_column, dec_column=dec_column)
+    train_idx, val_idx = stratified_split(data.labels, val_fraction=val_fraction, seed=seed)
+    train, val = data.take(train_idx), data.take(val_idx)
+    log.info("fine_tune (%s) from %s on %d objects (%d stars, %d galaxies): %d train, %d "
+             "validation", mode, loaded.name, len(data), int((data.labels == 0).sum()),
+             int((data.labels == 1).sum()), len(train), len(val))
+    lr = _DEFAULT_LR.get(mode, _DEFAULT_LR["fine-tune"]) if lr is None else float(lr)
+    config = _train_config(meta, epochs=epochs, lr=lr, batch_size=batch_size,
+                           patience=patience, seed=seed)
+    output.mkdir(parents=True, exist_ok=True)
+    history, best_epoch = [], None
+    if mode == "calibrate":
+        network, normalization = loaded.network, meta.normalization
+    else:
+        normalization = meta.normalization
+        if mode == "scratch" or refit_normalization:
+            normalization = compute_normalization(train.features,
+                                                  softening=meta.normalization.softening)
+        init_state = ({k: v.detach().clone() for k, v in loaded.network.state_dict().items()}
+                      if mode == "fine-tune" else None)
+        result = fit(train, val, config=config, output_dir=output, normalization=normalization,
+                     device=device, resume=False, progress=progress, init_state=init_state,
+                     architecture=meta.architecture)
+        network, history, best_epoch = result.network, result.history, result.best_epoch
+
+    y_val = val.labels.astype(np.int64)
+    val_logits = predict_logits(network, val, normalization, device=device)
+    temperature = float(metrics.fit_temperature(val_logits, y_val, bounds=_TEMPERATURE_BOUNDS))
+    p_val = metrics.softmax(val_logits, temperature=temperature)[:, 1]
+    threshold = float(np.clip(metrics.best_threshold(y_val, p_val, criterion="balanced"),
+                              1e-4, 1.0 - 1e-4))
+    base_logits = val_logits if mode == "calibrate" else predict_logits(
+        loaded.network, val, meta.normalization, device=device)
+    p_base = metrics.softmax(base_logits, temperature=meta.temperature)[:, 1]
+    name = name or f"{loaded.name}-ft"
+    recipe = {
+        "command": (f"astro_starglx.fine_tune(catalog, images, base={str(base)!r}, "
+                    f"mode={mode!r}, seed={seed}, epochs={epochs}, lr={lr}, "
+                    f"batch_size={batch_size}, val_fraction={val_fraction}, "
+                    f"patience={patience}, refit_normalization={refit_normalization})"),
+        "data_seed": int(seed),
+        "base": {"name": loaded.name, "sha256": loaded.sha256},
+        "mode": mode,
+        "n_fields": int(data.field.max()) + 1 if len(data) else 0,
+        "n_train": int(len(train)), "n_val": int(len(val)),
+        "n_star_train": int((train.labels == 0).sum()),
+        "n_galaxy_train": int((train.labels == 1).sum()),
+        "n_dropped": int(data.n_dropped),
+        "val_fraction": float(val_fraction),
+        "refit_normalization": bool(mode == "scratch"
+                                    or (mode == "fine-tune" and refit_normalization)),
+        "config": dataclasses.asdict(config),
+        "best_epoch": best_epoch, "epochs_run": len(history),
+    }
+    results = {
+        "validation": metrics.classification_report(y_val, p_val, threshold=threshold),
+        "base_validation": metrics.classification_report(y_val, p_base,
+                                                         threshold=float(meta.threshold)),
+        "history": history,
+    }
+    new_meta = meta.replace(name=name, pixel_scale=float(data.pixel_scale),
+                            normalization=normalization, threshold=threshold,
+                            temperature=temperature, recipe=_jsonable(recipe),
+                            metrics=_jsonable(results), psf=_psf_meta(meta.psf, data))
+    path = output / f"{name}.safetensors"
+    network = network.to(memory_format=torch.contiguous_format)
+    save_weights(path, network.state_dict(), new_meta)
+    import json
+
+    (output / "metrics.json").write_text(json.dumps(new_meta.metrics, indent=2))
+    report = results["validation"]
+    log.info("wrote %s: validation recall star %.3f galaxy %.3f at threshold %.3f (base "
+             "model: %.3f, %.3f)", path, report["recall_star"], report["recall_galaxy"],
+             threshold, results["base_validation"]["recall_star"],
+             results["base_validation"]["recall_galaxy"])
+    return path
+
+
+# ---------------------------------------------------------------------------
+# priors
+
+
+def reweight_prior(p_galaxy, *, star_fraction, train_star_fraction):
+    """
+    Galaxy probabilities under another prior star fraction (Bayes' rule).
+
+    A classifier's posterior odds are its likelihood ratio times the prior
+    odds it learned. Changing the prior multiplies the galaxy odds by
+    ``[(1 - f) / f] / [(1 - f_train) / f_train]``, with ``f`` the star
+    fraction of the new population (it grows by orders of magnitude toward
+    low Galactic latitude and bright magnitudes) and ``f_train`` the one the
+    model's probabilities assume.
+
+    Parameters
+    ----------
+    p_galaxy : array_like
+        Galaxy probabilities in [0, 1] (NaN passes through; 0 and 1 stay).
+    star_fraction : float or array_like
+        Prior fraction of stars among the sources classified, in (0, 1);
+        an array (broadcast with ``p_galaxy``) gives one per source, e.g.
+        by magnitude or position.
+    train_star_fraction : float or array_like
+        The star fraction the probabilities assume, in (0, 1). Models
+        trained with a class-balanced loss (every released model and
+        `fine_tune`) assume 0.5, whatever their training set held.
+
+    Returns
+    -------
+    p_galaxy : `~numpy.ndarray` or float
+        Re-weighted galaxy probabilities (``p_star = 1 - p_galaxy``); a
+        float for scalar inputs.
+
+    Raises
+    ------
+    ValueError
+        If a probability is outside [0, 1] or a fraction outside (0, 1).
+
+    Examples
+    --------
+    >>> from astro_starglx.adapt import reweight_prior
+    >>> round(reweight_prior(0.5, star_fraction=0.9, train_star_fraction=0.5), 4)
+    0.1
+    >>> round(reweight_prior(0.7, star_fraction=0.3, train_star_fraction=0.3), 12)
+    0.7
+    """
+    from scipy.special import expit, logit
+
+    p = np.asarray(p_galaxy, dtype=np.float64)
+    finite = p[np.isfinite(p)]
+    if np.isinf(p).any() or (finite.size and (finite.min() < 0.0 or finite.max() > 1.0)):
+        msg = "p_galaxy must hold probabilities in [0, 1] (or NaN), got values outside"
+        raise ValueError(msg)
+    fractions = {}
+    for key, value in (("star_fraction", star_fraction),
+                       ("train_star_fraction", train_star_fraction)):
+        arr = np.asarray(value, dtype=np.float64)
+        if not (np.isfinite(arr).all() and (arr > 0.0).all() and (arr < 1.0).all()):
+            msg = (f"{key} must be a fraction in (0, 1) (or an array of them), got {value!r}; "
+                   "a prior of exactly 0 or 1 would decide every source by itself")
+            raise ValueError(msg)
+        fractions[key] = arr
+    f, f_train = fractions["star_fraction"], fractions["train_star_fraction"]
+    shift = (np.log1p(-f) - np.log(f)) - (np.log1p(-f_train) - np.log(f_train))
+    out = expit(logit(p) + shift)
+    return float(out) if out.ndim == 0 else out

@@ -1,0 +1,404 @@
+"""Tests of astro_starglx.adapt: labels, splits, labelled inputs, fine_tune, priors."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from astropy.table import MaskedColumn, Table
+from astropy.utils.exceptions import AstropyUserWarning
+
+import astro_starglx
+from astro_starglx.adapt import (
+    LabelledInputs,
+    fine_tune,
+    labelled_inputs,
+    parse_labels,
+    reweight_prior,
+    stratified_split,
+)
+from astro_starglx.meta import ModelMeta
+from astro_starglx.training import TrainConfig, fit
+from astro_starglx.weights import load_model, save_weights
+from conftest import make_tiny_meta, seeded_state_dict
+
+
+# A "user survey" that is not the models' CSST: another pixel scale and a
+# PSF 1.6 times the nominal one.
+USER_PIXEL_SCALE = 0.1
+
+
+@pytest.fixture(scope="module")
+def user_field():
+    pytest.importorskip("galsim")
+    from astro_starglx.simulate import simulate_field
+
+    images, truth = simulate_field(shape=(256, 256), seed=11, psf_scale=1.6,
+                                   pixel_scale=USER_PIXEL_SCALE, n_stars=36, n_galaxies=44)
+    catalog = Table({"ra": truth["ra"], "dec": truth["dec"], "label": truth["label"]})
+    return catalog, images
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
+    meta = make_tiny_meta()
+    save_weights(path, seeded_state_dict(meta), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def psf_base(tmp_path_factory):
+    """A tiny PSF-aware model (reads psf_fwhm), nominal PSFs of CSST."""
+    path = tmp_path_factory.mktemp("psfbase") / "tiny-psf.safetensors"
+    meta = make_tiny_meta("tiny-psf")
+    meta["feature_names"] = meta["feature_names"] + ["psf_fwhm"]
+    meta["architecture"]["n_features"] = 6
+    meta["normalization"]["feature_mean"] = [row + [0.2] for row in
+                                             meta["normalization"]["feature_mean"]]
+    meta["normalization"]["feature_std"] = [row + [0.1] for row in
+                                            meta["normalization"]["feature_std"]]
+    meta["psf"] = {"nominal_fwhm": {b: 0.15 for b in meta["bands"]},
+                   "fwhm_range": {b: [0.1, 0.3] for b in meta["bands"]}}
+    save_weights(path, seeded_state_dict(meta), meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(user_field, tiny_base, tmp_path_factory):
+    catalog, images = user_field
+    output = tmp_path_factory.mktemp("ft")
+    path = fine_tune(catalog, images, output=output, base=str(tiny_base), epochs=2,
+                     batch_size=32, seed=1, device="cpu")
+    return path
+
+
+def _state(path):
+    return load_model(path, device="cpu").network.state_dict()
+
+
+# ---------------------------------------------------------------------------
+# labels
+
+
+@pytest.mark.parametrize("values, expected", [
+    (["Star", "GALAXY", " star ", "galaxy"], [0, 1, 0, 1]),
+    ([b"star", b"galaxy"], [0, 1]),
+    ([0, 1, 1], [0, 1, 1]),
+    (np.array([0.0, 1.0]), [0, 1]),
+    ([True, False], [1, 0]),
+    (np.array(["star", 1], dtype=object), None),  # mixed: numpy makes strings -> error
+])
+def test_parse_labels(values, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="label column 'label'"):
+            parse_labels(values)
+        return
+    labels = parse_labels(values)
+    assert labels.dtype == np.int8
+    assert labels.tolist() == expected
+
+
+def test_parse_labels_errors():
+    with pytest.raises(ValueError, match=r"'cls' must hold .*\['QSO', 'unknown'\] in 2 row"):
+        parse_labels(["star", "QSO", "galaxy", "unknown"], column="cls")
+    with pytest.raises(ValueError, match=r"'label' must hold .*\['2'\] in 1 row"):
+        parse_labels([0, 1, 2])
+    with pytest.raises(ValueError, match=r"\['nan'\]"):
+        parse_labels([0.0, np.nan])
+    with pytest.raises(ValueError, match="'label' has 1 masked value"):
+        parse_labels(MaskedColumn(["star", "galaxy"], mask=[False, True]))
+    with pytest.raises(ValueError, match="must be 1-D"):
+        parse_labels(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="dtype complex"):
+        parse_labels(np.array([1j]))
+
+
+def test_labelled_inputs_label_errors(user_field, tiny_base):
+    catalog, images = user_field
+    meta = load_model(tiny_base).meta
+    with pytest.raises(ValueError, match="label_column 'kind' is not in the catalog"):
+        labelled_inputs(catalog, images, meta=meta, label_column="kind")
+    bad = catalog.copy()
+    bad["label"] = ["qso"] + list(bad["label"][1:])
+    with pytest.raises(ValueError, match=r"'label' must hold .*\['qso'\]"):
+        labelled_inputs(bad, images, meta=meta)
+
+
+# ---------------------------------------------------------------------------
+# split
+
+
+def test_stratified_split_counts():
+    labels = np.array([0] * 30 + [1] * 70)
+    train, val = stratified_split(labels, val_fraction=0.3, seed=4)
+    assert np.bincount(labels[val]).tolist() == [9, 21]
+    assert np.bincount(labels[train]).tolist() == [21, 49]
+    assert np.intersect1d(train, val).size == 0
+    assert np.union1d(train, val).tolist() == list(range(100))
+    again = stratified_split(labels, val_fraction=0.3, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again))
+    other = stratified_split(labels, val_fraction=0.3, seed=5)
+    assert not np.array_equal(val, other[1])
+    # a rare class keeps at least one member on each side
+    train, val = stratified_split(np.array([0, 0] + [1] * 20), val_fraction=0.05, seed=0)
+    assert (np.array([0, 0] + [1] * 20)[val] == 0).sum() == 1
+
+
+def test_stratified_split_errors():
+    with pytest.raises(ValueError, match="at least 2 stars and 2 galaxies.*got 1 stars"):
+        stratified_split([0, 1, 1, 1], val_fraction=0.3, seed=0)
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_split([0, 0, 1, 1], val_fraction=1.0, seed=0)
+
+
+# ---------------------------------------------------------------------------
+# labelled inputs
+
+
+def test_labelled_inputs_one_field(user_field, tiny_base):
+    catalog, images = user_field
+    meta = load_model(tiny_base).meta
+    data = labelled_inputs(catalog, images, meta=meta.to_dict())  # a dict meta works too
+    assert isinstance(data, LabelledInputs)
+    n = len(data)
+    assert 0 < n <= len(catalog) and n + data.n_dropped == len(catalog)
+    assert data.stamps.shape == (n, 7, meta.stamp_size, meta.stamp_size)
+    assert data.features.shape == (n, 7, len(meta.feature_names))
+    assert data.pixel_scale == pytest.approx(USER_PIXEL_SCALE, rel=1e-6)
+    expected = (np.char.lower(np.asarray(catalog["label"], dtype=str)) == "galaxy")
+    assert np.array_equal(data.labels, expected[data.row])
+    assert (data.field == 0).all()
+    # not PSF-aware: no PSF measured
+    assert np.isnan(data.psf_fwhm).all()
+    # the same extraction as classify(): magnitudes from the header zero points
+    assert np.isfinite(data.features[:, 3, 0]).mean() > 0.5
+
+
+def test_labelled_inputs_maps_bands_by_name(user_field, tiny_base):
+    catalog, images = user_field
+    meta = load_model(tiny_base).meta
+    # A survey with g, r, i only, and one band the model does not read.
+    mine = {"g": images["g"], "r": images["r"], "i": images["i"], "H": images["y"]}
+    data = labelled_inputs(catalog, mine, meta=meta)
+    bands = list(meta.bands)
+    for band in ("NUV", "u", "z", "y"):
+        assert np.isnan(data.stamps[:, bands.index(band)]).all()
+        assert np.isnan(data.features[:, bands.index(band)]).all()
+    assert np.isfinite(data.stamps[:, bands.index("r")]).any()
+    full = labelled_inputs(catalog, images, meta=meta)
+    assert np.array_equal(data.stamps[:, bands.index("r")], full.stamps[:, bands.index("r")],
+                          equal_nan=True)
+    with pytest.raises(ValueError, match="has bands .* but the model reads"):
+        labelled_inputs(catalog, {"H": images["y"]}, meta=meta)
+
+
+def test_labelled_inputs_pixel_scale_and_sequences(user_field, tiny_base):
+    catalog, images = user_field
+    meta = load_model(tiny_base).meta
+    half = len(catalog) // 2
+    data = labelled_inputs([catalog[:half], catalog[half:]], [images, images], meta=meta)
+    one = labelled_inputs(catalog, images, meta=meta)
+    assert len(data) == len(one)
+    assert set(np.unique(data.field)) == {0, 1}
+    rows = np.where(data.field == 0, data.row, data.row + half)
+    assert np.array_equal(rows, one.row)
+    assert np.array_equal(data.features, one.features, equal_nan=True)
+    # an explicit pixel scale wins over the WCS
+    scaled = labelled_inputs(catalog, images, meta=meta, pixel_scale=0.2)
+    assert scaled.pixel_scale == 0.2
+    with pytest.raises(ValueError, match="one entry per field"):
+        labelled_inputs([catalog, catalog], [images], meta=meta)
+    with pytest.raises(TypeError, match="images must be a sequence"):
+        labelled_inputs([catalog], images, meta=meta)
+    with pytest.raises(ValueError, match="zeropoints must be one value for all fields"):
+        labelled_inputs([catalog, catalog], [images, images], meta=meta,
+                        zeropoints=[{"r": 25.0}])
+    with pytest.raises(ValueError, match="pixel_scale must be"):
+        labelled_inputs(catalog, images, meta=meta, pixel_scale=-1.0)
+
+
+def test_labelled_inputs_drops_rows_off_the_images(user_field, tiny_base, caplog):
+    catalog, images = user_field
+    meta = load_model(tiny_base).meta
+    far = catalog.copy()
+    far["ra"][0] += 1.0  # a degree away: off every band
+    with caplog.at_level("INFO", logger="astro_starglx.adapt"):
+        data = labelled_inputs(far, images, meta=meta)
+    assert data.n_dropped >= 1 and 0 not in data.row
+    assert "left out" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# fit(init_state=...)
+
+
+def test_fit_starts_from_init_state(tmp_path):
+    meta = make_tiny_meta()
+    init = seeded_state_dict(meta, seed=7)
+    rng = np.random.default_rng(0)
+    n = 24
+    split = type("Split", (), {})()
+    split.stamps = rng.normal(size=(n, 7, 15, 15)).astype(np.float32)
+    split.noise = np.ones((n, 7), np.float32)
+    split.features = rng.normal(size=(n, 7, 5)).astype(np.float32)
+    split.labels = np.arange(n) % 2
+    config = TrainConfig(epochs=1, batch_size=8, lr=1e-12, weight_decay=0.0, seed=0)
+    result = fit(split, split, config=config, output_dir=tmp_path, init_state=init,
+                 architecture=meta["architecture"])
+    params = dict(result.network.named_parameters())
+    for key, value in params.items():
+        assert torch.allclose(value.detach(), init[key], atol=1e-6), key
+    fresh = fit(split, split, config=config, output_dir=tmp_path / "fresh",
+                architecture=meta["architecture"])
+    assert any(not torch.allclose(v.detach(), init[k], atol=1e-3)
+               for k, v in fresh.network.named_parameters())
+
+
+# ---------------------------------------------------------------------------
+# fine_tune
+
+
+def test_fine_tune_writes_a_usable_model(fine_tuned, user_field, tiny_base):
+    from astro_starglx import StarGalaxyClassifier
+
+    catalog, images = user_field
+    assert fine_tuned.name == "tiny-ft.safetensors" and fine_tuned.is_file()
+    assert (fine_tuned.parent / "checkpoint.pt").is_file()
+    assert json.loads((fine_tuned.parent / "metrics.json").read_text())["validation"]
+    clf = StarGalaxyClassifier(fine_tuned, device="cpu")
+    with warnings.catch_warnings():
+        # per-source flags (blends, edges) may be summarised in a warning
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        out = clf.classify(catalog, images)
+    assert set(out["class"][~out["class"].mask]) <= {"star", "galaxy"}
+    assert np.isfinite(np.asarray(out["p_galaxy"][~out["p_galaxy"].mask])).all()
+
+    meta = clf.meta
+    base = load_model(tiny_base)
+    assert meta.name == "tiny-ft"
+    assert meta.pixel_scale == pytest.approx(USER_PIXEL_SCALE, rel=1e-6)
+    assert meta.bands == base.meta.bands and meta.stamp_size == base.meta.stamp_size
+    recipe = meta.recipe
+    assert recipe["command"].startswith("astro_starglx.fine_tune(")
+    assert recipe["data_seed"] == 1
+    assert recipe["base"] == {"name": "tiny", "sha256": base.sha256}
+    assert recipe["mode"] == "fine-tune"
+    assert recipe["n_train"] + recipe["n_val"] + recipe["n_dropped"] == len(catalog)
+    assert recipe["config"]["epochs"] == 2 and recipe["config"]["lr"] == 3e-4
+    assert 1 <= recipe["epochs_run"] <= 2
+    assert set(meta.metrics) == {"validation", "base_validation", "history"}
+    assert 0 < meta.threshold < 1 and 0.1 <= meta.temperature <= 10
+    # refitted to the user's features, so different from the base's
+    assert meta.normalization != base.meta.normalization
+    # trained: the weights moved away from the base
+    state, base_state = _state(fine_tuned), base.network.state_dict()
+    assert any(not torch.equal(state[k], base_state[k]) for k in state)
+
+
+def test_fine_tune_calibrate_keeps_the_weights(user_field, tiny_base, tmp_path):
+    catalog, images = user_field
+    path = fine_tune(catalog, images, output=tmp_path, base=str(tiny_base), mode="calibrate",
+                     name="tiny-cal", seed=2)
+    base = load_model(tiny_base)
+    loaded = load_model(path)
+    state, base_state = loaded.network.state_dict(), base.network.state_dict()
+    assert state.keys() == base_state.keys()
+    assert all(torch.equal(state[k], base_state[k]) for k in state)
+    assert loaded.meta.normalization == base.meta.normalization
+    assert loaded.meta.architecture == base.meta.architecture
+    assert loaded.meta.recipe["mode"] == "calibrate" and loaded.meta.recipe["epochs_run"] == 0
+    changed = {k for k in ModelMeta.__dataclass_fields__
+               if getattr(loaded.meta, k) != getattr(base.meta, k)}
+    assert changed <= {"threshold", "temperature", "pixel_scale", "name", "recipe", "metrics"}
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_fine_tune_scratch_and_sequences(user_field, tiny_base, tmp_path):
+    catalog, images = user_field
+    half = len(catalog) // 2
+    path = fine_tune([catalog[:half], catalog[half:]], [images, images], output=tmp_path,
+                     base=str(tiny_base), mode="scratch", epochs=1, seed=3)
+    meta = load_model(path).meta
+    assert meta.recipe["n_fields"] == 2
+    assert meta.recipe["config"]["lr"] == 2e-3
+    assert meta.recipe["n_train"] + meta.recipe["n_val"] + meta.recipe["n_dropped"] \
+        == len(catalog)
+    base_state = load_model(tiny_base).network.state_dict()
+    state = _state(path)
+    assert any(not torch.equal(state[k], base_state[k]) for k in state)
+
+
+def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
+    catalog, images = user_field
+    path = fine_tune(catalog, images, output=tmp_path, base=str(psf_base), mode="calibrate")
+    meta = load_model(path).meta
+    for band in meta.bands:
+        # the simulator states its (1.6x nominal) PSF in the header; resolve_psf reads it
+        fwhm = float(images[band].header["PSFFWHM"])
+        assert meta.psf["nominal_fwhm"][band] == pytest.approx(fwhm, abs=1e-4)
+        low, high = meta.psf["fwhm_range"][band]
+        assert low == pytest.approx(fwhm / 1.15, abs=1e-4)
+        assert high == pytest.approx(fwhm * 1.15, abs=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "retrain"}, "mode must be one of"),
+    ({"val_fraction": 1.5}, "val_fraction"),
+    ({"epochs": 0}, "epochs must be"),
+    ({"lr": -1.0}, "lr must be"),
+    ({"patience": 0}, "patience must be"),
+    ({"refit_normalization": "yes"}, "refit_normalization must be"),
+    ({"name": "a/b"}, "name must be"),
+])
+def test_fine_tune_option_errors(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        fine_tune(Table({"ra": [1.0]}), {}, output=tmp_path, **kwargs)
+
+
+def test_fine_tune_output_must_be_a_directory(tmp_path, user_field):
+    catalog, images = user_field
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(ValueError, match="output must be a directory"):
+        fine_tune(catalog, images, output=target)
+
+
+def test_fine_tune_is_exported_lazily():
+    assert astro_starglx.fine_tune is fine_tune
+    assert "fine_tune" in astro_starglx.__all__
+
+
+# ---------------------------------------------------------------------------
+# priors
+
+
+def test_reweight_prior_identity_and_monotone():
+    p = np.linspace(0.0, 1.0, 21)
+    same = reweight_prior(p, star_fraction=0.3, train_star_fraction=0.3)
+    assert np.allclose(same, p)
+    more_stars = reweight_prior(p, star_fraction=0.9, train_star_fraction=0.3)
+    assert np.all(np.diff(more_stars) > 0)  # monotone in p
+    inner = slice(1, -1)
+    assert np.all(more_stars[inner] < p[inner])  # more stars: less likely a galaxy
+    assert more_stars[0] == 0.0 and more_stars[-1] == 1.0
+    fractions = np.linspace(0.05, 0.95, 10)
+    along = reweight_prior(0.6, star_fraction=fractions, train_star_fraction=0.5)
+    assert np.all(np.diff(along) < 0)
+    # Bayes: the odds scale by the prior ratio
+    q = reweight_prior(0.5, star_fraction=0.2, train_star_fraction=0.5)
+    assert q / (1 - q) == pytest.approx(4.0)
+    # round trip
+    back = reweight_prior(more_stars, star_fraction=0.3, train_star_fraction=0.9)
+    assert np.allclose(back, p)
+    assert np.isnan(reweight_prior(np.nan, star_fraction=0.5, train_star_fraction=0.2))
+
+
+def test_reweight_prior_errors():
+    with pytest.raises(ValueError, match="star_fraction must be a fraction in"):
+        reweight_prior(0.5, star_fraction=0.0, train_star_fraction=0.5)
+    with pytest.raises(ValueError, match="train_star_fraction must be a fraction"):
+        reweight_prior(0.5, star_fraction=0.5, train_star_fraction=1.2)
+    with pytest.raises(ValueError, match="p_galaxy must hold probabilities"):
+        reweight_prior([0.5, 1.5], star_fraction=0.5, train_star_fraction=0.5)
