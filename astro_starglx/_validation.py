@@ -247,6 +247,11 @@ def check_nddata(name, image):
                "wrap a bare array as CCDData(array, unit='adu')")
         raise TypeError(msg)
     data = as_image_array(f"{name}.data", image.data)
+    if data.dtype == bool:
+        msg = (f"{name}.data must hold pixel values, got a boolean array; a boolean array is "
+               "a mask (pass it as mask=, True = bad), an image of counts needs "
+               "data.astype(np.float32)")
+        raise TypeError(msg)
     if image.mask is not None and np.shape(image.mask) != data.shape:
         msg = (f"{name}.mask must have the shape of {name}.data {data.shape}, got "
                f"{np.shape(image.mask)}; give a boolean array of that shape (True = bad "

@@ -597,7 +597,9 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         architecture=config.architecture(n_bands=len(info["bands"]),
                                          n_features=len(feature_names)),
         recipe={"command": command or "astro-starglx train", "data_seed": info["seed"],
-                "dataset": info.get("config"), "config": dataclasses.asdict(config),
+                "dataset": info.get("config"),
+                "dataset_max_fields": info.get("max_fields"),
+                "config": dataclasses.asdict(config),
                 "best_epoch": result.best_epoch, "epochs_run": len(result.history)},
         psf=_psf_validity(info, train, feature_names))
     p_val = calibrated_proba(val_logits, meta)[:, 1]

@@ -285,6 +285,9 @@ def test_extract_inputs_refuses_malformed_images():
                                              r"images\['r'\]\.data \(40, 40\), got .*; give a "
                                              r"boolean array of that shape.*or mask=None"):
             extract_inputs({"r": image}, [20.0], [20.0], **kw)
+    with pytest.raises(TypeError, match=r"images\['r'\]\.data must hold pixel values, got a "
+                                        r"boolean array.*pass it as mask="):
+        extract_inputs({"r": ccd(data > 0)}, [20.0], [20.0], **kw)
     image = NDData(data, mask=np.full((40, 40), "x"), meta={"MAGZERO": ZP})
     with pytest.raises(TypeError, match=r"images\['r'\]\.mask must be a boolean or integer"):
         extract_inputs({"r": image}, [20.0], [20.0], **kw)
