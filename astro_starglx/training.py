@@ -526,10 +526,13 @@ def _psf_validity(info, train, feature_names):
     ranges = {}
     for c, band in enumerate(info["bands"]):
         values = column[:, c][np.isfinite(column[:, c])]
-        # The central 99 % of the PSFs seen in training: outside, too few
-        # examples to trust the model.
+        if values.size == 0:  # a band never measured: only its nominal PSF is known
+            values = np.array([float(info["nominal_fwhm"][band])])
+        # The central 99 % of the PSFs seen in training (outside, too few
+        # examples to trust the model), widened by the estimator's typical
+        # 2 % error so that the range is never empty.
         low, high = np.quantile(values, [0.005, 0.995])
-        ranges[band] = [round(float(low), 4), round(float(high), 4)]
+        ranges[band] = [round(float(low) * 0.98, 4), round(float(high) * 1.02, 4)]
     return {"nominal_fwhm": {band: float(info["nominal_fwhm"][band]) for band in info["bands"]},
             "fwhm_range": ranges}
 
