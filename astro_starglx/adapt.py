@@ -315,44 +315,15 @@ def _as_fields(catalog, images, zeropoints, psf):
 
 def _field_images(images, meta, where):
     """``{band: NDData}`` of the model's bands present, mapped by name."""
-    from astropy.nddata import NDData
+    from .inputs import model_images
 
-    bands = list(meta.bands)
-    if isinstance(images, NDData):
-        band = bands[0] if len(bands) == 1 else (images.meta or {}).get("FILTER")
-        if band not in bands:
-            msg = (f"{where} is a single image but the model reads bands {bands}; pass a "
-                   "mapping {band: CCDData} (or set the image's FILTER keyword)")
-            raise ValueError(msg)
-        images = {band: images}
-    if not isinstance(images, Mapping):
-        msg = (f"{where} must be a CCDData/NDData or a mapping {{band: CCDData}}, got "
-               f"{type(images).__name__}")
-        raise TypeError(msg)
-    for band, image in images.items():
-        if not isinstance(image, NDData):
-            msg = (f"{where}[{band!r}] must be an astropy CCDData or NDData, got "
-                   f"{type(image).__name__}; wrap arrays as "
-                   "CCDData(data, unit='electron/s', wcs=WCS(header))")
-            raise TypeError(msg)
-    present = [band for band in bands if band in images]
-    missing = [band for band in bands if band not in images]
-    unknown = sorted(set(images) - set(bands))
-    if unknown:
-        log.info("%s: ignoring bands the model does not read: %s", where, unknown)
-    if not present:
-        msg = (f"{where} has bands {sorted(images)} but the model reads {bands}; name the "
-               "mapping's keys after the model's bands")
-        raise ValueError(msg)
-    if missing and not meta.allow_missing_bands:
-        msg = (f"{where} lacks band(s) {missing} that the model needs (it was trained "
-               "without band dropout); add them, or fine-tune a model that allows "
-               "missing bands")
-        raise ValueError(msg)
+    images = model_images(images, meta.bands, allow_missing=meta.allow_missing_bands,
+                          model=meta.name, name=where)
+    missing = [band for band in meta.bands if band not in images]
     if missing:
         log.info("%s: bands %s are missing; the model sees them as dropped bands", where,
                  missing)
-    return {band: images[band] for band in present}
+    return images
 
 
 def _image_scale(image):

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-from astropy.nddata import NDData
 from astropy.table import MaskedColumn, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
@@ -21,7 +20,7 @@ from .background import image_noise_or_nan
 from .cutouts import saturation_level
 from .features import features_from_table
 from .flags import ClassFlag
-from .inputs import blend_flags, extract_inputs, get_zeropoint, pixel_positions
+from .inputs import blend_flags, extract_inputs, get_zeropoint, model_images, pixel_positions
 
 __all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "OUTPUT_COLUMNS"]
 
@@ -362,41 +361,9 @@ class StarGalaxyClassifier:
         return self._predict
 
     def _check_images(self, images, meta):
-        bands = list(meta.bands)
-        if isinstance(images, NDData):
-            images = {_single_band(images, bands): images}
-        elif isinstance(images, Mapping):
-            for band, image in images.items():
-                if not isinstance(band, str):
-                    msg = (f"images keys must be band names (str), got {band!r} of type "
-                           f"{type(band).__name__}; name the mapping's keys after the model's "
-                           f"bands {bands}")
-                    raise TypeError(msg)
-                if not isinstance(image, NDData):
-                    msg = (f"images[{band!r}] must be an astropy CCDData or NDData, got "
-                           f"{type(image).__name__}; wrap arrays as "
-                           "CCDData(data, unit='electron/s', wcs=WCS(header))")
-                    raise TypeError(msg)
-            images = dict(images)
-        else:
-            msg = (f"images must be a CCDData/NDData or a mapping {{band: CCDData}}, got "
-                   f"{type(images).__name__}; wrap arrays as "
-                   "CCDData(data, unit='electron/s', wcs=WCS(header))")
-            raise TypeError(msg)
-        present = [band for band in bands if band in images]
-        missing = [band for band in bands if band not in images]
-        unknown = sorted(set(images) - set(bands))
-        if unknown:
-            log.info("ignoring bands the model does not read: %s", unknown)
-        if not present:
-            msg = (f"images has bands {sorted(images)} but the model {self.loaded.name!r} reads "
-                   f"{bands}; name the mapping's keys after the model's bands")
-            raise ValueError(msg)
-        if missing and not meta.allow_missing_bands:
-            msg = (f"images is missing band(s) {missing} that model {self.loaded.name!r} needs "
-                   f"(it reads {bands}); add them to the mapping, or use a model that allows "
-                   "missing bands")
-            raise ValueError(msg)
+        images = model_images(images, meta.bands, allow_missing=meta.allow_missing_bands,
+                              model=self.loaded.name)
+        present = list(images)
         # Validated once here: the PSF, blend and noise steps read the pixels too.
         for band in present:
             check_nddata(f"images[{band!r}]", images[band])
@@ -441,18 +408,6 @@ class StarGalaxyClassifier:
         }
         _warn_flags(flags, bad, library)
         return result
-
-
-def _single_band(image, bands):
-    """The band of a lone image: the model's only band, or its FILTER keyword."""
-    if len(bands) == 1:
-        return bands[0]
-    header_band = (image.meta or {}).get("FILTER")
-    if header_band in bands:
-        return header_band
-    msg = (f"images is a single image but the model reads bands {bands}; pass a mapping "
-           "{band: CCDData} (or set the image's FILTER keyword to one of those bands)")
-    raise ValueError(msg)
 
 
 def _warn_pixel_scale(images, meta, name, *, tolerance=0.1):

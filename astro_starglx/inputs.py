@@ -43,6 +43,7 @@ __all__ = [
     "SourceInputs",
     "ZEROPOINT_KEYWORDS",
     "blend_flags",
+    "model_images",
     "extract_inputs",
     "get_zeropoint",
     "pixel_positions",
@@ -607,3 +608,78 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
         blended[j[fi >= ratio * fj]] = True
         flags[np.flatnonzero(ok)[blended]] = np.uint16(ClassFlag.BLENDED)
     return flags
+
+
+def model_images(images, bands, *, allow_missing, model="the model", name="images"):
+    """
+    The images of a model's bands, mapped by band name.
+
+    Parameters
+    ----------
+    images : `~astropy.nddata.NDData` or mapping
+        ``{band: CCDData}``, or one image: the model's only band, or the band
+        named by its ``FILTER`` keyword.
+    bands : sequence of str
+        The model's bands, in order.
+    allow_missing : bool
+        Whether the model copes with absent bands (trained with band dropout).
+    model : str, optional
+        The model's name, for messages.
+    name : str, optional
+        The argument's name, for messages.
+
+    Returns
+    -------
+    images : dict
+        ``{band: NDData}`` of the model's bands that are present, in the
+        model's order; other keys are ignored (logged).
+
+    Raises
+    ------
+    TypeError
+        If ``images`` is neither an NDData nor a mapping of str to NDData.
+    ValueError
+        If no band of the model is present, a band is missing from a model
+        that needs all, or a single image's band cannot be told.
+    """
+    from astropy.nddata import NDData
+
+    bands = list(bands)
+    hint = "wrap arrays as CCDData(data, unit='electron/s', wcs=WCS(header))"
+    if isinstance(images, NDData):
+        band = bands[0] if len(bands) == 1 else (images.meta or {}).get("FILTER")
+        if band not in bands:
+            msg = (f"{name} is a single image but the model reads bands {bands}; pass a "
+                   "mapping {band: CCDData} (or set the image's FILTER keyword to one of "
+                   "those bands)")
+            raise ValueError(msg)
+        images = {band: images}
+    elif not isinstance(images, Mapping):
+        msg = (f"{name} must be a CCDData/NDData or a mapping {{band: CCDData}}, got "
+               f"{type(images).__name__}; {hint}")
+        raise TypeError(msg)
+    for band, image in images.items():
+        if not isinstance(band, str):
+            msg = (f"{name} keys must be band names (str), got {band!r} of type "
+                   f"{type(band).__name__}; name the mapping's keys after the model's "
+                   f"bands {bands}")
+            raise TypeError(msg)
+        if not isinstance(image, NDData):
+            msg = (f"{name}[{band!r}] must be an astropy CCDData or NDData, got "
+                   f"{type(image).__name__}; {hint}")
+            raise TypeError(msg)
+    present = [band for band in bands if band in images]
+    missing = [band for band in bands if band not in images]
+    unknown = sorted(set(images) - set(bands))
+    if unknown:
+        log.info("%s: ignoring bands the model does not read: %s", name, unknown)
+    if not present:
+        msg = (f"{name} has bands {sorted(images)} but the model {model!r} reads {bands}; "
+               "name the mapping's keys after the model's bands")
+        raise ValueError(msg)
+    if missing and not allow_missing:
+        msg = (f"{name} is missing band(s) {missing} that model {model!r} needs (it reads "
+               f"{bands}); add them to the mapping, or use (or fine-tune) a model that "
+               "allows missing bands")
+        raise ValueError(msg)
+    return {band: images[band] for band in present}
