@@ -348,3 +348,32 @@ def check_feature_stamps(height, width):
         msg = (f"stamps must be at least 2 x 2 pixels to measure features, got "
                f"{height} x {width}")
         raise ValueError(msg)
+
+
+def config_record(config):
+    """A frozen settings dataclass as a JSON-friendly dict (`~dataclasses.asdict`,
+    tuples as lists)."""
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def resolve_config(cls, config, overrides, *, what, example=""):
+    """
+    ``config`` (an instance of the frozen dataclass ``cls``, or None for the
+    defaults) with ``overrides`` replaced; unknown names raise a TypeError
+    listing the valid ones.
+    """
+    from dataclasses import fields, replace
+
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        msg = f"unknown {what} settings {unknown}; {cls.__name__} has {names}"
+        raise TypeError(msg)
+    if config is None:
+        return cls(**overrides)
+    if not isinstance(config, cls):
+        msg = f"config must be a {cls.__name__} or None, got {type(config).__name__}{example}"
+        raise TypeError(msg)
+    return replace(config, **overrides) if overrides else config

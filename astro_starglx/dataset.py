@@ -37,13 +37,20 @@ import logging
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._optional import atomic_write
-from ._validation import check_bool, check_count, check_range, check_real
+from ._validation import (
+    config_record,
+    resolve_config,
+    check_bool,
+    check_count,
+    check_range,
+    check_real,
+)
 from .csst import CSST_BANDS, CSST_PIXEL_SCALE
 
 __all__ = ["DatasetConfig", "make_dataset", "load_dataset", "SplitData", "simulate_inputs",
@@ -334,21 +341,11 @@ class DatasetConfig:
     def record(self):
         """The settings as a JSON-friendly dict (`dataclasses.asdict`, tuples
         as lists): ``dataset.json``'s ``config``."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_record(self)
 
 
 def _resolve_config(config, overrides):
-    names = [f.name for f in fields(DatasetConfig)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        msg = f"unknown data set settings {unknown}; DatasetConfig has {names}"
-        raise TypeError(msg)
-    if config is None:
-        return DatasetConfig(**overrides)
-    if not isinstance(config, DatasetConfig):
-        msg = f"config must be a DatasetConfig or None, got {type(config).__name__}"
-        raise TypeError(msg)
-    return replace(config, **overrides) if overrides else config
+    return resolve_config(DatasetConfig, config, overrides, what="data set")
 
 
 def simulate_inputs(sim_config, *, seed, field_id, stamp_size, detect, position_jitter,

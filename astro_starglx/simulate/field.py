@@ -60,7 +60,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 
 import numpy as np
 from astropy import units as u
@@ -69,7 +69,15 @@ from astropy.nddata import CCDData, InverseVariance
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .._validation import check_bool, check_choice, check_count, check_range, check_real
+from .._validation import (
+    config_record,
+    resolve_config,
+    check_bool,
+    check_choice,
+    check_count,
+    check_range,
+    check_real,
+)
 from ..csst import CSST_BANDS, CSST_PIXEL_SCALE
 from .instrument import (
     PSF_MODELS,
@@ -327,22 +335,12 @@ class SimConfig:
     def record(self):
         """The settings as a JSON-friendly dict (`dataclasses.asdict`, tuples
         as lists): what the truth table's ``meta`` and data sets store."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_record(self)
 
 
 def _resolve_config(config, overrides):
-    names = [f.name for f in fields(SimConfig)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        msg = f"unknown simulator settings {unknown}; SimConfig has {names}"
-        raise TypeError(msg)
-    if config is None:
-        return SimConfig(**overrides)
-    if not isinstance(config, SimConfig):
-        msg = (f"config must be a SimConfig or None, got {type(config).__name__}; "
-               "e.g. simulate_field(SimConfig(shape=(512, 512)), seed=1)")
-        raise TypeError(msg)
-    return replace(config, **overrides) if overrides else config
+    return resolve_config(SimConfig, config, overrides, what="simulator",
+                          example="; e.g. simulate_field(SimConfig(shape=(512, 512)), seed=1)")
 
 
 # ----------------------------------------------------------------------------------
