@@ -188,6 +188,11 @@ class ModelMeta:
         (``{band: [low, high]}`` arcsec, the PSF FWHMs seen in training:
         sources outside it are flagged ``OUT_OF_RANGE``). None for models
         that do not read the PSF.
+    star_fraction : float or None
+        Fraction of stars among the validation sources on which the
+        probabilities were calibrated: the prior that ``p_galaxy`` assumes
+        (`prior_star_fraction` falls back to the training data set's recipe
+        when a file predates this field).
     extra : dict
         Keys this version does not know, kept so that files round-trip.
     """
@@ -206,6 +211,7 @@ class ModelMeta:
     allow_missing_bands: bool = False
     metrics: dict = field(default_factory=dict)
     psf: dict | None = None
+    star_fraction: float | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -269,8 +275,9 @@ class ModelMeta:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("extra", "normalization")}
         out["normalization"] = self.normalization.to_dict()
-        if out["psf"] is None:  # models that do not read the PSF: as before it existed
-            del out["psf"]
+        for key in ("psf", "star_fraction"):  # unset: as before the field existed
+            if out[key] is None:
+                del out[key]
         out.update(self.extra)
         return _strict_json(out, "meta")
 
@@ -308,6 +315,25 @@ class ModelMeta:
         changes = {k: (v.to_dict() if isinstance(v, Normalization) else v)
                    for k, v in changes.items()}
         return type(self).from_dict({**extra, **base, **changes})
+
+    @property
+    def prior_star_fraction(self):
+        """
+        The star fraction that ``p_galaxy`` assumes, or None if unknown.
+
+        `star_fraction` when the file records it; otherwise the fraction of
+        stars in the simulated data set of the training recipe
+        (``recipe["dataset"]``'s ``n_stars`` and ``n_galaxies``), which is
+        what the validation split of such a set holds on average.
+        """
+        if self.star_fraction is not None:
+            return float(self.star_fraction)
+        data = self.recipe.get("dataset")
+        if isinstance(data, dict):
+            n_star, n_gal = data.get("n_stars"), data.get("n_galaxies")
+            if _is_number(n_star) and _is_number(n_gal) and n_star > 0 and n_gal > 0:
+                return float(n_star) / float(n_star + n_gal)
+        return None
 
     @property
     def n_bands(self):
@@ -398,7 +424,10 @@ def _validated_values(meta, problems):
     if psf is not None and not _valid_psf(psf, bands or ()):
         bad("psf", "None or a dict with 'nominal_fwhm' {band: arcsec > 0} and 'fwhm_range' "
                    "{band: [low, high]} for every band")
-    return {"psf": psf, "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
+    star_fraction = meta.get("star_fraction")
+    if star_fraction is not None and not (_is_number(star_fraction) and 0 < star_fraction < 1):
+        bad("star_fraction", "None or a number between 0 and 1 (exclusive)")
+    return {"psf": psf, "star_fraction": star_fraction, "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
             "feature_names": features, "normalization": normalization, "architecture": arch,
             "threshold": meta["threshold"], "recipe": recipe, "name": name,
             "class_names": classes, "temperature": temperature,

@@ -20,7 +20,7 @@ leaves them in. Run::
     python -m benchmarks.robustness --models rbim-lite path/to/other.safetensors \\
         [--conditions nominal "psf x1.4" ...] [--fields 2] [--size 2048] \\
         [--seed 70001] [--jobs 2] [--psf-source {measured,header}] \\
-        [--output robustness.ecsv] [--rst robustness.rst]
+        [--output robustness.ecsv] [--rst robustness.rst] [--cache fields/]
 
 It prints one line per condition and model as it goes, then the table, an
 RST grid table for the model card, the total wall time and each model's
@@ -90,19 +90,53 @@ MAG_LIMITS = (25.0, 26.0)
 
 
 # ----------------------------------------------------------------------- simulation
-def simulate_condition(condition, n_fields, size, seed):
+def _cache_folder(cache, condition, size, seed):
+    slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in condition)
+    return Path(cache) / f"{slug}_{size}" / str(seed)
+
+
+def _read_field(folder):
+    truth = Table.read(folder / "truth.ecsv")
+    bands = truth.meta["bands"]
+    images = {b: CCDData.read(folder / f"{b}.fits") for b in bands}
+    return images, truth
+
+
+def _write_field(images, truth, folder):
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for band, image in images.items():
+        image.write(tmp / f"{band}.fits", overwrite=True)
+    truth = truth.copy(copy_data=False)
+    truth.meta["bands"] = list(images)
+    truth.write(tmp / "truth.ecsv", overwrite=True)
+    tmp.replace(folder)  # atomic: a killed run never leaves a half field
+
+
+def simulate_condition(condition, n_fields, size, seed, cache=None):
     """The ``n_fields`` fields of one condition and the time it took (s).
 
+    With ``cache`` (a folder), each field is read from there when an earlier
+    run wrote it and written there otherwise, so that a second run (e.g. a new
+    model) classifies exactly the same pixels without simulating them again.
     Top-level so that `ProcessPoolExecutor` can run it in a worker.
     """
     t0 = time.perf_counter()
-    fields = [simulate_field(NOMINAL, seed=seed + k, shape=(size, size),
-                             **ALL_CONDITIONS[condition])
-              for k in range(n_fields)]
+    fields = []
+    for k in range(n_fields):
+        folder = None if cache is None else _cache_folder(cache, condition, size, seed + k)
+        if folder is not None and folder.is_dir():
+            fields.append(_read_field(folder))
+            continue
+        field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size),
+                               **ALL_CONDITIONS[condition])
+        if folder is not None:
+            _write_field(*field, folder)
+        fields.append(field)
     return fields, time.perf_counter() - t0
 
 
-def iter_conditions(conditions, n_fields, size, seed, jobs):
+def iter_conditions(conditions, n_fields, size, seed, jobs, cache=None):
     """Yield ``(condition, fields, sim_seconds)`` in order.
 
     With ``jobs > 1`` the conditions are simulated in ``jobs`` processes,
@@ -112,7 +146,7 @@ def iter_conditions(conditions, n_fields, size, seed, jobs):
     """
     if jobs <= 1:
         for cond in conditions:
-            yield (cond, *simulate_condition(cond, n_fields, size, seed))
+            yield (cond, *simulate_condition(cond, n_fields, size, seed, cache))
         return
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         pending = {}
@@ -121,7 +155,8 @@ def iter_conditions(conditions, n_fields, size, seed, jobs):
         def submit_next():
             cond = next(ahead, None)
             if cond is not None:
-                pending[cond] = pool.submit(simulate_condition, cond, n_fields, size, seed)
+                pending[cond] = pool.submit(simulate_condition, cond, n_fields, size, seed,
+                                            cache)
 
         for _ in range(jobs + 1):
             submit_next()
@@ -312,6 +347,9 @@ def parse_args(argv=None):
                         help="processes that simulate the conditions' fields")
     parser.add_argument("--device", default="cpu", help="torch device for classify")
     parser.add_argument("--output", default=None, help="write the table (e.g. .ecsv)")
+    parser.add_argument("--cache", default=None,
+                        help="folder to keep the simulated fields in and reuse them from "
+                             "(default: none, simulate every run)")
     parser.add_argument("--rst", default=None, help="also write the RST grid table here")
     return parser.parse_args(argv)
 
@@ -329,7 +367,7 @@ def main(argv=None):
           f"models {names}", flush=True)
     warm = False
     for cond, fields, t_sim in iter_conditions(args.conditions, args.fields, args.size,
-                                               args.seed, args.jobs):
+                                               args.seed, args.jobs, args.cache):
         if not warm:
             # Untimed: the first call loads the weights and builds the predictor.
             images, truth = fields[0]
