@@ -418,3 +418,21 @@ def test_psf_validation_nan(tiny_meta):
     meta = ModelMeta.from_dict(tiny_meta)
     with pytest.raises(ValueError, match="psf must be None or a dict"):
         meta.replace(psf={"nominal_fwhm": {}, "fwhm_range": {}})
+
+
+def test_star_fraction_round_trip_and_prior(tiny_meta):
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert meta.star_fraction is None and "star_fraction" not in meta.to_dict()
+    assert meta.prior_star_fraction is None  # nothing to derive it from
+    recorded = meta.replace(star_fraction=0.3)
+    assert ModelMeta.from_json(recorded.to_json()).star_fraction == 0.3
+    assert recorded.prior_star_fraction == 0.3
+    # older files: the training data set's own star fraction from the recipe
+    recipe = {**meta.recipe, "dataset": {"n_stars": 100, "n_galaxies": 300}}
+    assert meta.replace(recipe=recipe).prior_star_fraction == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, "0.3", True])
+def test_star_fraction_refuses_non_fractions(tiny_meta, value):
+    with pytest.raises(ValueError, match="star_fraction"):
+        ModelMeta.from_dict({**tiny_meta, "star_fraction": value})
