@@ -31,8 +31,10 @@ from ._validation import check_bool, check_catalog, check_choice, check_count, c
 
 __all__ = [
     "FINE_TUNE_MODES",
+    "InputSpec",
     "LabelledInputs",
     "fine_tune",
+    "fine_tune_inputs",
     "labelled_inputs",
     "parse_labels",
     "reweight_prior",
@@ -277,6 +279,39 @@ class LabelledInputs:
         return dataclasses.replace(self, **arrays)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """
+    What `labelled_inputs` extracts when no model reads it yet (a data set).
+
+    `astro_starglx.dataset.make_labelled_dataset` passes one instead of a
+    model's meta; its attributes are the meta's that extraction reads.
+
+    Attributes
+    ----------
+    bands : tuple of str
+        Bands, in order (axis C).
+    stamp_size : int
+        Stamp side, pixels.
+    feature_names : tuple of str
+        Catalog features per band.
+    psf : dict or None
+        ``{"nominal_fwhm": {band: arcsec}}`` to measure the PSF (the
+        fallback where it cannot be measured), or None.
+    name : str
+        Name used in messages.
+    allow_missing_bands : bool
+        Accept fields without some of ``bands`` (their stamps are NaN).
+    """
+
+    bands: tuple
+    stamp_size: int
+    feature_names: tuple
+    psf: dict | None = None
+    name: str = "the data set"
+    allow_missing_bands: bool = True
+
+
 _PER_SOURCE = ("stamps", "noise", "features", "labels", "flags", "field", "row", "psf_fwhm")
 
 
@@ -420,8 +455,9 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
     images : mapping, `~astropy.nddata.CCDData` or sequence
         ``{band: CCDData}`` as for ``classify()`` (each band with its own
         WCS), or a sequence of them, one per field.
-    meta : `~astro_starglx.meta.ModelMeta` or dict
-        The model's meta (``load_model(...).meta``).
+    meta : `~astro_starglx.meta.ModelMeta`, dict or `InputSpec`
+        The model's meta (``load_model(...).meta``), or what to extract
+        for a data set.
     label_column : str, optional
         Column of labels: ``"star"``/``"galaxy"`` (any case), 0/1 (1 =
         galaxy) or booleans (True = galaxy).
@@ -453,7 +489,8 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
     """
     from .meta import ModelMeta
 
-    meta = ModelMeta.from_dict(meta)
+    if not isinstance(meta, InputSpec):
+        meta = ModelMeta.from_dict(meta)
     if not isinstance(label_column, str):
         msg = f"label_column must be a column name (str), got {label_column!r}"
         raise TypeError(msg)
@@ -657,27 +694,86 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
     validation report of the new model and of the base model on the same
     inputs, and the training history.
     """
+    from .inference import resolve_device
+    from .weights import load_model
+
+    _check_options(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,
+                   val_fraction=val_fraction, patience=patience,
+                   refit_normalization=refit_normalization, name=name, seed=seed)
+    _check_output(output)
+    device = resolve_device(device)
+    loaded = load_model(base, device=device)
+    data = labelled_inputs(catalog, images, meta=loaded.meta, label_column=label_column,
+                           zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
+                           ra_column=ra_column, dec_column=dec_column)
+    return fine_tune_inputs(data, output=output, base=loaded, seed=seed, epochs=epochs, lr=lr,
+                            batch_size=batch_size, val_fraction=val_fraction,
+                            patience=patience, device=device,
+                            refit_normalization=refit_normalization, mode=mode, name=name,
+                            progress=progress, base_label=str(base))
+
+
+def _check_output(output):
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        msg = f"output must be a directory (checkpoints and weights go there), got file {output}"
+        raise ValueError(msg)
+    return output
+
+
+def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None,
+                     batch_size=64, val_fraction=0.3, patience=6, device=None,
+                     refit_normalization=True, mode="fine-tune", name=None, progress=False,
+                     base_label=None):
+    """
+    `fine_tune` on inputs already extracted (`labelled_inputs`).
+
+    For many runs on one labelled set (e.g. subsets of it, or each
+    ``mode``): the extraction, the slow part on large catalogs, is done
+    once, and ``data.take(index)`` gives the subsets.
+
+    Parameters
+    ----------
+    data : `LabelledInputs`
+        From `labelled_inputs` with the base model's meta.
+    base : str, path-like or `~astro_starglx.weights.LoadedModel`, optional
+        The model to start from (a loaded one is used as it is).
+    base_label : str or None, optional
+        How the recipe's command names the base (default: its name).
+    output, seed, epochs, lr, batch_size, val_fraction, patience, device
+        As in `fine_tune`.
+    refit_normalization, mode, name, progress
+        As in `fine_tune`.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+        The written ``.safetensors`` file.
+    """
     import torch
 
     from . import metrics
     from .inference import predict_logits, resolve_device
     from .preprocess import compute_normalization
     from .training import fit
-    from .weights import load_model, save_weights
+    from .weights import LoadedModel, load_model, save_weights
 
     _check_options(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size,
                    val_fraction=val_fraction, patience=patience,
                    refit_normalization=refit_normalization, name=name, seed=seed)
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        msg = f"output must be a directory (checkpoints and weights go there), got file {output}"
-        raise ValueError(msg)
+    if not isinstance(data, LabelledInputs):
+        msg = (f"data must be LabelledInputs (from labelled_inputs), got "
+               f"{type(data).__name__}")
+        raise TypeError(msg)
+    output = _check_output(output)
     device = resolve_device(device)
-    loaded = load_model(base, device=device)
+    loaded = base if isinstance(base, LoadedModel) else load_model(base, device=device)
+    base_label = base_label or (loaded.name if isinstance(base, LoadedModel) else str(base))
     meta = loaded.meta
-    data = labelled_inputs(catalog, images, meta=meta, label_column=label_column,
-                           zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
-                           ra_column=ra_column, dec_column=dec_column)
+    if tuple(data.bands) != tuple(meta.bands):
+        msg = (f"data holds bands {data.bands} but the base model {loaded.name!r} reads "
+               f"{meta.bands}; extract them with labelled_inputs(..., meta=<its meta>)")
+        raise ValueError(msg)
     train_idx, val_idx = stratified_split(data.labels, val_fraction=val_fraction, seed=seed)
     train, val = data.take(train_idx), data.take(val_idx)
     log.info("fine_tune (%s) from %s on %d objects (%d stars, %d galaxies): %d train, %d "
@@ -713,7 +809,7 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
     p_base = metrics.softmax(base_logits, temperature=meta.temperature)[:, 1]
     name = name or f"{loaded.name}-ft"
     recipe = {
-        "command": (f"astro_starglx.fine_tune(catalog, images, base={str(base)!r}, "
+        "command": (f"astro_starglx.fine_tune(catalog, images, base={base_label!r}, "
                     f"mode={mode!r}, seed={seed}, epochs={epochs}, lr={lr}, "
                     f"batch_size={batch_size}, val_fraction={val_fraction}, "
                     f"patience={patience}, refit_normalization={refit_normalization})"),

@@ -5,11 +5,15 @@ Subcommands::
 
     astro-starglx demo                 simulate a small CSST-like field and classify it
     astro-starglx classify CAT IMG...  classify a catalog against FITS images
+    astro-starglx classify-tiles MANIFEST -o OUTDIR   classify a survey's tiles on Dask
     astro-starglx weights list|download|verify|install
     astro-starglx sim-report           realism report of the simulator
-    astro-starglx make-dataset         build a training set from simulated fields
+    astro-starglx make-dataset         build a training set from simulated fields, or
+                                       from your images + labelled catalog (--catalog)
     astro-starglx train                train a model from a data set
-    astro-starglx evaluate             evaluate a model on held-out test fields
+    astro-starglx evaluate             evaluate a model on held-out test fields, or on
+                                       your images + labelled catalog (--catalog)
+    astro-starglx fine-tune            adapt a model to your survey with your labels
 
 ``-v``/``--verbose`` and ``--debug`` go before or after the subcommand. An
 error prints one line, ``astro-starglx COMMAND: error: MESSAGE`` (the
@@ -403,6 +407,67 @@ def _cmd_classify(args):
     return 0
 
 
+# --------------------------------------------------------------------------- classify-tiles
+
+
+def _cmd_classify_tiles(args):
+    from .survey import classify_tiles
+
+    if args.workers is not None and args.scheduler is not None:
+        msg = "give --workers (a local cluster) or --scheduler (an existing one), not both"
+        raise UsageError(msg)
+    client = None
+    if args.scheduler is not None:
+        from ._optional import import_optional
+
+        client = import_optional("distributed", "dask", feature="--scheduler").Client(
+            args.scheduler)
+    detect = {"nsigma": args.detect_nsigma}
+    try:
+        summary = classify_tiles(args.manifest, args.output, client=client, model=args.model,
+                                 workers=args.workers, device=args.device,
+                                 batch_size=args.batch_size, detect=detect,
+                                 overwrite=args.overwrite, progress=sys.stderr.isatty())
+    finally:
+        if client is not None:
+            client.close()
+    counts = {status: int((summary["status"] == status).sum())
+              for status in ("done", "skipped", "failed")}
+    print(f"{len(summary)} tiles in {args.output}: {counts['done']} done, "
+          f"{counts['skipped']} skipped (output existed), {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
+def _add_classify_tiles(sub, common):
+    p = sub.add_parser("classify-tiles", help="classify the tiles of a survey manifest on Dask",
+                       description="Classify every tile of a manifest (a table with columns "
+                                   "tile, catalog and one image path per band; an empty "
+                                   "catalog cell detects the sources) on a Dask cluster. "
+                                   "Writes OUTDIR/<tile>.fits atomically; rerunning the "
+                                   "same command skips finished tiles. Needs the 'dask' "
+                                   "extra.",
+                       formatter_class=_HelpFormatter, parents=common)
+    p.add_argument("manifest", help="manifest table file (ECSV, CSV, FITS); relative paths "
+                                    "in it are relative to its folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output folder, created if missing; one <tile>.fits per tile")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of a local Dask cluster (default: one per CPU)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="address of a running Dask scheduler, e.g. tcp://host:8786, "
+                        "instead of a local cluster (default: a local cluster)")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
+    p.add_argument("--device", default="cpu", help="torch device on the workers")
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="sources per batch; bounds a worker's memory")
+    p.add_argument("--detect-nsigma", type=float, default=3.0,
+                   help="detection threshold (noise sigmas on the smoothed stack) for tiles "
+                        "without a catalog")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo tiles whose output exists (default: skip them)")
+    p.set_defaults(func=_cmd_classify_tiles)
+
+
 # --------------------------------------------------------------------------- the rest
 
 
@@ -418,9 +483,47 @@ def _cmd_sim_report(args):
     return 0
 
 
+def _user_data(args):
+    """``(catalog, images, zeropoints, psf)`` of ``--catalog`` and ``--image``."""
+    from astropy.table import Table
+
+    if not args.image:
+        msg = "--catalog needs the images: one --image BAND=FILE per band"
+        raise UsageError(msg)
+    bands = [spec.partition("=")[0] for spec in args.image]
+    zeropoints = _band_values(args.zeropoint, "--zeropoint", bands)
+    psf = _band_values(args.psf, "--psf", bands)
+    images = _read_images(args.image, hdu=args.hdu, unit=args.unit)
+    return Table.read(args.catalog), images, zeropoints, psf
+
+
+def _cmd_make_labelled_dataset(args):
+    from .dataset import make_labelled_dataset
+
+    simulated = [name for name in getattr(args, "explicit", ())
+                 if name not in ("seed", "stamp_size")]
+    if simulated or args.config or args.max_fields is not None:
+        given = [f"--{n.replace('_', '-')}" for n in simulated]
+        given += ["--config"] * bool(args.config) + ["--max-fields"] * (
+            args.max_fields is not None)
+        msg = f"{', '.join(given)} set(s) simulated fields; with --catalog leave it out"
+        raise UsageError(msg)
+    catalog, images, zeropoints, psf = _user_data(args)
+    path = make_labelled_dataset(catalog, images, args.output, label_column=args.label_column,
+                                 stamp_size=args.stamp_size, zeropoints=zeropoints, psf=psf,
+                                 pixel_scale=args.pixel_scale, seed=args.seed,
+                                 split_fractions=tuple(args.split_fractions),
+                                 split_by=args.split_by, ra_column=args.ra_column,
+                                 dec_column=args.dec_column, overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
 def _cmd_make_dataset(args):
     from .dataset import make_dataset
 
+    if args.catalog is not None:
+        return _cmd_make_labelled_dataset(args)
     # Options given on the command line override --config, which overrides
     # DatasetConfig's defaults.
     given = {name: getattr(args, name) for name in getattr(args, "explicit", ())}
@@ -443,20 +546,113 @@ def _cmd_train(args):
 
 
 def _cmd_evaluate(args):
-    from .evaluation import evaluate_model
+    from .evaluation import evaluate_catalog, evaluate_model
 
+    if (args.dataset is None) == (args.catalog is None):
+        msg = ("give a data set folder, or --catalog with --image BAND=FILE (your labelled "
+               "sources), not both")
+        raise UsageError(msg)
+    if args.catalog is not None and args.baselines:
+        msg = "--baselines needs a data set's training fields; leave it out with --catalog"
+        raise UsageError(msg)
     outdir = Path(args.outdir)
     created = not outdir.exists()
     try:
-        table = evaluate_model(args.model, args.dataset, outdir=outdir, split=args.split,
-                               device=args.device, baselines=args.baselines,
-                               extra_models=args.extra_models)
+        if args.catalog is not None:
+            catalog, images, zeropoints, psf = _user_data(args)
+            table = evaluate_catalog(args.model, catalog, images, outdir=outdir,
+                                     label_column=args.label_column,
+                                     mag_column=args.mag_column,
+                                     extra_models=args.extra_models, zeropoints=zeropoints,
+                                     psf=psf, pixel_scale=args.pixel_scale,
+                                     device=args.device, ra_column=args.ra_column,
+                                     dec_column=args.dec_column)
+        else:
+            table = evaluate_model(args.model, args.dataset, outdir=outdir, split=args.split,
+                                   device=args.device, baselines=args.baselines,
+                                   extra_models=args.extra_models)
     except BaseException:
         if created:  # a failed run leaves no empty output folder behind
             _remove_if_empty(outdir)
         raise
     table.pprint(max_lines=-1, max_width=-1)
     return 0
+
+
+def _cmd_fine_tune(args):
+    from .adapt import fine_tune
+
+    catalog, images, zeropoints, psf = _user_data(args)
+    path = fine_tune(catalog, images, output=args.output, label_column=args.label_column,
+                     base=args.base or "default", seed=args.seed, epochs=args.epochs,
+                     lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                     patience=args.patience, zeropoints=zeropoints, psf=psf,
+                     pixel_scale=args.pixel_scale, device=args.device, mode=args.mode,
+                     name=args.name, ra_column=args.ra_column, dec_column=args.dec_column,
+                     progress=sys.stderr.isatty())
+    print(path)
+    return 0
+
+
+def _add_user_data(p, *, required):
+    """``--catalog``, ``--image`` and what reading them takes (as ``classify``'s)."""
+    p.add_argument("--catalog", required=required, default=None,
+                   help="labelled catalog readable by astropy's Table.read, with ra/dec "
+                        "columns in degrees and a label column" + (
+                            "" if required else " (default: none)"))
+    p.add_argument("--image", action="append", metavar="BAND=FILE", default=None,
+                   help="one FITS image per band, repeatable, e.g. --image r=field_r.fits "
+                        "(default: none)")
+    p.add_argument("--label-column", default="label",
+                   help="label column: star/galaxy, 0/1 (1 = galaxy) or booleans (True = "
+                        "galaxy)")
+    p.add_argument("--zeropoint", action="append", metavar="[BAND=]ZP",
+                   help="AB zero point of the images: BAND=ZP, repeatable, or one ZP for "
+                        "every band (default: the MAGZERO, PHOTZP or ZP header keyword)")
+    p.add_argument("--psf", action="append", metavar="[BAND=]FWHM",
+                   help="PSF FWHM in arcsec: BAND=FWHM, repeatable, or one for every band "
+                        "(default: header keywords, else measured from the field)")
+    p.add_argument("--pixel-scale", type=float, default=None,
+                   help="arcsec per pixel of the images (default: from their WCS)")
+    p.add_argument("--hdu", type=int, default=0, help="FITS HDU of the images")
+    p.add_argument("--unit", default=None,
+                   help="image unit, e.g. electron/s (default: the BUNIT header keyword)")
+    p.add_argument("--ra-column", default="ra", help="right ascension column, in degrees")
+    p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
+
+
+def _add_fine_tune(sub, common):
+    from .adapt import FINE_TUNE_MODES
+
+    p = sub.add_parser("fine-tune", help="adapt a model to your survey with your labels",
+                       description="Adapt a released model to your own images with your "
+                                   "own labelled sources: seeded stratified train/"
+                                   "validation split, early stopping, temperature and "
+                                   "threshold refitted on validation. Writes "
+                                   "OUTPUT/<name>.safetensors, usable as --model.",
+                       formatter_class=_HelpFormatter, parents=common)
+    _add_user_data(p, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder for the checkpoints, train.log, metrics.json and weights")
+    p.add_argument("--base", default=None,
+                   help="model to start from: a name or .safetensors file (default: the "
+                        "registry's default model)")
+    p.add_argument("--mode", default="fine-tune", choices=FINE_TUNE_MODES,
+                   help="fine-tune all weights from --base, train the same architecture "
+                        "from scratch, or only refit temperature and threshold (calibrate)")
+    p.add_argument("--epochs", type=int, default=30, help="maximum training epochs")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 3e-4 to fine-tune, 2e-3 from scratch)")
+    p.add_argument("--batch-size", type=int, default=64, help="sources per training batch")
+    p.add_argument("--val-fraction", type=float, default=0.3,
+                   help="fraction of each class held out for early stopping and calibration")
+    p.add_argument("--patience", type=int, default=6,
+                   help="epochs without a better validation loss before stopping")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    p.add_argument("--name", default=None,
+                   help="name of the new model (default: <base name>-ft)")
+    p.add_argument("--device", default=None, help=_DEVICE_HELP)
+    p.set_defaults(func=_cmd_fine_tune)
 
 
 class _Explicit(argparse.Action):
@@ -575,6 +771,15 @@ def _add_training(sub, common):
                    help="DatasetConfig settings as a JSON object or JSON file, e.g. "
                         "'{\"psf_scale_range\": [0.85, 1.25]}'; the options above "
                         "override it (default: none)")
+    _add_user_data(p, required=False)
+    p.add_argument("--split-fractions", type=float, nargs=3, default=(0.6, 0.2, 0.2),
+                   metavar=("TRAIN", "VAL", "TEST"),
+                   help="with --catalog: fractions of train, validation and test sources")
+    p.add_argument("--split-by", default="auto", choices=("auto", "field", "source"),
+                   help="with --catalog: split by source (stratified by class); 'auto' "
+                        "does so for one catalog")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --catalog: replace a data set already in the output folder")
     p.set_defaults(func=_cmd_make_dataset)
 
     p = sub.add_parser("train", help="train a model and export .safetensors weights",
@@ -596,12 +801,15 @@ def _add_training(sub, common):
                         "architecture name)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a model on a data set's test fields",
+    p = sub.add_parser("evaluate", help="evaluate a model on a data set's test fields or "
+                                        "on your labelled catalog",
                        description="Evaluate a model (and optional baselines) on a data "
-                                   "set's held-out fields: summary and per-magnitude "
-                                   "tables and figures in --outdir.",
+                                   "set's held-out fields, or on your own labelled catalog "
+                                   "and images (--catalog, --image): summary and "
+                                   "per-magnitude tables and figures in --outdir.",
                        formatter_class=_HelpFormatter, parents=common)
-    p.add_argument("dataset", help="data set folder from make-dataset")
+    p.add_argument("dataset", nargs="?", default=None,
+                   help="data set folder from make-dataset (or give --catalog)")
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--outdir", default="evaluation", help="folder for the tables and figures")
     p.add_argument("--split", default="test", choices=("test", "val"),
@@ -612,6 +820,10 @@ def _add_training(sub, common):
     p.add_argument("--extra-models", nargs="*", default=(), metavar="WEIGHTS",
                    help="more weights files to compare, e.g. ablation variants "
                         "(default: none)")
+    _add_user_data(p, required=False)
+    p.add_argument("--mag-column", default=None,
+                   help="with --catalog: magnitude column of the per-magnitude tables "
+                        "(default: mag_r if present, else the measured r magnitude)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -629,8 +841,10 @@ def build_parser():
     common = [_common_options(top=False)]
     _add_demo(sub, common)
     _add_classify(sub, common)
+    _add_classify_tiles(sub, common)
     _add_weights(sub)
     _add_training(sub, common)
+    _add_fine_tune(sub, common)
     return parser
 
 

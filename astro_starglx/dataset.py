@@ -1,5 +1,5 @@
 """
-Simulated CSST-like fields turned into an on-disk training set.
+Simulated CSST-like fields, or your own labelled images, as an on-disk training set.
 
 Every field goes through the same inference-side path that ``classify()``
 runs (sky positions -> each band's WCS -> `~astro_starglx.inputs.extract_inputs`),
@@ -24,6 +24,10 @@ files opened as memory maps::
                                mag_<band>, psf_fwhm_<band>, redshift, hlr, psf_scale,
                                neighbour_sep
     shards/field_NNNNN.npz     one finished field each (kept for resume; safe to delete)
+
+`make_labelled_dataset` writes the same format from your own images and a
+labelled catalog (``dataset.json`` then says ``"source": "labelled"``; its
+shards are one per field and split).
 
 Why ``.npy`` memory maps rather than HDF5: they need no extra dependency,
 give zero-copy random access through the OS page cache (a training batch is a
@@ -54,7 +58,8 @@ from ._validation import (
 from .csst import CSST_BANDS, CSST_PIXEL_SCALE
 
 __all__ = ["DatasetConfig", "make_dataset", "load_dataset", "SplitData", "simulate_inputs",
-           "detect_sources", "SPLITS", "FEATURE_ARRAYS"]
+           "detect_sources", "SPLITS", "FEATURE_ARRAYS", "LabelledDatasetConfig",
+           "make_labelled_dataset", "SPLIT_MODES"]
 
 log = logging.getLogger(__name__)
 
@@ -734,3 +739,336 @@ def load_dataset(path, split, *, in_memory=False):
               for name in FEATURE_ARRAYS}
     catalog = Table.read(path / f"{split}_catalog.ecsv")
     return SplitData(catalog=catalog, info=info, **arrays)
+
+
+# ---------------------------------------------------------------------------
+# your own labelled images
+
+#: How `make_labelled_dataset` splits the labelled sources.
+SPLIT_MODES = ("auto", "field", "source")
+
+# The fallback PSF FWHM of user images, in pixels, where it cannot be
+# measured and is not given: a well-sampled survey image.
+_USER_FWHM_PIXELS = 3.0
+
+
+@dataclass(frozen=True)
+class LabelledDatasetConfig:
+    """
+    The settings of a data set built from your own labelled images (frozen).
+
+    `make_labelled_dataset` records them in ``dataset.json``
+    (``info["config"]``, via `dataclasses.asdict`).
+
+    Parameters
+    ----------
+    bands : tuple of str
+        Bands stored, in order (the images' bands by default).
+    stamp_size : int
+        Stamp side in pixels.
+    pixel_scale : float
+        Arcsec per pixel of the images.
+    label_column : str
+        The catalog's label column.
+    split_fractions : tuple of float
+        Fractions of train, validation and test.
+    split_by : {"field", "source"}
+        Splits by whole fields (no field in two splits) or by source
+        (stratified by class, seeded).
+    seed : int
+        Seed of the split.
+    nominal_fwhm : dict
+        The PSF FWHM per band (arcsec) assumed where it is neither given nor
+        measurable.
+    n_fields : int
+        Number of fields (catalog/images pairs).
+    """
+
+    bands: tuple
+    stamp_size: int
+    pixel_scale: float
+    label_column: str = "label"
+    split_fractions: tuple = (0.6, 0.2, 0.2)
+    split_by: str = "source"
+    seed: int = 0
+    nominal_fwhm: dict | None = None
+    n_fields: int = 1
+
+    def record(self):
+        """The settings as a JSON-friendly dict (``dataset.json``'s ``config``)."""
+        return config_record(self)
+
+
+def _check_fractions(split_fractions):
+    try:
+        fractions = tuple(float(f) for f in split_fractions)
+        ok = (len(fractions) == 3 and all(math.isfinite(f) and f >= 0 for f in fractions)
+              and fractions[0] > 0 and fractions[1] > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        msg = (f"split_fractions must be three non-negative fractions (train, val, test) "
+               f"with train and val > 0, got {split_fractions!r}; e.g. (0.6, 0.2, 0.2)")
+        raise ValueError(msg)
+    total = sum(fractions)
+    return tuple(f / total for f in fractions)
+
+
+def _split_sources(labels, fractions, seed):
+    """Split index (0 train, 1 val, 2 test) per source, stratified by class."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(labels), dtype=np.int8)
+    for cls in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n = members.size
+        n_val = int(round(fractions[1] * n))
+        n_test = int(round(fractions[2] * n))
+        # both classes in validation (early stopping, the threshold) when possible
+        if n >= 2:
+            n_val = max(n_val, 1)
+        n_test = min(n_test, max(n - n_val - 1, 0))
+        split[members[:n_val]] = 1
+        split[members[n_val:n_val + n_test]] = 2
+    return split
+
+
+def make_labelled_dataset(catalog, images, output, *, label_column="label", bands=None,
+                          stamp_size=25, zeropoints=None, psf=None, pixel_scale=None,
+                          nominal_fwhm=None, split_fractions=(0.6, 0.2, 0.2), split_by="auto",
+                          seed=0, ra_column="ra", dec_column="dec", overwrite=False):
+    """
+    Your own images and labelled catalog as an on-disk data set.
+
+    The sources are extracted exactly as ``classify()`` extracts them
+    (`astro_starglx.adapt.labelled_inputs`), at your pixel scale and with
+    the PSF measured from each field (or given), and written in the format of
+    the simulated sets (see the module docstring, one shard per field and
+    split, then the same consolidation), so that ``astro-starglx train`` and
+    ``astro-starglx evaluate`` read it. The catalog of each split holds
+    ``field``, ``row`` (the source's row in its field's catalog), ``ra``,
+    ``dec``, ``label``, ``flags``, ``mag_<band>`` (the catalog's own
+    ``mag_<band>`` column if it has one, else the measured aperture
+    magnitude), ``psf_fwhm_<band>`` and ``redshift`` (the catalog's, else
+    NaN).
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table` or sequence of Table
+        Labelled sources with sky positions; a sequence holds one table per
+        field. Never modified.
+    images : mapping or sequence of mapping
+        ``{band: CCDData}`` (each band with its own WCS), or one per field.
+    output : path-like
+        Output folder (created).
+    label_column : str, optional
+        ``"star"``/``"galaxy"``, 0/1 (1 = galaxy) or booleans (True =
+        galaxy).
+    bands : sequence of str or None, optional
+        Bands to store, in order; ``None`` takes the first field's image
+        bands. A field without a band gets NaN stamps there.
+    stamp_size : int, optional
+        Stamp side in pixels (the released models read 25).
+    zeropoints, psf, pixel_scale
+        As in `astro_starglx.adapt.labelled_inputs`.
+    nominal_fwhm : float, mapping or None, optional
+        PSF FWHM (arcsec, one or per band) assumed where it cannot be
+        measured; ``None``: 3 pixels.
+    split_fractions : tuple of float, optional
+        Fractions of train, validation and test (normalised to sum 1).
+    split_by : {"auto", "field", "source"}, optional
+        ``"field"`` keeps each field in one split (as the simulated sets
+        do); ``"source"`` splits the sources of all fields, stratified by
+        class; ``"auto"`` splits by field with at least 5 fields, else by
+        source.
+    seed : int, optional
+        Seed of the split.
+    ra_column, dec_column : str, optional
+        Sky position columns.
+    overwrite : bool, optional
+        Replace an existing data set in ``output``.
+
+    Returns
+    -------
+    path : `~pathlib.Path`
+        The data set folder; its ``dataset.json`` holds ``source:
+        "labelled"``, the settings (``config``), ``counts`` and the fields
+        of each split.
+
+    Raises
+    ------
+    ValueError
+        For an invalid option (named), ``output`` holding a data set without
+        ``overwrite=True``, a split left without sources of both classes,
+        or the errors of `~astro_starglx.adapt.labelled_inputs`.
+    TypeError
+        For catalogs that are not Tables or images that are not mappings.
+    """
+    from .adapt import InputSpec, _as_fields, labelled_inputs
+    from .features import FEATURE_NAMES, PSF_FEATURE_NAMES
+    from ._validation import check_choice
+
+    stamp_size = check_count("stamp_size", stamp_size, low=2, hint="; e.g. stamp_size=25")
+    seed = check_count("seed", seed)
+    check_choice("split_by", split_by, SPLIT_MODES)
+    check_bool("overwrite", overwrite)
+    fractions = _check_fractions(split_fractions)
+    output = Path(output)
+    if (output / "dataset.json").exists() and not overwrite:
+        msg = (f"{output} already holds a data set; pass overwrite=True to replace it, or "
+               "choose another output")
+        raise ValueError(msg)
+    if output.exists() and not output.is_dir():
+        msg = f"output must be a folder, got the file {output}"
+        raise ValueError(msg)
+    fields = _as_fields(catalog, images, zeropoints, psf)
+    first = fields[0][1]
+    if bands is None:
+        bands = tuple(first) if hasattr(first, "keys") else ()
+    if isinstance(bands, str) or not bands or not all(isinstance(b, str) for b in bands):
+        msg = (f"bands must be a sequence of band names, got {bands!r}; give images as "
+               "{band: CCDData} or pass bands=")
+        raise ValueError(msg)
+    bands = tuple(bands)
+    scale = _user_pixel_scale(fields, pixel_scale)
+    nominal = _user_nominal_fwhm(nominal_fwhm, bands, scale)
+    spec = InputSpec(bands=bands, stamp_size=stamp_size,
+                     feature_names=tuple(FEATURE_NAMES + PSF_FEATURE_NAMES),
+                     psf={"nominal_fwhm": nominal}, name="make_labelled_dataset")
+    data = labelled_inputs(catalog, images, meta=spec, label_column=label_column,
+                           zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
+                           ra_column=ra_column, dec_column=dec_column)
+    n_fields = len(fields)
+    mode = split_by if split_by != "auto" else ("field" if n_fields >= 5 else "source")
+    if mode == "field":
+        if n_fields < 3:
+            msg = (f"split_by='field' needs at least 3 fields (train, val, test), got "
+                   f"{n_fields}; use split_by='source'")
+            raise ValueError(msg)
+        field_split = _assign_splits(n_fields, fractions, np.random.default_rng(seed))
+        split = field_split[data.field].astype(np.int8)
+    else:
+        split = _split_sources(data.labels, fractions, seed)
+    for k, name in enumerate(SPLITS[:2]):
+        counts = np.bincount(data.labels[split == k], minlength=2)
+        if counts.min() == 0:
+            msg = (f"the {name} split holds {counts[0]} stars and {counts[1]} galaxies; "
+                   "both classes are needed: label more sources, or change "
+                   "split_fractions or split_by")
+            raise ValueError(msg)
+    columns = _user_columns(fields, data, bands, ra_column=ra_column, dec_column=dec_column)
+    shards = output / "shards"
+    if shards.exists():
+        for old in shards.glob("field_*.npz"):
+            old.unlink()
+    shards.mkdir(parents=True, exist_ok=True)
+    shard_ids = {s: [] for s in SPLITS}
+    shard = 0
+    for field in range(n_fields):
+        for k, name in enumerate(SPLITS):
+            rows = np.flatnonzero((data.field == field) & (split == k))
+            if not rows.size:
+                continue
+            arrays = {key: getattr(data, key)[rows] for key in FEATURE_ARRAYS}
+            arrays.update({key: value[rows] for key, value in columns.items()})
+            with atomic_write(shards / f"field_{shard:05d}.npz", "wb") as fh:
+                np.savez(fh, **arrays)
+            shard_ids[name].append(shard)
+            shard += 1
+
+    from . import __version__
+
+    config = LabelledDatasetConfig(bands=bands, stamp_size=stamp_size, pixel_scale=scale,
+                                   label_column=label_column, split_fractions=fractions,
+                                   split_by=mode, seed=seed, nominal_fwhm=nominal,
+                                   n_fields=n_fields)
+    record = config.record()
+    info = {
+        "format": "astro_starglx-dataset-1",
+        "source": "labelled",
+        **record,
+        "config": record,
+        "n_fields": n_fields,
+        "feature_names": list(spec.feature_names),
+        "nominal_fwhm": nominal,
+        "max_fields": None,
+        # shard ids per split (one shard per field and split); the user's
+        # field of each source is the catalog's ``field`` column
+        "fields": shard_ids,
+        "n_dropped": int(data.n_dropped),
+        "class_names": ["star", "galaxy"],
+        "package_version": __version__,
+    }
+    info["counts"] = _consolidate(output, info)
+    with atomic_write(output / "dataset.json", "w") as fh:
+        fh.write(json.dumps(info, indent=2))
+    log.info("make_labelled_dataset: %s", info["counts"])
+    return output
+
+
+def _user_pixel_scale(fields, pixel_scale):
+    """One pixel scale (arcsec) for all fields: the argument, else the images' WCS."""
+    from .adapt import _field_scale
+
+    if pixel_scale is not None:
+        return check_real("pixel_scale", pixel_scale, low=0.0, low_open=True,
+                          hint="; give it in arcsec per pixel")
+    scales = []
+    for i, (_, imgs, _, _) in enumerate(fields):
+        where = f"images[{i}]" if len(fields) > 1 else "images"
+        imgs = dict(imgs) if hasattr(imgs, "keys") else {"image": imgs}
+        scales.append(_field_scale(imgs, None, where))
+    return float(np.median(scales))
+
+
+def _user_nominal_fwhm(nominal_fwhm, bands, pixel_scale):
+    if nominal_fwhm is None:
+        return {band: round(_USER_FWHM_PIXELS * pixel_scale, 4) for band in bands}
+    if isinstance(nominal_fwhm, dict):
+        missing = [b for b in bands if b not in nominal_fwhm]
+        if missing:
+            msg = (f"nominal_fwhm must give every band of {list(bands)}, missing {missing}; "
+                   "or give one FWHM (arcsec) for all bands")
+            raise ValueError(msg)
+        return {b: check_real(f"nominal_fwhm[{b!r}]", nominal_fwhm[b], low=0.0,
+                              low_open=True, hint=" arcsec") for b in bands}
+    value = check_real("nominal_fwhm", nominal_fwhm, low=0.0, low_open=True, hint=" arcsec")
+    return {band: value for band in bands}
+
+
+def _user_columns(fields, data, bands, *, ra_column, dec_column):
+    """Per-source catalog columns of the labelled sources (the shards' non-array keys)."""
+    from .labels import _positions
+
+    n = len(data)
+    ra = np.full(n, np.nan)
+    dec = np.full(n, np.nan)
+    redshift = np.full(n, np.nan, dtype=np.float32)
+    mags = {band: np.full(n, np.nan, dtype=np.float32) for band in bands}
+    for i, (cat, _, _, _) in enumerate(fields):
+        coords, finite = _positions(cat, ra_column, dec_column)
+        field_ra = np.full(len(cat), np.nan)
+        field_dec = np.full(len(cat), np.nan)
+        field_ra[finite], field_dec[finite] = coords.ra.deg, coords.dec.deg
+        sel = data.field == i
+        rows = data.row[sel]
+        ra[sel], dec[sel] = field_ra[rows], field_dec[rows]
+        if "redshift" in cat.colnames:
+            redshift[sel] = np.ma.filled(np.ma.asarray(cat["redshift"], dtype=float),
+                                         np.nan)[rows]
+        for band in bands:
+            if f"mag_{band}" in cat.colnames:
+                mags[band][sel] = np.ma.filled(
+                    np.ma.asarray(cat[f"mag_{band}"], dtype=float), np.nan)[rows]
+    # bands without a catalog magnitude: the measured one (feature "mag")
+    from .features import FEATURE_NAMES
+
+    j = list(FEATURE_NAMES).index("mag")
+    for c, band in enumerate(bands):
+        missing = np.isnan(mags[band])
+        mags[band][missing] = data.features[missing, c, j]
+    columns = {"field": data.field.astype(np.int32), "row": data.row.astype(np.int64),
+               "ra": ra, "dec": dec, "redshift": redshift}
+    for c, band in enumerate(bands):
+        columns[f"mag_{band}"] = mags[band]
+        columns[f"psf_fwhm_{band}"] = data.psf_fwhm[:, c].astype(np.float32)
+    return columns

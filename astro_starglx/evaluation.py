@@ -14,6 +14,8 @@ training fields of the same data set:
   variants of the network).
 
 It writes ECSV tables and PNG figures and returns the summary table.
+`evaluate_catalog` does the same on any labelled catalog + images (your own
+survey), not only on a data set's folder.
 """
 
 import logging
@@ -24,8 +26,8 @@ import numpy as np
 
 from . import metrics
 
-__all__ = ["evaluate_model", "evaluate_scores", "morphology_cut_baseline", "gbt_baseline",
-           "model_scores"]
+__all__ = ["evaluate_model", "evaluate_catalog", "evaluate_scores", "morphology_cut_baseline",
+           "gbt_baseline", "model_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +60,38 @@ def model_scores(model, data, *, device="cpu", batch_size=1024):
     loaded = load_model(model, device=device)
     meta = loaded.meta
     _check_compatible(meta, data.info)
-    logits = predict_logits(loaded.network, data, meta.normalization,
+    logits = predict_logits(loaded.network, _model_features(meta, data), meta.normalization,
                             batch_size=batch_size, device=device)
     return calibrated_proba(logits, meta)[:, 1], meta.threshold, loaded.name
 
 
 def _check_compatible(meta, info):
-    for key in ("bands", "stamp_size", "feature_names"):
+    for key in ("bands", "stamp_size"):
         value = getattr(meta, key)
         if list(np.atleast_1d(value)) != list(np.atleast_1d(info[key])):
             msg = (f"model {meta.name!r} reads {key}={value!r} but the data set has "
                    f"{info[key]!r}; build the data set with the model's settings")
             raise ValueError(msg)
+    # A data set stores every feature; a model reads those it was trained on.
+    missing = [f for f in meta.feature_names if f not in list(info["feature_names"])]
+    if missing:
+        msg = (f"model {meta.name!r} reads feature_names={tuple(meta.feature_names)!r} but "
+               f"the data set has {info['feature_names']!r} (no {missing}); build the data "
+               "set with the model's settings")
+        raise ValueError(msg)
+
+
+def _model_features(meta, data):
+    """``data`` with the features the model reads, in its order."""
+    from types import SimpleNamespace
+
+    names = list(data.info["feature_names"])
+    if list(meta.feature_names) == names:
+        return data
+    index = [names.index(f) for f in meta.feature_names]
+    return SimpleNamespace(stamps=data.stamps, noise=data.noise,
+                           features=np.asarray(data.features)[:, :, index],
+                           labels=data.labels)
 
 
 def _feature_matrix(data):
@@ -230,33 +252,68 @@ def evaluate_model(model, dataset, *, outdir, split="test", device="cpu", baseli
     summary : `~astropy.table.Table`
         One row per classifier, metrics on all sources and on r <= 25.
     """
-    from astropy.table import Table, vstack
-
     from .dataset import load_dataset
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     test = load_dataset(dataset, split)
     y = np.asarray(test.labels)
-    mag_r = np.asarray(test.catalog["mag_r"], dtype=float)
-    redshift = np.asarray(test.catalog["redshift"], dtype=float)
+    mag_r, mag_band = _reference_mag(test.catalog, test.info["bands"])
+    redshift = _redshift(test.catalog)
     scores = {}
     for m in (model, *extra_models):
         p, threshold, name = model_scores(m, test, device=device)
-        if name in scores:
-            # Two releases of one model (e.g. rbim-lite v1 and v2): tell them
-            # apart by what the caller passed.
-            label = Path(m).stem if isinstance(m, (str, os.PathLike)) else str(m)
-            name = f"{name} [{label}]"
-        if name in scores:
-            msg = (f"extra_models gives the model {name!r} twice; pass each model once")
-            raise ValueError(msg)
-        scores[name] = (p, threshold)
+        _add_score(scores, name, m, p, threshold)
     if baselines:
         train = load_dataset(dataset, "train")
         scores["morphology-cut"] = morphology_cut_baseline(train, test)
         scores["catalog-gbt"] = gbt_baseline(train, test, seed=seed)
+    return _write_results(scores, y, mag_r=mag_r, redshift=redshift, outdir=outdir,
+                          meta={"split": split, "dataset": str(dataset), "mag": mag_band},
+                          n_bootstrap=n_bootstrap, seed=seed, plots=plots)
+
+
+def _add_score(scores, name, model, p, threshold):
+    if name in scores:
+        # Two releases of one model (e.g. rbim-lite v1 and v2): tell them
+        # apart by what the caller passed.
+        label = Path(model).stem if isinstance(model, (str, os.PathLike)) else str(model)
+        name = f"{name} [{label}]"
+    if name in scores:
+        msg = (f"extra_models gives the model {name!r} twice; pass each model once")
+        raise ValueError(msg)
+    scores[name] = (p, threshold)
+
+
+def _reference_mag(catalog, bands):
+    """The magnitudes binned by: ``mag_r``, else the first band's; and the band's name."""
+    names = ["r"] + [b for b in bands if b != "r"]
+    for band in names:
+        if f"mag_{band}" in catalog.colnames:
+            return np.asarray(np.ma.filled(np.ma.asarray(catalog[f"mag_{band}"], dtype=float),
+                                           np.nan)), f"mag_{band}"
+    return None, None
+
+
+def _redshift(catalog):
+    if "redshift" not in catalog.colnames:
+        return None
+    z = np.asarray(np.ma.filled(np.ma.asarray(catalog["redshift"], dtype=float), np.nan))
+    return z if np.isfinite(z).any() else None
+
+
+def _write_results(scores, y, *, mag_r, redshift, outdir, meta, n_bootstrap, seed, plots):
+    """Metrics of every classifier's scores: ECSV tables, figures and the summary."""
+    from astropy.table import Table, vstack
+
     rows, by_mag, by_z, results = [], [], [], {}
+    if mag_r is not None and not np.isfinite(mag_r).any():
+        mag_r = None
+    if mag_r is not None:
+        finite = np.isfinite(mag_r)
+        if not finite.all():
+            log.info("%d of %d sources without a magnitude are left out of the magnitude "
+                     "bins", int((~finite).sum()), finite.size)
     for name, (p, threshold) in scores.items():
         res = evaluate_scores(y, p, threshold=threshold, mag_r=mag_r, redshift=redshift,
                               n_bootstrap=n_bootstrap, seed=seed)
@@ -264,19 +321,157 @@ def evaluate_model(model, dataset, *, outdir, split="test", device="cpu", baseli
         row = {"classifier": name, "threshold": threshold}
         for key in _SUMMARY_KEYS:
             row[key] = res["summary"][key]
-            row[f"{key}_r25"] = res["bright"][key]
+            if "bright" in res:
+                row[f"{key}_r25"] = res["bright"][key]
         rows.append(row)
-        by_mag.append(_binned_table(res["by_magnitude"], name))
-        by_z.append(_binned_table(res["by_redshift"], name))
+        if "by_magnitude" in res:
+            by_mag.append(_binned_table(res["by_magnitude"], name))
+        if "by_redshift" in res:
+            by_z.append(_binned_table(res["by_redshift"], name))
     summary = Table(rows=rows)
-    summary.meta["split"] = split
-    summary.meta["dataset"] = str(dataset)
+    summary.meta.update(meta)
     summary.write(outdir / "summary.ecsv", overwrite=True)
-    vstack(by_mag).write(outdir / "by_magnitude.ecsv", overwrite=True)
-    vstack(by_z).write(outdir / "by_redshift.ecsv", overwrite=True)
+    if by_mag:
+        vstack(by_mag).write(outdir / "by_magnitude.ecsv", overwrite=True)
+    if by_z:
+        vstack(by_z).write(outdir / "by_redshift.ecsv", overwrite=True)
     if plots:
         _plots(results, outdir)
     return summary
+
+
+def evaluate_catalog(model, catalog, images, *, outdir, label_column="label",
+                     mag_column=None, extra_models=(), zeropoints=None, psf=None,
+                     pixel_scale=None, device="cpu", batch_size=1024, n_bootstrap=200,
+                     seed=0, plots=True, ra_column="ra", dec_column="dec"):
+    """
+    Evaluate a model on your own labelled catalog and images.
+
+    The sources are extracted as ``classify()`` extracts them
+    (`astro_starglx.adapt.labelled_inputs`: bands mapped by name, your
+    pixel scale, the PSF given or measured), scored with the model's
+    calibrated probabilities and threshold, and measured as
+    `evaluate_model` measures a data set: the same ``summary.ecsv``,
+    ``by_magnitude.ecsv`` (0.5 mag bins, bootstrap errors), ``by_redshift.ecsv``
+    (when the catalog has a ``redshift`` column) and figures.
+
+    Parameters
+    ----------
+    model : str, path-like or None
+        The model (``None``: the default).
+    catalog : `~astropy.table.Table` or sequence of Table
+        Labelled sources with sky positions; a sequence holds one table per
+        field. Never modified.
+    images : mapping or sequence of mapping
+        ``{band: CCDData}``, or one per field.
+    outdir : path-like
+        Folder for the tables and figures (created).
+    label_column : str, optional
+        ``"star"``/``"galaxy"``, 0/1 (1 = galaxy) or booleans.
+    mag_column : str or None, optional
+        Catalog column of the magnitudes binned by; ``None`` takes
+        ``mag_r`` if the catalog has it, else the measured aperture
+        magnitude in r (or the model's first band present).
+    extra_models : sequence, optional
+        More models evaluated on the same sources.
+    zeropoints, psf, pixel_scale
+        As in ``classify()`` (see `astro_starglx.adapt.labelled_inputs`).
+    device : str, optional
+    batch_size : int, optional
+    n_bootstrap, seed : int, optional
+        Bootstrap resamples of the binned errors and their seed.
+    plots : bool, optional
+        Write PNG figures (needs matplotlib).
+    ra_column, dec_column : str, optional
+
+    Returns
+    -------
+    summary : `~astropy.table.Table`
+        One row per model; ``*_r25`` columns are for sources with
+        magnitude <= 25. ``meta["n_dropped"]`` counts labelled sources left
+        out because no band had pixels at their position.
+
+    Raises
+    ------
+    ValueError
+        If ``mag_column`` is not in the catalog, or the errors of
+        `~astro_starglx.adapt.labelled_inputs`.
+    """
+    from astropy.table import Table
+
+    from .adapt import labelled_inputs
+    from .inference import calibrated_proba, predict_logits
+    from .weights import load_model
+
+    tables = [catalog] if isinstance(catalog, Table) else list(catalog)
+    if mag_column is not None:
+        for i, cat in enumerate(tables):
+            if isinstance(cat, Table) and mag_column not in cat.colnames:
+                msg = (f"mag_column {mag_column!r} is not in the catalog"
+                       f"{f' of field {i}' if len(tables) > 1 else ''}; available columns: "
+                       f"{cat.colnames}")
+                raise ValueError(msg)
+    outdir = Path(outdir)
+    scores, y, mag, redshift, n_dropped, mag_name = {}, None, None, None, 0, mag_column
+    for m in (model, *extra_models):
+        loaded = load_model(m, device=device)
+        meta = loaded.meta
+        data = labelled_inputs(catalog, images, meta=meta, label_column=label_column,
+                               zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
+                               ra_column=ra_column, dec_column=dec_column)
+        logits = predict_logits(loaded.network, data, meta.normalization,
+                                batch_size=batch_size, device=device)
+        p = calibrated_proba(logits, meta)[:, 1]
+        if y is None:
+            y, keys = data.labels.astype(np.int64), (data.field, data.row)
+            n_dropped = data.n_dropped
+            mag, mag_name = _catalog_mag(tables, data, meta, mag_column)
+            redshift = _per_source(tables, data, "redshift")
+        elif (len(data) != len(y) or not np.array_equal(data.field, keys[0])
+              or not np.array_equal(data.row, keys[1])):
+            msg = (f"model {loaded.name!r} keeps other sources than {model!r} (bands the "
+                   "images lack); evaluate the models separately")
+            raise ValueError(msg)
+        _add_score(scores, loaded.name, m, p, float(meta.threshold))
+    outdir.mkdir(parents=True, exist_ok=True)
+    if redshift is not None and not np.isfinite(redshift).any():
+        redshift = None
+    return _write_results(scores, y, mag_r=mag, redshift=redshift, outdir=outdir,
+                          meta={"catalog": "user", "mag": mag_name, "n_sources": int(len(y)),
+                                "n_dropped": int(n_dropped)},
+                          n_bootstrap=n_bootstrap, seed=seed, plots=plots)
+
+
+def _per_source(tables, data, column):
+    """A catalog column at the extracted sources (NaN where a field lacks it), or None."""
+    if not any(column in t.colnames for t in tables):
+        return None
+    out = np.full(len(data), np.nan)
+    for i, cat in enumerate(tables):
+        if column in cat.colnames:
+            sel = data.field == i
+            values = np.ma.filled(np.ma.asarray(cat[column], dtype=float), np.nan)
+            out[sel] = values[data.row[sel]]
+    return out
+
+
+def _catalog_mag(tables, data, meta, mag_column):
+    """The magnitudes to bin by, and their name (see `evaluate_catalog`)."""
+    names = [mag_column] if mag_column else ["mag_r"]
+    for name in names:
+        values = _per_source(tables, data, name)
+        if values is not None:
+            return values, name
+    if "mag" in meta.feature_names:
+        j = list(meta.feature_names).index("mag")
+        order = ["r"] + [b for b in meta.bands if b != "r"]
+        for band in order:
+            if band in meta.bands:
+                c = list(meta.bands).index(band)
+                values = np.asarray(data.features[:, c, j], dtype=float)
+                if np.isfinite(values).any():
+                    return values, f"measured mag_{band}"
+    return None, None
 
 
 def _plots(results, outdir):
@@ -286,11 +481,12 @@ def _plots(results, outdir):
     plt = import_optional("matplotlib.pyplot", "plot", feature="evaluation figures",
                           hint=" or pass plots=False")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, res in results.items():
-        plot_recall_vs_magnitude(res["by_magnitude"], ax=ax, label=name)
-    fig.savefig(outdir / "recall_vs_magnitude.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    if all("by_magnitude" in res for res in results.values()):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, res in results.items():
+            plot_recall_vs_magnitude(res["by_magnitude"], ax=ax, label=name)
+        fig.savefig(outdir / "recall_vs_magnitude.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, res in results.items():
         fpr, tpr, _ = res["roc"]

@@ -6,8 +6,9 @@ training's validation passes, `astro_starglx.evaluation` and the release
 recipe. `resolve_device` picks the device; `Predictor` holds a loaded model
 with its BatchNorm folded into the convolutions and a channels-last layout
 (twice the CPU throughput of the plain network) and maps raw inputs to
-calibrated probabilities; `predict_logits` streams a data split through a
-network; `calibrated_proba` applies the model's temperature.
+calibrated probabilities, optionally symmetrised over the flips and
+rotations of the stamps (`SYMMETRIES`); `predict_logits` streams a data split
+through a network; `calibrated_proba` applies the model's temperature.
 """
 
 import copy
@@ -20,8 +21,31 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .metrics import softmax
 from .preprocess import Normalization, prepare_inputs
 
-__all__ = ["resolve_device", "fuse_for_inference", "to_device", "predict_batch",
-           "predict_logits", "calibrated_proba", "Predictor"]
+__all__ = ["resolve_device", "check_symmetrize", "fuse_for_inference", "to_device",
+           "predict_batch", "predict_logits", "calibrated_proba", "Predictor", "SYMMETRIES",
+           "SYMMETRIZE_OPTIONS", "canonical_pose"]
+
+#: Orientations of the stamps averaged by ``symmetrize``: each is a list of
+#: ``(transpose, flip_y, flip_x)`` applied to the last two axes of an
+#: ``(N, C, H, W)`` array. ``"d4"`` is the dihedral group of the square (the
+#: 4 rotations by 90 degrees and the 4 reflections): its average is exactly
+#: invariant to any flip, transpose or 90-degree rotation of the images.
+#: ``"flips"`` is its subgroup {identity, x flip, y flip, 180-degree rotation}:
+#: invariant to those 4 only, at half the cost.
+SYMMETRIES = {
+    "none": ((False, False, False),),
+    "flips": ((False, False, False), (False, False, True), (False, True, False),
+              (False, True, True)),
+    "d4": ((False, False, False), (False, False, True), (False, True, False),
+           (False, True, True), (True, False, False), (True, False, True),
+           (True, True, False), (True, True, True)),
+}
+
+#: ``symmetrize`` options: the averages of `SYMMETRIES` and ``"canonical"``,
+#: which turns every stamp into one pose chosen from its own pixels (see
+#: `canonical_pose`): exactly invariant to the 8 orientations at the cost of
+#: one forward, because the training recipe augments with all 8.
+SYMMETRIZE_OPTIONS = ("canonical", *SYMMETRIES)
 
 
 def resolve_device(device):
@@ -62,6 +86,95 @@ def resolve_device(device):
                "or device=None to pick CUDA only when a GPU is present")
         raise RuntimeError(msg)
     return device
+
+
+def check_symmetrize(symmetrize):
+    """
+    Validate a ``symmetrize`` option.
+
+    Parameters
+    ----------
+    symmetrize : {"canonical", "none", "flips", "d4"} or bool
+        ``True`` is ``"canonical"`` and ``False`` is ``"none"``.
+
+    Returns
+    -------
+    symmetrize : str
+        One of `SYMMETRIZE_OPTIONS`.
+
+    Raises
+    ------
+    ValueError
+        If ``symmetrize`` is anything else.
+    """
+    if isinstance(symmetrize, (bool, np.bool_)):
+        return "canonical" if symmetrize else "none"
+    if isinstance(symmetrize, str) and symmetrize.lower() in SYMMETRIZE_OPTIONS:
+        return symmetrize.lower()
+    msg = (f"symmetrize must be one of {sorted(SYMMETRIZE_OPTIONS)} or a bool, got "
+           f"{symmetrize!r}; use 'canonical' (each stamp turned to a pose chosen from its "
+           "pixels), 'd4' (average over the 8 flips and 90-degree rotations of the stamps), "
+           "'flips' (4 flips) or 'none'")
+    raise ValueError(msg)
+
+
+def canonical_pose(x_image):
+    """
+    Each stamp stack turned to a pose chosen from its own pixels.
+
+    Of the 8 flips and 90-degree rotations of a stamp, the one whose
+    band-summed light has the largest ``mean_x + 2 mean_y`` (first moments
+    about the stamp centre) is chosen, so that the light sits towards +y,
+    and towards +x as the second choice. Flipping, transposing or rotating
+    the input by 90 degrees changes the moments in the same way, so the
+    chosen pose, and the network's answer on it, are the same for all 8
+    orientations of a stamp (up to exact ties of the moments, which noisy
+    pixels do not produce). A network trained with flip and rotation
+    augmentation (``TrainConfig.augment``) sees every pose alike, so this
+    costs no accuracy and one forward, where averaging over the 8 costs 8.
+    (The moments are computed here rather than by a library because the
+    rule only needs two sums per stamp.)
+
+    Parameters
+    ----------
+    x_image : `~numpy.ndarray`
+        ``(N, C, H, W)`` normalised stamps (NaN-free, as from
+        `~astro_starglx.preprocess.prepare_inputs`).
+
+    Returns
+    -------
+    posed : `~numpy.ndarray`
+        ``(N, C, H, W)``, a new C-contiguous array.
+    """
+    x_image = np.asarray(x_image)
+    n, _, height, width = x_image.shape
+    light = x_image.sum(axis=1, dtype=np.float64)
+    mx = light.sum(axis=1) @ (np.arange(width) - (width - 1) / 2.0)
+    my = light.sum(axis=2) @ (np.arange(height) - (height - 1) / 2.0)
+    # After (transpose, flip_y, flip_x) the moments are (+-m_b, +-m_a) with
+    # (m_a, m_b) = (mx, my) swapped by the transpose: score each of the 8.
+    keys = np.empty((n, len(SYMMETRIES["d4"])))
+    for k, (transpose, flip_y, flip_x) in enumerate(SYMMETRIES["d4"]):
+        ax, ay = (my, mx) if transpose else (mx, my)
+        keys[:, k] = (-ax if flip_x else ax) + 2.0 * (-ay if flip_y else ay)
+    choice = np.argmax(keys, axis=1)
+    posed = np.empty_like(x_image, order="C")
+    for k, orientation in enumerate(SYMMETRIES["d4"]):
+        sel = choice == k
+        if sel.any():
+            posed[sel] = _orient(x_image[sel], *orientation)
+    return posed
+
+
+def _orient(x_image, transpose, flip_y, flip_x):
+    """One orientation of ``(N, C, H, W)`` stamps, as a new C-contiguous array."""
+    if transpose:
+        x_image = x_image.swapaxes(-1, -2)
+    if flip_y:
+        x_image = x_image[..., ::-1, :]
+    if flip_x:
+        x_image = x_image[..., ::-1]
+    return np.ascontiguousarray(x_image)
 
 
 def fuse_for_inference(model):
@@ -233,14 +346,51 @@ class Predictor:
     meta : `~astro_starglx.meta.ModelMeta`
     device : `torch.device`
         Where the folded copy of the network runs.
+    symmetrize : {"none", "canonical", "flips", "d4"} or bool, optional
+        Make the answer independent of how the image's pixel grid is
+        oriented on the sky: ``"canonical"`` (or ``True``) turns each stamp
+        to a pose chosen from its own pixels (`canonical_pose`; one
+        forward); ``"d4"`` averages the logits over the 8 flips and
+        90-degree rotations (`SYMMETRIES`; 8 forwards), ``"flips"`` over the
+        4 flips; ``"none"`` (or ``False``) does neither. The catalog
+        features are orientation-invariant and go in unchanged.
+
+    Raises
+    ------
+    ValueError
+        If ``symmetrize`` is not one of the above.
     """
 
-    def __init__(self, network, meta, *, device):
+    def __init__(self, network, meta, *, device, symmetrize="none"):
         self.meta = meta
         self.device = torch.device(device)
+        self.symmetrize = check_symmetrize(symmetrize)
         # on self.device too: the inputs go there, wherever the network given lives
         self.network = fuse_for_inference(network).to(self.device,
                                                       memory_format=torch.channels_last)
+
+    def logits(self, stamps, noise, features):
+        """
+        Logits of one batch, averaged over the orientations of ``symmetrize``.
+
+        Parameters are those of `__call__`.
+
+        Returns
+        -------
+        logits : `~numpy.ndarray`
+            ``(N, n_classes)`` float32.
+        """
+        x_image, x_catalog = prepare_inputs(stamps, noise, features, self.meta.normalization)
+        if self.symmetrize == "canonical":
+            return predict_batch(self.network, canonical_pose(x_image), x_catalog,
+                                 device=self.device, memory_format=torch.channels_last)
+        orientations = SYMMETRIES[self.symmetrize]
+        total = None
+        for orientation in orientations:
+            logits = predict_batch(self.network, _orient(x_image, *orientation), x_catalog,
+                                   device=self.device, memory_format=torch.channels_last)
+            total = logits.astype(np.float64) if total is None else total + logits
+        return (total / len(orientations)).astype(np.float32)
 
     def __call__(self, stamps, noise, features):
         """
@@ -260,7 +410,4 @@ class Predictor:
         proba : `~numpy.ndarray`
             ``(N, n_classes)`` float32.
         """
-        x_image, x_catalog = prepare_inputs(stamps, noise, features, self.meta.normalization)
-        logits = predict_batch(self.network, x_image, x_catalog, device=self.device,
-                               memory_format=torch.channels_last)
-        return calibrated_proba(logits, self.meta)
+        return calibrated_proba(self.logits(stamps, noise, features), self.meta)

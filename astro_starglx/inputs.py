@@ -588,16 +588,24 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
     # each 5 x 5 index again so that images under 5 pixels work too.
     ix = np.clip(np.round(x[ok]), 2, nx - 3).astype(np.int64)
     iy = np.clip(np.round(y[ok]), 2, ny - 3).astype(np.int64)
-    sample = np.asarray(data[::4, ::4], dtype=np.float64)
+    # Every 4th row and column counted from both edges: the same pixels in any
+    # flip or 90-degree rotation of the image, so the flag does not depend on
+    # how the pixel grid is oriented (found by the orientation fuzz property).
+    rows = np.union1d(np.arange(0, ny, 4), ny - 1 - np.arange(0, ny, 4))
+    cols = np.union1d(np.arange(0, nx, 4), nx - 1 - np.arange(0, nx, 4))
+    sample = np.asarray(data[np.ix_(rows, cols)], dtype=np.float64)
     sample = sample[np.isfinite(sample)]
     level = float(np.median(sample)) if sample.size else 0.0
-    flux = np.zeros(len(ix))
-    # float64 and errstate: +-3e38 float32 pixels must not overflow (or warn)
+    d = np.arange(-2, 3)
+    rows_5x5 = np.clip(iy[:, None, None] + d[None, :, None], 0, ny - 1)
+    cols_5x5 = np.clip(ix[:, None, None] + d[None, None, :], 0, nx - 1)
+    # float64 and errstate: +-3e38 float32 pixels must not overflow (or warn).
+    # The 25 values are summed in sorted order, so that the sum (and a ratio
+    # at the cut) does not depend on the order in which the pixels are read,
+    # which a flip or rotation of the image changes.
     with np.errstate(over="ignore", invalid="ignore"):
-        for dy in range(-2, 3):
-            for dx in range(-2, 3):
-                pixels = data[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
-                flux += np.nan_to_num(np.asarray(pixels, dtype=np.float64) - level)
+        pixels = np.asarray(data[rows_5x5, cols_5x5], dtype=np.float64).reshape(len(ix), -1)
+        flux = np.sort(np.nan_to_num(pixels - level), axis=1).sum(axis=1)
     tree = cKDTree(np.column_stack([x[ok], y[ok]]))
     pairs = tree.query_pairs(r=size // 2, p=np.inf, output_type="ndarray")
     if len(pairs):

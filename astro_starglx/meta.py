@@ -427,7 +427,8 @@ def _validated_values(meta, problems):
     star_fraction = meta.get("star_fraction")
     if star_fraction is not None and not (_is_number(star_fraction) and 0 < star_fraction < 1):
         bad("star_fraction", "None or a number between 0 and 1 (exclusive)")
-    return {"psf": psf, "star_fraction": star_fraction, "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
+    return {"psf": psf, "star_fraction": star_fraction, "bands": bands, "stamp_size": size,
+            "pixel_scale": meta["pixel_scale"],
             "feature_names": features, "normalization": normalization, "architecture": arch,
             "threshold": meta["threshold"], "recipe": recipe, "name": name,
             "class_names": classes, "temperature": temperature,

@@ -7,9 +7,11 @@ Times, on the current machine:
 (b) the full ``StarGalaxyClassifier.classify()`` call,
 (c) the network forward alone (``prepare_inputs`` + model) on the same batches,
 
-and prints objects/s for each. Run::
+and prints objects/s for each; (b) and (c) once per ``--symmetrize`` option
+(``none``: one forward per stamp; ``flips``: 4; ``d4``: 8). Run::
 
-    python benchmarks/bench_classify.py [--model NAME_OR_FILE] [--n 10000] [--size 4096]
+    python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
+        [--symmetrize none flips d4]
 
 Not part of the test suite (no timing assertions in tests).
 """
@@ -70,17 +72,22 @@ def main():
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--symmetrize", nargs="+", default=["none", "flips", "d4"],
+                        help="symmetrize options to time (default: none flips d4)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     catalog, images = make_field(args.n, args.size)
     print(f"field: {args.size}x{args.size}x{len(images)} bands, {args.n} sources "
           f"(built in {time.perf_counter() - t0:.1f} s)")
-    clf = StarGalaxyClassifier(args.model, device="cpu", batch_size=args.batch_size)
+    clfs = {option: StarGalaxyClassifier(args.model, device="cpu", batch_size=args.batch_size,
+                                         symmetrize=option) for option in args.symmetrize}
+    clf = next(iter(clfs.values()))
     meta = clf.meta
     print(f"model: {clf.loaded.name} ({sum(p.numel() for p in clf.loaded.network.parameters())}"
           f" parameters), stamp {meta.stamp_size} px, device cpu")
-    clf.classify(catalog[:256], images)  # warm-up
+    for c in clfs.values():
+        c.classify(catalog[:256], images)  # warm-up
 
     def best_of(fn):
         times = []
@@ -112,26 +119,28 @@ def main():
                                           feature_names=meta.feature_names, psf=psf))
 
     t_extract = best_of(extract)
-    predict = clf._predictor()
-
-    def forward():
-        for b in batches:
-            predict(b.stamps, b.noise, b.features)
-
-    t_forward = best_of(forward)
 
     def prep_only():
         for b in batches:
             prepare_inputs(b.stamps, b.noise, b.features, meta.normalization)
 
     t_prep = best_of(prep_only)
-    t_full = best_of(lambda: clf.classify(catalog, images))
     n = args.n
-    print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s  "
-          f"({100 * t_extract / t_full:.1f} % of classify)")
-    print(f"(b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s")
-    print(f"(c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "
-          f"(of which normalisation {t_prep:.3f} s)")
+    print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s")
+    for option, c in clfs.items():
+        predict = c._predictor()
+
+        def forward():
+            for b in batches:
+                predict(b.stamps, b.noise, b.features)
+
+        t_forward = best_of(forward)
+        t_full = best_of(lambda: c.classify(catalog, images))
+        print(f"symmetrize={option!r}:")
+        print(f"  (b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s  "
+              f"(cutouts + features {100 * t_extract / t_full:.1f} %)")
+        print(f"  (c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "
+              f"(of which normalisation {t_prep:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -402,3 +402,23 @@ def test_reweight_prior_errors():
         reweight_prior(0.5, star_fraction=0.5, train_star_fraction=1.2)
     with pytest.raises(ValueError, match="p_galaxy must hold probabilities"):
         reweight_prior([0.5, 1.5], star_fraction=0.5, train_star_fraction=0.5)
+
+
+def test_fine_tune_inputs_reuses_one_extraction(user_field, tiny_base, tmp_path):
+    from astro_starglx.adapt import fine_tune_inputs
+
+    catalog, images = user_field
+    loaded = load_model(tiny_base, device="cpu")
+    data = labelled_inputs(catalog, images, meta=loaded.meta)
+    subset = data.take(np.arange(0, len(data), 2))
+    path = fine_tune_inputs(subset, output=tmp_path / "sub", base=loaded, mode="calibrate",
+                            name="tiny-sub", device="cpu")
+    meta = load_model(path, device="cpu").meta
+    assert meta.recipe["n_train"] + meta.recipe["n_val"] == len(subset)
+    assert "base='tiny'" in meta.recipe["command"]
+    with pytest.raises(TypeError, match="data must be LabelledInputs"):
+        fine_tune_inputs({"stamps": []}, output=tmp_path / "x", base=loaded)
+    other = data.__class__(**{**{k: getattr(data, k) for k in data.__dataclass_fields__},
+                              "bands": ("r",)})
+    with pytest.raises(ValueError, match="data holds bands"):
+        fine_tune_inputs(other, output=tmp_path / "y", base=loaded)

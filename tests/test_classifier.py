@@ -716,3 +716,24 @@ def test_feature_columns_of_a_psf_aware_model(psf_clf, sim_field):
     with pytest.raises(ValueError, match=r"missing \['psf_fwhm', 'radius_excess'"):
         psf_clf.classify(table, images, feature_columns={name: columns[name]
                                                          for name in PSF_FEATURES[:5]})
+
+
+def test_symmetrize_option(tiny_weights_file, field):
+    catalog, images = field
+    from astro_starglx.classifier import SYMMETRIZE_DEFAULT
+
+    assert StarGalaxyClassifier(device="cpu").symmetrize == SYMMETRIZE_DEFAULT
+    for value in ("c4", None, 8, "", ("d4",)):
+        with pytest.raises(ValueError, match=r"symmetrize must be one of \['canonical', 'd4', "
+                                             r"'flips', 'none'\] or a bool, got .*; use"):
+            StarGalaxyClassifier(device="cpu", symmetrize=value)
+    outs = {}
+    for value in ("none", "flips", "d4", "canonical", True):
+        clf = StarGalaxyClassifier(tiny_weights_file, device="cpu", symmetrize=value)
+        assert f"symmetrize={clf.symmetrize!r}" in repr(clf)
+        outs[value] = clf.classify(catalog, images)
+        assert outs[value].meta["astro_starglx"]["symmetrize"] == clf.symmetrize
+    np.testing.assert_array_equal(outs[True]["p_galaxy"], outs["canonical"]["p_galaxy"])
+    for value in ("flips", "d4", "canonical"):
+        np.testing.assert_array_equal(outs[value]["class_flags"], outs["none"]["class_flags"])
+        np.testing.assert_allclose(outs[value]["p_galaxy"], outs["none"]["p_galaxy"], atol=0.5)

@@ -318,3 +318,88 @@ def test_demo_saves_field_and_truth(isolated_registry, capsys, tmp_path):
     captured = capsys.readouterr()
     assert "already exists; pass --overwrite" in captured.err
     assert "simulating" not in captured.err
+
+
+# -- your own labelled data: make-dataset --catalog, evaluate --catalog, fine-tune ------
+
+
+@pytest.fixture(scope="module")
+def labelled_fits(tmp_path_factory):
+    """A simulated CSST-like field on disk as a user has one: FITS images + labels."""
+    pytest.importorskip("galsim")
+    from astro_starglx.simulate import simulate_field
+
+    folder = tmp_path_factory.mktemp("own")
+    images, truth = simulate_field(shape=(160, 160), seed=8, n_stars=14, n_galaxies=16)
+    specs = []
+    for band, image in images.items():
+        path = folder / f"{band}.fits"
+        image.write(path)
+        specs += ["--image", f"{band}={path}"]
+    catalog = folder / "labelled.ecsv"
+    truth["ra", "dec", "label", "mag_r"].write(catalog)
+    return str(catalog), specs
+
+
+def test_labelled_data_commands(labelled_fits, tiny_weights_file, tmp_path, capsys):
+    import json
+
+    catalog, specs = labelled_fits
+    model = ["--model", str(tiny_weights_file)]
+    data = tmp_path / "own-set"
+    assert main(["make-dataset", str(data), "--catalog", catalog, *specs,
+                 "--stamp-size", "15", "--seed", "2"]) == 0
+    info = json.loads((data / "dataset.json").read_text())
+    assert info["source"] == "labelled" and info["stamp_size"] == 15 and info["seed"] == 2
+    # the data set evaluates like a simulated one
+    assert main(["evaluate", str(data), *model, "--outdir", str(tmp_path / "e1")]) == 0
+    assert (tmp_path / "e1" / "summary.ecsv").is_file()
+    # and so does the catalog itself
+    out = tmp_path / "e2"
+    capsys.readouterr()
+    assert main(["evaluate", "--catalog", catalog, *specs, *model, "--outdir", str(out)]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert {"summary.ecsv", "by_magnitude.ecsv", "roc.png"} <= {p.name for p in out.iterdir()}
+    weights = tmp_path / "ft"
+    assert main(["fine-tune", "--catalog", catalog, *specs, "--base",
+                 str(tiny_weights_file), "-o", str(weights), "--mode", "calibrate",
+                 "--name", "tiny-own", "--device", "cpu"]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path.endswith("tiny-own.safetensors") and os.path.isfile(path)
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["evaluate"], "give a data set folder, or --catalog"),
+    (["evaluate", "some-set", "--catalog", "c.ecsv"], "not both"),
+    (["evaluate", "--catalog", "c.ecsv"], "--catalog needs the images"),
+    (["make-dataset", "out", "--catalog", "c.ecsv", "--n-stars", "5"],
+     "--n-stars set.* simulated fields"),
+    (["evaluate", "--catalog", "c.ecsv", "--image", "r=x.fits", "--baselines"],
+     "--baselines needs a data set"),
+])
+def test_labelled_data_usage_errors(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    import re
+
+    assert re.search(match, err)
+
+
+def test_classify_tiles_options_and_errors(tmp_path, capsys, tiny_weights_file):
+    """classify-tiles: defaults shown in --help, usage errors, a bad manifest named."""
+    pytest.importorskip("distributed")
+    with pytest.raises(SystemExit):
+        main(["classify-tiles", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--scheduler ADDRESS" in text and "(default: one per CPU)" in text
+    assert main(["classify-tiles", "m.ecsv", "-o", str(tmp_path), "--workers", "2",
+                 "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    manifest = tmp_path / "m.ecsv"
+    Table({"tile": ["a"], "catalog": [""], "r": ["r.fits"]}).write(manifest)
+    assert main(["classify-tiles", str(manifest), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_weights_file)]) == 1
+    err = capsys.readouterr().err
+    assert "classify-tiles: error: manifest is missing column(s) ['NUV', 'u', 'g'," in err

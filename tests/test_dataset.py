@@ -307,3 +307,105 @@ def test_blended_flag_in_the_data_set(monkeypatch):
     arrays = ds.simulate_inputs(config.field_config(n_stars=3, n_galaxies=3), seed=2,
                                 field_id=0, stamp_size=15, detect=False, position_jitter=0.0)
     assert np.all(arrays["flags"] & ClassFlag.BLENDED)
+
+
+# ---------------------------------------------------------------------------
+# your own labelled images
+
+
+@pytest.fixture(scope="module")
+def user_fields():
+    """Two 3-band fields at 0.1"/px with labelled catalogs (a non-CSST 'survey')."""
+    from astropy.table import Table
+
+    from astro_starglx.simulate import simulate_field
+
+    fields = []
+    for seed in (21, 22):
+        images, truth = simulate_field(shape=(200, 200), seed=seed, bands=("g", "r", "i"),
+                                       pixel_scale=0.1, psf_scale=1.5, n_stars=14,
+                                       n_galaxies=18)
+        catalog = Table({"ra": truth["ra"], "dec": truth["dec"], "label": truth["label"],
+                         "mag_r": truth["mag_r"]})
+        fields.append((catalog, images))
+    return fields
+
+
+def test_make_labelled_dataset_round_trip(user_fields, tmp_path):
+    from astro_starglx.training import TrainConfig, train_release
+
+    catalogs = [c for c, _ in user_fields]
+    images = [i for _, i in user_fields]
+    before = [c.copy() for c in catalogs]
+    path = ds.make_labelled_dataset(catalogs, images, tmp_path / "own", stamp_size=15,
+                                    split_fractions=(0.6, 0.2, 0.2), seed=3)
+    for cat, old in zip(catalogs, before):
+        assert cat.colnames == old.colnames and np.all(cat["ra"] == old["ra"])
+    info = json.loads((path / "dataset.json").read_text())
+    assert info["source"] == "labelled" and info["bands"] == ["g", "r", "i"]
+    assert info["pixel_scale"] == pytest.approx(0.1, rel=1e-3)
+    assert info["config"]["split_by"] == "source"  # 2 fields: split by source
+    assert info["feature_names"] == ALL_FEATURES
+    total = 0
+    for split in ds.SPLITS:
+        data = ds.load_dataset(path, split)
+        n = len(data)
+        total += n
+        assert data.stamps.shape == (n, 3, 15, 15) and data.features.shape == (n, 3, 8)
+        assert set(np.unique(data.labels)) == {0, 1}  # stratified: both classes
+        cat = data.catalog
+        assert {"field", "row", "ra", "dec", "label", "mag_r", "mag_g", "psf_fwhm_r",
+                "redshift"} <= set(cat.colnames)
+        # rows point back at the user's catalogs; mag_r is the catalog's own column
+        for f, r, label, mag in zip(cat["field"], cat["row"], cat["label"], cat["mag_r"]):
+            assert catalogs[f]["label"][r] == label
+            assert catalogs[f]["mag_r"][r] == pytest.approx(mag, rel=1e-5)
+        assert np.isfinite(cat["mag_g"]).mean() > 0.5  # measured where not given
+    assert total == sum(len(c) for c in catalogs)
+    # the training recipe reads it like a simulated set
+    weights = train_release(path, tmp_path / "run", config=TrainConfig(epochs=1, batch_size=16),
+                            device="cpu", command="pytest", progress=False)
+    assert weights.is_file()
+    with pytest.raises(ValueError, match="already holds a data set; pass overwrite=True"):
+        ds.make_labelled_dataset(catalogs, images, path, stamp_size=15)
+    ds.make_labelled_dataset(catalogs, images, path, stamp_size=15, overwrite=True,
+                             bands=("r", "z"), seed=4)
+    info = json.loads((path / "dataset.json").read_text())
+    assert info["bands"] == ["r", "z"]
+    assert np.isnan(ds.load_dataset(path, "train").stamps[:, 1]).all()  # no z images
+
+
+def test_make_labelled_dataset_split_by_field(user_fields, tmp_path):
+    catalog, images = user_fields[0]
+    fields = [(catalog, images)] * 3
+    path = ds.make_labelled_dataset([c for c, _ in fields], [i for _, i in fields],
+                                    tmp_path / "byfield", stamp_size=15, split_by="field",
+                                    split_fractions=(1, 1, 1))
+    used = {s: set(ds.load_dataset(path, s).catalog["field"]) for s in ds.SPLITS}
+    assert sorted(len(v) for v in used.values()) == [1, 1, 1]
+    assert not (used["train"] & used["val"]) and not (used["train"] & used["test"])
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"split_fractions": (1.0, 0.0, 0.5)}, ValueError, "split_fractions must be three"),
+    ({"split_by": "row"}, ValueError, "split_by"),
+    ({"stamp_size": 1}, ValueError, "stamp_size must be an integer >= 2"),
+    ({"split_by": "field"}, ValueError, "split_by='field' needs at least 3 fields"),
+    ({"label_column": "truth"}, ValueError, "label_column 'truth' is not in the catalog"),
+    ({"bands": "r"}, ValueError, "bands must be a sequence of band names"),
+    ({"nominal_fwhm": {"g": 1.0}}, ValueError, "nominal_fwhm must give every band"),
+])
+def test_make_labelled_dataset_errors(user_fields, tmp_path, kwargs, error, match):
+    catalog, images = user_fields[0]
+    with pytest.raises(error, match=match):
+        ds.make_labelled_dataset(catalog, images, tmp_path / "x", **{"stamp_size": 15,
+                                                                     **kwargs})
+
+
+def test_make_labelled_dataset_needs_both_classes(user_fields, tmp_path):
+    catalog, images = user_fields[0]
+    stars = catalog[catalog["label"] == "star"][:6]
+    stars["label"][:1] = "galaxy"  # one galaxy: none left for validation
+    with pytest.raises(ValueError, match="both classes are needed"):
+        ds.make_labelled_dataset(stars, images, tmp_path / "y", stamp_size=15,
+                                 split_fractions=(0.4, 0.3, 0.3))

@@ -128,3 +128,51 @@ def test_evaluate_two_releases_of_one_model(trained, tmp_path):
     with pytest.raises(ValueError, match="gives the model .* twice"):
         evaluate_model(weights, data, outdir=tmp_path / "out", plots=False,
                        extra_models=[copy, copy])
+
+
+@pytest.fixture(scope="module")
+def user_catalog():
+    """A labelled field as a user has it: catalog (label, mag_r, redshift) + images."""
+    from astro_starglx.simulate import simulate_field
+
+    images, truth = simulate_field(shape=(192, 192), seed=5, n_stars=20, n_galaxies=25)
+    catalog = Table({"ra": truth["ra"], "dec": truth["dec"], "label": truth["label"],
+                     "mag_r": truth["mag_r"], "redshift": truth["redshift"]})
+    return catalog, images
+
+
+def test_evaluate_catalog_tables_and_figures(trained, user_catalog, tmp_path):
+    from astro_starglx.evaluation import evaluate_catalog
+
+    _, weights = trained
+    catalog, images = user_catalog
+    before = catalog.copy()
+    out = tmp_path / "cat-eval"
+    summary = evaluate_catalog(weights, catalog, images, outdir=out, n_bootstrap=20)
+    assert np.all(catalog["ra"] == before["ra"]) and catalog.colnames == before.colnames
+    assert list(summary["classifier"]) == ["rbim-lite"]
+    assert summary["n_star"][0] + summary["n_galaxy"][0] == len(catalog)
+    assert summary.meta["mag"] == "mag_r" and summary.meta["n_dropped"] == 0
+    assert "recall_star_r25" in summary.colnames
+    by_mag = Table.read(out / "by_magnitude.ecsv")
+    assert {"bin_lo", "bin_hi", "recall_star", "recall_star_err"} <= set(by_mag.colnames)
+    assert (out / "by_redshift.ecsv").is_file()
+    for png in ("recall_vs_magnitude.png", "roc.png", "reliability.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_evaluate_catalog_fields_and_measured_magnitudes(trained, user_catalog, tmp_path):
+    from astro_starglx.evaluation import evaluate_catalog
+
+    _, weights = trained
+    catalog, images = user_catalog
+    bare = catalog["ra", "dec", "label"]
+    summary = evaluate_catalog(weights, [bare, bare], [images, images],
+                               outdir=tmp_path / "two", plots=False, n_bootstrap=10,
+                               extra_models=[weights])
+    assert summary.meta["mag"] == "measured mag_r"
+    assert summary["n_star"][0] + summary["n_galaxy"][0] == 2 * len(catalog)
+    assert len(summary) == 2 and summary["roc_auc"][0] == summary["roc_auc"][1]
+    assert not (tmp_path / "two" / "by_redshift.ecsv").exists()
+    with pytest.raises(ValueError, match="mag_column 'mag_i' is not in the catalog"):
+        evaluate_catalog(weights, bare, images, outdir=tmp_path / "x", mag_column="mag_i")

@@ -16,16 +16,20 @@ one). The contract:
   from numpy, astropy or torch) whose message names what is wrong;
 - metamorphic: batch size, row order, duplicated rows, byte order, the flux
   scale with the zero point and the uncertainty type do not change the
-  answers.
+  answers; with ``symmetrize="d4"``, neither do flips, transposes and
+  90-degree rotations of the pixels with their WCS (``"flips"``: the flips).
 
 The default run uses the ``fuzz`` profile of ``tests/conftest.py``
 (derandomized; 150 + 100 + 4 x 50 examples, ~25 s on 2 cores);
-``pytest -m slow --slow tests/test_fuzz.py`` runs ``test_contract_long`` and
-``test_invalid_calls_long`` with the ``fuzz-long`` profile (5,000 random
-examples each, ~11 min). A failure prints a ``@reproduce_failure`` blob.
+``pytest -m slow --slow tests/test_fuzz.py`` runs ``test_contract_long``,
+``test_invalid_calls_long`` and ``test_orientation_invariance_long`` with the
+``fuzz-long`` profile (5,000 random examples each, ~11 min for the first two
+on an idle 2-core machine; ``ASTRO_STARGLX_FUZZ_EXAMPLES=N`` for another
+count). A failure prints a ``@reproduce_failure`` blob.
 """
 
 import math
+import os
 import re
 import traceback
 import warnings
@@ -54,11 +58,20 @@ BANDS = ("g", "r", "i")
 SCALE = 0.074  # arcsec per pixel, the model's
 PACKAGE_DIR = str(Path(astro_starglx.__file__).parent)
 FAST = settings.get_profile("fuzz")
-LONG = settings.get_profile("fuzz-long")
+# ASTRO_STARGLX_FUZZ_EXAMPLES sets the long run's examples per property (5,000 by default).
+LONG = settings(settings.get_profile("fuzz-long"),
+                max_examples=int(os.environ.get("ASTRO_STARGLX_FUZZ_EXAMPLES", "5000")))
 
 
-def fuzz_model(path, *, psf=False):
-    """Tiny random-init 3-band weights at ``path``; with ``psf``, a PSF-aware model."""
+def fuzz_model(path, *, psf=False, sensitive=False):
+    """
+    Tiny random-init 3-band weights at ``path``; with ``psf``, a PSF-aware model.
+
+    With ``sensitive``, torch's default initialisation with weight matrices
+    doubled, instead of the small uniform weights of `seeded_state_dict`
+    (whose outputs barely depend on the pixels): a network whose answers
+    change with the orientation of the stamps, for the orientation property.
+    """
     meta = make_tiny_meta("fuzz-psf" if psf else "fuzz")
     meta["bands"] = list(BANDS)
     names = list(FEATURE_NAMES) + (list(PSF_FEATURE_NAMES) if psf else [])
@@ -70,15 +83,29 @@ def fuzz_model(path, *, psf=False):
     if psf:
         meta["psf"] = {"nominal_fwhm": {band: 0.13 for band in BANDS},
                        "fwhm_range": {band: [0.05, 0.5] for band in BANDS}}
-    save_weights(path, seeded_state_dict(meta), meta)
+    if sensitive:
+        import torch
+
+        from astro_starglx.model import build_model
+
+        torch.manual_seed(7)
+        state = build_model(meta["architecture"]).state_dict()
+        for tensor in state.values():
+            if tensor.dim() > 1:  # x2: |dp| ~ 0.05 between orientations, not ~ 0.003
+                tensor.mul_(2.0)
+    else:
+        state = seeded_state_dict(meta)
+    save_weights(path, state, meta)
     return path
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     """
-    ``classifier(batch_size=64, psf=False)``: a `StarGalaxyClassifier` of a tiny
-    random-init 3-band model (PSF-aware with ``psf``) saved in tmp_path.
+    ``classifier(batch_size=64, psf=False, *, sensitive=False, symmetrize=None)``:
+    a `StarGalaxyClassifier` of a tiny random-init 3-band model (PSF-aware with
+    ``psf``, orientation-sensitive weights with ``sensitive``, see `fuzz_model`)
+    saved in tmp_path; ``symmetrize=None`` is the classifier's default.
 
     torch runs on one thread here: for models this small, thread hand-offs
     dominate, and on a loaded 2-core machine they made each call 5x slower
@@ -87,15 +114,20 @@ def classifier(tmp_path_factory):
     import torch
 
     folder = tmp_path_factory.mktemp("fuzz")
-    paths = {False: fuzz_model(folder / "fuzz.safetensors"),
-             True: fuzz_model(folder / "fuzz-psf.safetensors", psf=True)}
+    paths = {(False, False): fuzz_model(folder / "fuzz.safetensors"),
+             (True, False): fuzz_model(folder / "fuzz-psf.safetensors", psf=True),
+             (False, True): fuzz_model(folder / "fuzz-sens.safetensors", sensitive=True),
+             (True, True): fuzz_model(folder / "fuzz-psf-sens.safetensors", psf=True,
+                                      sensitive=True)}
     cache = {}
 
-    def get(batch_size=64, psf=False):
-        if (batch_size, psf) not in cache:
-            cache[batch_size, psf] = StarGalaxyClassifier(paths[psf], device="cpu",
-                                                          batch_size=batch_size)
-        return cache[batch_size, psf]
+    def get(batch_size=64, psf=False, *, sensitive=False, symmetrize=None):
+        key = (batch_size, psf, sensitive, symmetrize)
+        if key not in cache:
+            options = {} if symmetrize is None else {"symmetrize": symmetrize}
+            cache[key] = StarGalaxyClassifier(paths[psf, sensitive], device="cpu",
+                                              batch_size=batch_size, **options)
+        return cache[key]
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -488,6 +520,10 @@ CONSTRUCTOR_DEFECTS = [
     ({"batch_size": 2.5}, r"batch_size must be a positive int, got 2.5"),
     ({"device": "meta"}, r"device must be None, 'cpu', 'cuda' or 'cuda:N', got 'meta'"),
     ({"zeropoints": {"g": 1e30}}, r"zero point from zeropoints\['g'\] must be a finite"),
+    ({"symmetrize": "c4"}, r"symmetrize must be one of \['canonical', 'd4', 'flips', 'none'\] "
+                           r"or a bool"),
+    ({"symmetrize": None}, r"symmetrize must be one of \['canonical', 'd4', 'flips', 'none'\] "
+                           r"or a bool"),
 ]
 
 
@@ -629,3 +665,168 @@ def test_uncertainty_type_invariance(classifier, scenario, kinds):
                             with_kinds([StdDevUncertainty] * len(images)), **kwargs)
     out = classify_recorded(classifier(), catalog, with_kinds(kinds), **kwargs)
     _assert_same(out, ref, atol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# orientation: flips, transposes and 90-degree rotations of pixels + WCS
+
+#: The 8 orientations of the pixel grid as (transpose, flip_y, flip_x), in the
+#: order of `astro_starglx.inference.SYMMETRIES["d4"]` (the first 4: the flips).
+ORIENTATIONS = [(False, False, False), (False, False, True), (False, True, False),
+                (False, True, True), (True, False, False), (True, False, True),
+                (True, True, False), (True, True, True)]
+#: |dp_galaxy| allowed between orientations with symmetrised inference: the
+#: network's inputs agree up to float32 rounding of the features and of the
+#: stamp noise estimates.
+ORIENTATION_ATOL = 1e-4
+
+
+def orient_array(array, transpose, flip_y, flip_x):
+    array = np.asarray(array)
+    array = array.swapaxes(-1, -2) if transpose else array
+    array = array[..., ::-1, :] if flip_y else array
+    return np.ascontiguousarray(array[..., ::-1] if flip_x else array)
+
+
+def orient_wcs(wcs, shape, transpose, flip_y, flip_x):
+    """The WCS of the oriented grid: old 0-based pixel = A @ new + b keeps every sky position."""
+    ny, nx = (shape[1], shape[0]) if transpose else shape
+    a = np.array([[0.0, 1.0], [1.0, 0.0]]) if transpose else np.eye(2)
+    f = np.diag([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])
+    g = np.array([nx - 1.0 if flip_x else 0.0, ny - 1.0 if flip_y else 0.0])
+    a, b = a @ f, a @ g
+    new = WCS(naxis=2)
+    new.wcs.ctype = list(wcs.wcs.ctype)
+    new.wcs.crval = list(wcs.wcs.crval)
+    new.wcs.cd = wcs.pixel_scale_matrix @ a
+    new.wcs.crpix = np.linalg.solve(a, np.asarray(wcs.wcs.crpix) - 1.0 - b) + 1.0
+    return new
+
+
+def orient_image(image, orientation):
+    """The same sky on an oriented pixel grid: data, mask, uncertainty and WCS together."""
+    unc = image.uncertainty
+    if unc is not None:
+        unc = type(unc)(orient_array(unc.array, *orientation), unit=unc.unit)
+    kwargs = dict(mask=None if image.mask is None else orient_array(image.mask, *orientation),
+                  uncertainty=unc, meta=dict(image.meta),
+                  wcs=orient_wcs(image.wcs, np.shape(image.data), *orientation))
+    data = orient_array(image.data, *orientation)
+    if isinstance(image, CCDData):
+        return CCDData(data, unit=image.unit, **kwargs)
+    return NDData(data, **kwargs)
+
+
+def _half_pixel_ties(catalog, images):
+    """Rows at an exact half-pixel (x.5 or y.5, to 1e-3) in some band."""
+    from astro_starglx.inputs import pixel_positions
+
+    x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
+                           coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    tie = np.zeros(len(catalog), bool)
+    for band in x:
+        for v in (x[band], y[band]):
+            with np.errstate(invalid="ignore"):
+                tie |= np.isfinite(v) & (np.abs(np.abs(v - np.floor(v)) - 0.5) < 1e-3)
+    return tie
+
+
+def check_orientation(classifier, scenario, orientation, psf, symmetrize=None):
+    catalog, images, kwargs, _ = scenario
+    images = band_mapping(images)
+    oriented = {band: orient_image(im, orientation) for band, im in images.items()}
+    for band, im in images.items():  # the sky is unchanged: same world positions
+        ny, nx = np.shape(im.data)
+        x, y = np.array([0.0, nx - 1.0, 3.3]), np.array([0.0, ny - 1.0, 1.7])
+        new = oriented[band].wcs.world_to_pixel(im.wcs.pixel_to_world(x, y))
+        back = im.wcs.world_to_pixel(oriented[band].wcs.pixel_to_world(*new))
+        np.testing.assert_allclose(np.vstack(back), np.vstack([x, y]), atol=1e-6)
+    clf = classifier(psf=psf, sensitive=True, symmetrize=symmetrize)
+    before = snapshot(catalog, images)
+    ref = classify_recorded(clf, catalog, images, **kwargs)
+    out = classify_recorded(clf, catalog, oriented, **kwargs)
+    assert_untouched(catalog, images, before)
+    # A source at an exact half pixel (x.5) is cut around the pixel above it
+    # (Cutout2D's rounding); on the flipped grid that pixel lies on the other
+    # side, so its stamp shifts by one pixel. No rounding rule maps exact ties
+    # onto each other under a flip, and sky positions through a WCS are
+    # almost never exact ties: such rows are left out.
+    keep = ~_half_pixel_ties(catalog, images)
+    pa, fa = _proba_flags(ref)
+    pb, fb = _proba_flags(out)
+    gap = np.abs(pa - pb)[keep]
+    note(f"orientation={orientation} ties={int((~keep).sum())} "
+         f"max |dp|={np.max(gap[np.isfinite(gap)], initial=0.0):.2e}")
+    np.testing.assert_array_equal(np.isnan(pa[keep]), np.isnan(pb[keep]))
+    np.testing.assert_allclose(pa[keep], pb[keep], atol=ORIENTATION_ATOL, equal_nan=True)
+    # Flags too, BLENDED included (its background level once came from a
+    # pixel subset that changed with the orientation: found by this property).
+    np.testing.assert_array_equal(fa[keep], fb[keep])
+
+
+@st.composite
+def sky_scenarios(draw):
+    """Tame scenarios with sky positions (pixel columns do not follow a reoriented grid)."""
+    catalog, images, kwargs, finite = draw(scenarios(tame=True))
+    if "x" in catalog.colnames:  # sky positions through the first band's WCS instead
+        ref = next(iter(band_mapping(images).values()))
+        coords = ref.wcs.pixel_to_world(np.asarray(catalog["x"]), np.asarray(catalog["y"]))
+        catalog = Table({"ra": coords.ra.deg, "dec": coords.dec.deg})
+        kwargs = {key: value for key, value in kwargs.items() if key != "shared_grid"}
+    return catalog, images, kwargs, finite
+
+
+@settings(FAST, max_examples=40)
+@given(scenario=sky_scenarios(), orientation=st.sampled_from(ORIENTATIONS[1:]),
+       psf=st.booleans())
+def test_orientation_invariance(classifier, scenario, orientation, psf):
+    """By default (canonical poses), flipped or rotated pixels + WCS give the same answers."""
+    check_orientation(classifier, scenario, orientation, psf)
+
+
+@settings(FAST, max_examples=15)
+@given(scenario=sky_scenarios(), orientation=st.sampled_from(ORIENTATIONS[1:]))
+def test_orientation_invariance_d4(classifier, scenario, orientation):
+    """symmetrize="d4" (the average over the 8 orientations) is invariant too."""
+    check_orientation(classifier, scenario, orientation, False, symmetrize="d4")
+
+
+@settings(FAST, max_examples=15)
+@given(scenario=sky_scenarios(), orientation=st.sampled_from(ORIENTATIONS[1:4]))
+def test_orientation_invariance_flips(classifier, scenario, orientation):
+    """symmetrize="flips" is invariant to the 3 flips (x, y, both)."""
+    check_orientation(classifier, scenario, orientation, False, symmetrize="flips")
+
+
+@pytest.mark.slow
+@LONG
+@given(scenario=sky_scenarios(), orientation=st.sampled_from(ORIENTATIONS[1:]),
+       psf=st.booleans())
+def test_orientation_invariance_long(classifier, scenario, orientation, psf):
+    check_orientation(classifier, scenario, orientation, psf)
+
+
+def test_orientation_property_is_not_vacuous(classifier):
+    """Without symmetrisation the orientation-sensitive fuzz model does change its answers."""
+    rng = np.random.default_rng(5)
+    ny, nx = 40, 33
+    yy, xx = np.mgrid[:ny, :nx]
+    x0, y0 = np.array([10.3, 21.7, 15.2]), np.array([12.6, 25.1, 30.4])
+    images = {}
+    for band in BANDS:
+        data = rng.normal(0.0, 1.0, (ny, nx))
+        for xs, ys, q in zip(x0, y0, (0.3, 1.0, 0.6)):  # elongated along x
+            data += 80.0 * np.exp(-((xx - xs) ** 2 * q + (yy - ys) ** 2 / 4.0) / 2.0)
+        images[band] = NDData(data, wcs=band_wcs(rotation=20.0, flip=False, scale=SCALE,
+                                                 crpix=(16.0, 20.0)), meta={"MAGZERO": 25.0})
+    coords = images["g"].wcs.pixel_to_world(x0, y0)
+    catalog = Table({"ra": coords.ra.deg, "dec": coords.dec.deg})
+    oriented = {band: orient_image(im, ORIENTATIONS[5]) for band, im in images.items()}
+    plain = classifier(sensitive=True, symmetrize="none")
+    gap = np.abs(_proba_flags(classify_recorded(plain, catalog, images))[0]
+                 - _proba_flags(classify_recorded(plain, catalog, oriented))[0])
+    assert np.nanmax(gap) > 100 * ORIENTATION_ATOL
+    for option in ("canonical", "d4"):
+        invariant = classifier(sensitive=True, symmetrize=option)
+        _assert_same(classify_recorded(invariant, catalog, images),
+                     classify_recorded(invariant, catalog, oriented), atol=ORIENTATION_ATOL)

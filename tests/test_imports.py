@@ -30,6 +30,9 @@ FORBIDDEN = {
     "astro_starglx.simulate.report": ("torch", "galsim", "matplotlib"),
     "astro_starglx.dataset": ("torch", "galsim"),
     "astro_starglx.flags": ("torch", "astropy"),
+    "astro_starglx.detection": ("torch", "dask"),
+    "astro_starglx.csst_io": ("torch", "dask"),
+    "astro_starglx.survey": ("torch", "dask", "distributed"),
 }
 
 

@@ -203,3 +203,122 @@ def test_predict_logits_memmap_and_empty(tiny, tmp_path):
     empty = SimpleNamespace(stamps=stamps[:0], noise=noise[:0], features=features[:0])
     out = predict_logits(network, empty, meta.normalization)
     assert out.shape == (0, 2) and out.dtype == np.float32
+
+
+# ------------------------------------------------------------------ symmetrised inference
+
+from astro_starglx.inference import SYMMETRIES, canonical_pose, check_symmetrize  # noqa: E402
+
+D4 = SYMMETRIES["d4"]
+
+
+def orient(a, transpose, flip_y, flip_x):
+    a = a.swapaxes(-1, -2) if transpose else a
+    a = a[..., ::-1, :] if flip_y else a
+    return np.ascontiguousarray(a[..., ::-1] if flip_x else a)
+
+
+def test_symmetries_are_groups():
+    """d4 holds the 8 distinct orientations, flips its 4 flips; both closed under composition."""
+    probe = np.arange(12.0).reshape(1, 1, 3, 4)[..., :3, :3]
+    for name, size in (("none", 1), ("flips", 4), ("d4", 8)):
+        ops = SYMMETRIES[name]
+        images = {orient(probe, *op).tobytes() for op in ops}
+        assert len(ops) == len(images) == size
+        for a in ops:
+            for b in ops:
+                assert orient(orient(probe, *a), *b).tobytes() in images, (name, a, b)
+
+
+def test_canonical_pose_is_the_same_for_every_orientation():
+    """All 8 orientations of a stamp stack map to one pose, which is one of them."""
+    rng = np.random.default_rng(3)
+    stamps = rng.normal(size=(64, 3, 9, 9)).astype(np.float32)
+    stamps[:, :, 4, 4] += 20.0  # centred sources with noise around them
+    posed = canonical_pose(stamps)
+    for op in D4:
+        np.testing.assert_array_equal(canonical_pose(orient(stamps, *op)), posed)
+    for k in range(len(stamps)):
+        assert any(np.array_equal(posed[k], orient(stamps[k], *op)) for op in D4)
+    # the chosen pose puts the light towards +y first, +x second
+    yy, xx = np.mgrid[:9, :9] - 4.0
+    light = posed.sum(axis=1)
+    my, mx = (light * yy).sum(axis=(1, 2)), (light * xx).sum(axis=(1, 2))
+    assert np.all(my >= np.abs(mx) - 1e-9) and np.all(mx >= 0)
+
+
+def test_canonical_predictor_needs_one_forward(tiny, monkeypatch):
+    """symmetrize="canonical" runs the network once and is orientation-invariant."""
+    import astro_starglx.inference as inference
+
+    network, meta = tiny
+    calls = []
+    real = inference.predict_batch
+    monkeypatch.setattr(inference, "predict_batch",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    predictor = Predictor(network, meta, device="cpu", symmetrize="canonical")
+    rng = np.random.default_rng(4)
+    n, c, size = 6, meta.n_bands, meta.stamp_size
+    stamps = rng.normal(size=(n, c, size, size)).astype(np.float32)
+    noise = np.ones((n, c), np.float32)
+    features = rng.normal(size=(n, c, len(meta.feature_names))).astype(np.float32)
+    ref = predictor(stamps, noise, features)
+    assert len(calls) == 1
+    for op in D4[1:]:
+        np.testing.assert_allclose(predictor(orient(stamps, *op), noise, features), ref,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("none", "none"), ("flips", "flips"), ("d4", "d4"), ("D4", "d4"), (True, "canonical"),
+    ("canonical", "canonical"), (False, "none"), (np.bool_(True), "canonical")])
+def test_check_symmetrize(value, expected):
+    assert check_symmetrize(value) == expected
+
+
+@pytest.mark.parametrize("value", ["c4", "", None, 8, 1, ["d4"]])
+def test_check_symmetrize_rejects(tiny, value):
+    with pytest.raises(ValueError, match=r"symmetrize must be one of \['canonical', 'd4', 'flips', "
+                                         r"'none'\] or a bool, got .*; use 'canonical'"):
+        check_symmetrize(value)
+    with pytest.raises(ValueError, match=r"symmetrize must be one of"):
+        Predictor(*tiny, device="cpu", symmetrize=value)
+
+
+def test_predictor_symmetrize_none_is_the_plain_predictor(tiny):
+    network, meta = tiny
+    stamps, noise, features = raw_inputs(7, seed=5)
+    plain = Predictor(network, meta, device="cpu")
+    assert plain.symmetrize == "none"
+    np.testing.assert_array_equal(
+        Predictor(network, meta, device="cpu", symmetrize=False)(stamps, noise, features),
+        plain(stamps, noise, features))
+
+
+def test_predictor_d4_averages_logits_and_is_invariant(tiny):
+    _, meta = tiny
+    meta = meta.replace(temperature=1.7)
+    torch.manual_seed(3)  # torch's default init: a network that sees orientation
+    network = build_model(meta.architecture).eval()
+    stamps, noise, features = raw_inputs(6, seed=6)
+    stamps[:, :, 2:6, 3:5] += 40.0  # an off-centre, elongated source
+    stamps[2, :, 3:5, 6:9] = np.nan  # masked pixels move with the stamp
+    plain = Predictor(network, meta, device="cpu")
+    d4 = Predictor(network, meta, device="cpu", symmetrize="d4")
+    flips = Predictor(network, meta, device="cpu", symmetrize="flips")
+    every = np.stack([plain.logits(orient(stamps, *op), noise, features) for op in D4])
+    np.testing.assert_allclose(d4.logits(stamps, noise, features), every.mean(0), atol=1e-6)
+    np.testing.assert_allclose(flips.logits(stamps, noise, features), every[:4].mean(0),
+                               atol=1e-6)
+    np.testing.assert_allclose(d4(stamps, noise, features),
+                               calibrated_proba(every.mean(0), meta), atol=1e-6)
+    # the random-init network itself is not invariant ...
+    assert np.abs(every - every[0]).max() > 1e-3
+    reference = d4(stamps, noise, features)
+    for op in D4:  # ... its D4 average is, to float32 rounding
+        np.testing.assert_allclose(d4(orient(stamps, *op), noise, features), reference,
+                                   atol=1e-6)
+    for op in SYMMETRIES["flips"]:
+        np.testing.assert_allclose(flips(orient(stamps, *op), noise, features),
+                                   flips(stamps, noise, features), atol=1e-6)
+    assert d4(stamps[:0], noise[:0], features[:0]).shape == (0, 2)

@@ -144,7 +144,7 @@ def test_config_errors():
     ({"bands": ("r", "r")}, "bands"),
     ({"pixel_scale": 0.0}, "pixel_scale"),
     ({"pixel_scale": -0.074}, "pixel_scale"),
-    ({"pixel_scale": 0.2}, "pixel_scale"),
+    ({"pixel_scale": 0.6}, "pixel_scale"),
     ({"ra": 400.0}, "ra"),
     ({"dec": 95.0}, "dec"),
     ({"wcs_jitter": -1.0}, "wcs_jitter"),
@@ -551,3 +551,24 @@ def test_variations_leave_the_sources_and_change_what_they_say():
         assert images[band].meta["EXPTIME"] == 4 * base_images[band].meta["EXPTIME"]
         gain = images[band].meta["DEPTH5"] - base_images[band].meta["DEPTH5"]
         assert 0.76 < gain < 0.9
+
+
+@requires_galsim
+def test_sdss_preset_field():
+    """The SDSS-like preset: ugriz at 0.396"/px with ~1.4" seeing in r."""
+    from astro_starglx.simulate import SimConfig, simulate_field
+    from astro_starglx.simulate.field import SURVEY_PRESETS
+
+    config = SimConfig.preset("sdss", shape=(64, 64), n_stars=1, n_galaxies=1)
+    assert config.bands == ("u", "g", "r", "i", "z") and config.pixel_scale == 0.396
+    images, truth = simulate_field(config, seed=4)
+    assert list(images) == list("ugriz") and len(truth) == 2
+    r = images["r"].meta
+    assert r["PIXSCALE"] == pytest.approx(0.396)
+    assert 1.2 < r["PSFFWHM"] < 1.6
+    scale = images["r"].wcs.proj_plane_pixel_scales()[0].to_value("arcsec")
+    assert scale == pytest.approx(0.396, rel=1e-3)
+    assert SimConfig.preset("csst") == SimConfig()
+    assert set(SURVEY_PRESETS) == {"csst", "sdss"}
+    with pytest.raises(ValueError, match="survey"):
+        SimConfig.preset("hsc")

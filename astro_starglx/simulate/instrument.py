@@ -189,11 +189,12 @@ def _check_bands(bands, name="bands"):
 
 
 def _check_pixel_scale(pixel_scale):
-    # The instrument model is calibrated for CSST-like sampling: with much
-    # finer pixels read noise alone exceeds the depths' noise budget, with much
-    # coarser ones the optimal aperture shrinks below the sampled radii.
-    return check_real("pixel_scale", pixel_scale, low=0.05, high=0.1,
-                      hint=" arcsec; CSST's is 0.074")
+    # With much finer pixels than CSST's, read noise alone exceeds the depths'
+    # noise budget. Coarser pixels, up to ground-based surveys' (SDSS 0.396"),
+    # are simulated with the PSF dilated to the survey's seeing
+    # (SimConfig.preset("sdss")); the depths then follow the noise model.
+    return check_real("pixel_scale", pixel_scale, low=0.05, high=0.5,
+                      hint=" arcsec; CSST's is 0.074, SDSS's 0.396")
 
 
 def _check_obscuration(obscuration):
@@ -613,7 +614,7 @@ def band_model(band, *, pixel_scale=CSST_PIXEL_SCALE, obscuration=SIM_OBSCURATIO
     band : str
         One of ``CSST_BANDS``.
     pixel_scale : float, optional
-        Pixel scale in arcsec, in [0.05, 0.1].
+        Pixel scale in arcsec, in [0.05, 0.5].
     obscuration : float, optional
         Linear central obscuration of the pupil, in [0, 0.95]. An obscured
         pupil puts light into the Airy rings: in the red bands an obscuration
@@ -628,7 +629,7 @@ def band_model(band, *, pixel_scale=CSST_PIXEL_SCALE, obscuration=SIM_OBSCURATIO
     ------
     ValueError
         If ``band`` is unknown, ``pixel_scale`` is outside the supported
-        [0.05, 0.1] arcsec, ``obscuration`` is outside [0, 0.95], or the depth
+        [0.05, 0.5] arcsec, ``obscuration`` is outside [0, 0.95], or the depth
         cannot be reached (a large obscuration leaves too little collecting
         area for the read noise).
     ImportError

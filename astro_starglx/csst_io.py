@@ -1,0 +1,271 @@
+"""
+Read CSST survey-camera L1 images into `~astropy.nddata.CCDData`.
+
+A CSST L1 single-chip product is three FITS files side by side, told apart
+by a tag in the file name::
+
+    CSST_MSC_MS_SCIE_..._08_L1_V01_img_....fits   image, e-/s
+    CSST_MSC_MS_SCIE_..._08_L1_V01_wht_....fits   weight = inverse variance
+    CSST_MSC_MS_SCIE_..._08_L1_V01_flg_....fits   bit flags (0 = good)
+
+`read_csst_l1` reads the image with its ``wht`` as an
+`~astropy.nddata.InverseVariance` uncertainty and its ``flg`` bits as the
+mask. The pixel arrays are memory-mapped: nothing is read until a pixel is
+touched, so a worker holding many chips only pays for what it cuts out.
+
+What is documented and what is assumed
+--------------------------------------
+We could not find a public, citable specification of the CSST L1 header
+keywords or of the meaning of each ``flg`` bit. This reader therefore
+assumes only what every FITS image has, and makes the rest overridable:
+
+- the image is the first HDU with a 2-D data array (CSST L1 puts it in
+  extension 1 behind an empty primary HDU; both layouts are read), and the
+  header is the primary header updated by that HDU's header;
+- the WCS is the standard FITS WCS of that header (`astropy.wcs.WCS`, SIP
+  distortion included when present);
+- the zero point is the ``zeropoint=`` argument, else the first of
+  ``zeropoint_keywords`` present (by default those of
+  `astro_starglx.inputs.ZEROPOINT_KEYWORDS`: ``MAGZERO``, ``PHOTZP``,
+  ``MAGZP``, ``MAGZPT``, ``ZP``); it is stored as ``MAGZERO`` in the returned
+  header, which is how `~astro_starglx.StarGalaxyClassifier` reads it;
+- every ``flg`` bit marks a bad pixel unless ``flag_bits`` says which bits
+  do (e.g. ``flag_bits=0b1111`` to ignore the higher bits);
+- the unit is ``BUNIT``, else ``electron/s`` (L1 images are in e-/s).
+"""
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_csst_l1", "csst_l1_paths"]
+
+log = logging.getLogger(__name__)
+
+_TAG = re.compile(r"_img(?=[_.])")
+
+
+def csst_l1_paths(path):
+    """
+    The ``img``, ``wht`` and ``flg`` file paths of one CSST L1 chip.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``_img_`` file (its name holds ``_img_`` or ends in ``_img.fits``).
+
+    Returns
+    -------
+    paths : dict
+        ``{"img": Path, "wht": Path, "flg": Path}``; the ``wht`` and ``flg``
+        files may not exist.
+
+    Raises
+    ------
+    ValueError
+        If the file name does not hold the ``_img`` tag.
+
+    Examples
+    --------
+    >>> from astro_starglx.csst_io import csst_l1_paths
+    >>> csst_l1_paths("chip_08_L1_img_v1.fits")["wht"].name
+    'chip_08_L1_wht_v1.fits'
+    """
+    path = Path(path)
+    matches = list(_TAG.finditer(path.name))
+    if not matches:
+        msg = (f"path {str(path)!r} is not a CSST L1 image name: it holds no '_img_' tag, so "
+               "its '_wht_' and '_flg_' files cannot be found; pass weight_path= and "
+               "flag_path= explicitly (or None to read without them)")
+        raise ValueError(msg)
+    start, end = matches[-1].span()
+    name = path.name
+    return {tag: path.with_name(f"{name[:start]}_{tag}{name[end:]}")
+            for tag in ("img", "wht", "flg")}
+
+
+def _image_hdu(hdul, path):
+    for hdu in hdul:
+        if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
+            return hdu
+    msg = f"{path}: no HDU holds a 2-D image; is this a CSST L1 image file?"
+    raise ValueError(msg)
+
+
+def _read_array(path, *, what, shape):
+    from astropy.io import fits
+
+    with fits.open(path, memmap=True) as hdul:
+        data = _image_hdu(hdul, path).data
+    if data.shape != shape:
+        msg = (f"{what} file {path} holds an image of shape {data.shape}, but the image is "
+               f"{shape}; pass the {what} file of the same chip")
+        raise ValueError(msg)
+    return data
+
+
+def _companion(value, default, name):
+    if isinstance(value, str) and value == "auto":
+        if default is None:
+            return None
+        if not default.is_file():
+            msg = (f"{name}='auto': {default} does not exist beside the image; pass "
+                   f"{name}=PATH if it lies elsewhere, or {name}=None to read without it")
+            raise FileNotFoundError(msg)
+        return default
+    if value is None:
+        return None
+    value = Path(value)
+    if not value.is_file():
+        msg = f"{name}={str(value)!r} does not exist"
+        raise FileNotFoundError(msg)
+    return value
+
+
+def _header_unit(bunit, path):
+    """The BUNIT keyword as a unit; ``e/s`` and ``e-/s`` (electrons) are understood."""
+    from astropy import units as u
+
+    if bunit is None or not str(bunit).strip():
+        return u.electron / u.s
+    text = str(bunit).strip()
+    for candidate in (text, re.sub(r"(?i)\be-?(?=\s*(/|$))|electrons", "electron", text)):
+        try:
+            return u.Unit(candidate)
+        except ValueError:
+            continue
+    msg = (f"{path}: BUNIT = {text!r} is not a unit astropy understands; pass unit=, e.g. "
+           "unit='electron/s'")
+    raise ValueError(msg)
+
+
+def read_csst_l1(path, *, weight_path="auto", flag_path="auto", zeropoint=None,
+                 flag_bits=None, zeropoint_keywords=None, unit=None):
+    """
+    Read one CSST L1 chip image with its weight and flag maps.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``_img_`` FITS file.
+    weight_path, flag_path : "auto", path-like or None, optional
+        The ``wht`` (inverse variance) and ``flg`` (bit flags) files:
+        ``"auto"`` finds them beside ``path`` by replacing its ``_img``
+        tag (see `csst_l1_paths`), and raises if they are not there; a path
+        reads that file; ``None`` reads without it (no uncertainty, or no
+        flag mask).
+    zeropoint : float or None, optional
+        AB magnitude of one image unit; overrides the header.
+    flag_bits : int or None, optional
+        Which ``flg`` bits mark a bad pixel; ``None`` for every bit (the bit
+        meanings of CSST L1 are not publicly documented: see the module
+        notes). Pixels with ``wht <= 0`` or a non-finite value are masked too.
+    zeropoint_keywords : sequence of str or None, optional
+        Header keywords searched, in order, for the zero point; ``None``
+        for `astro_starglx.inputs.ZEROPOINT_KEYWORDS`.
+    unit : str, `~astropy.units.Unit` or None, optional
+        Image unit; ``None`` for ``BUNIT`` (``e/s`` and ``e-/s`` read as
+        electron/s), else ``electron/s``.
+
+    Returns
+    -------
+    image : `~astropy.nddata.CCDData`
+        Memory-mapped ``data`` (as stored, e.g. float32), ``uncertainty``
+        an `~astropy.nddata.InverseVariance` (the ``wht`` map, memory-mapped)
+        or None, ``mask`` (True = bad) or None, the celestial ``wcs``, and
+        the merged header as ``meta`` with ``MAGZERO`` set when a zero point
+        was found and ``L1IMG``/``L1WHT``/``L1FLG`` naming the files read.
+        Without a zero point the header is returned as it is, and
+        classification will say so and ask for ``zeropoints=``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` or a named (or ``"auto"``) weight or flag file is missing.
+    ValueError
+        If a file holds no 2-D image, the maps differ in shape from the
+        image, the header has no celestial WCS, ``"auto"`` is asked of a
+        file name without the ``_img`` tag, or ``flag_bits`` is not a
+        non-negative int.
+    TypeError
+        If ``zeropoint`` is not a real number.
+
+    Examples
+    --------
+    >>> from astro_starglx.csst_io import read_csst_l1
+    >>> image = read_csst_l1("chip_img_01.fits", zeropoint=26.1)  # doctest: +SKIP
+    >>> image.uncertainty.uncertainty_type  # doctest: +SKIP
+    'ivar'
+    """
+    from astropy.io import fits
+    from astropy.nddata import CCDData, InverseVariance
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from .inputs import ZEROPOINT_KEYWORDS
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"path={str(path)!r}: the CSST L1 image file does not exist"
+        raise FileNotFoundError(msg)
+    if flag_bits is not None and (isinstance(flag_bits, bool)
+                                  or not isinstance(flag_bits, (int, np.integer))
+                                  or flag_bits < 0):
+        msg = (f"flag_bits must be None (every bit is bad) or a non-negative int bit mask, "
+               f"got {flag_bits!r}; e.g. flag_bits=0b101 for bits 0 and 2")
+        raise ValueError(msg)
+    if zeropoint is not None and (isinstance(zeropoint, bool) or not isinstance(
+            zeropoint, (int, float, np.integer, np.floating)) or not np.isfinite(zeropoint)):
+        msg = f"zeropoint must be a finite real number (AB mag) or None, got {zeropoint!r}"
+        raise TypeError(msg)
+    auto = any(isinstance(v, str) and v == "auto" for v in (weight_path, flag_path))
+    siblings = csst_l1_paths(path) if auto else {}
+    weight_file = _companion(weight_path, siblings.get("wht"), "weight_path")
+    flag_file = _companion(flag_path, siblings.get("flg"), "flag_path")
+
+    with fits.open(path, memmap=True) as hdul:
+        hdu = _image_hdu(hdul, path)
+        header = hdul[0].header.copy() if hdu is not hdul[0] else fits.Header()
+        header.update(hdu.header)
+        data = hdu.data
+    for key in ("SIMPLE", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header)
+    if not wcs.has_celestial:
+        msg = (f"{path}: the header has no celestial WCS (CTYPE1/2, CRVAL, CD or PC); CSST "
+               "L1 images carry one. Is this an L0 (raw) file?")
+        raise ValueError(msg)
+
+    keywords = ZEROPOINT_KEYWORDS if zeropoint_keywords is None else tuple(zeropoint_keywords)
+    if zeropoint is None:
+        for key in keywords:
+            if key in header:
+                zeropoint = header[key]
+                break
+    if zeropoint is not None:
+        header["MAGZERO"] = (float(zeropoint), "AB mag of 1 image unit (astro_starglx)")
+    else:
+        log.info("%s: no zero point in the header (searched %s); pass zeropoint=", path,
+                 list(keywords))
+
+    mask = ~np.isfinite(data)
+    uncertainty = None
+    header["L1IMG"] = path.name
+    if weight_file is not None:
+        wht = _read_array(weight_file, what="weight_path", shape=data.shape)
+        mask |= ~(wht > 0)
+        uncertainty = InverseVariance(wht)
+        header["L1WHT"] = weight_file.name
+    if flag_file is not None:
+        flg = _read_array(flag_file, what="flag_path", shape=data.shape)
+        bits = flg if flag_bits is None else np.bitwise_and(flg, int(flag_bits))
+        mask |= bits != 0
+        header["L1FLG"] = (flag_file.name, "bits read as bad: "
+                           f"{'all' if flag_bits is None else int(flag_bits)}")
+    unit = unit if unit is not None else _header_unit(header.get("BUNIT"), path)
+    return CCDData(data, unit=unit, uncertainty=uncertainty,
+                   mask=mask if mask.any() else None, wcs=wcs.celestial, meta=header)

@@ -1,0 +1,273 @@
+"""
+Find sources in multi-band images when no catalog is given.
+
+`detect_sources` builds one noise-weighted stack of every band on the pixel
+grid of a reference band, smooths it with a Gaussian of about the PSF,
+and runs photutils' `~photutils.segmentation.SourceFinder` (segmentation
+with deblending) on it. Positions go to ``ra``/``dec`` through the
+reference band's WCS, so that `~astro_starglx.StarGalaxyClassifier.classify`
+converts them back to pixels through each band's own WCS: bands are never
+assumed pixel-aligned.
+
+The stack is the per-pixel inverse-variance weighted sum divided by the
+square root of the summed weights, ``S = sum(w_b d_b) / sqrt(sum(w_b))``,
+which has unit noise wherever the noise is uncorrelated, so that one
+threshold in sigma holds for any number of bands, depths and units.
+Bands on other pixel grids are resampled onto the reference grid with an
+affine map fitted to their WCSs (bilinear, `scipy.ndimage.affine_transform`);
+only detection uses the resampled pixels.
+"""
+
+import logging
+
+import numpy as np
+
+__all__ = ["detect_sources"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_positive(name, value, *, integer=False):
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 \
+            or not np.isfinite(value):
+        what = "a positive int" if integer else "a positive number"
+        msg = f"{name} must be {what}, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _band_weight(image):
+    """(data minus background, per-pixel inverse variance) of one band, float32."""
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
+    from .background import image_noise
+
+    data = np.asarray(image.data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if image.mask is not None:
+        bad |= np.asarray(image.mask, dtype=bool)
+    unc = image.uncertainty
+    if isinstance(unc, InverseVariance):
+        ivar = np.asarray(unc.array, dtype=np.float32)
+    elif isinstance(unc, VarianceUncertainty):
+        with np.errstate(divide="ignore"):
+            ivar = 1.0 / np.asarray(unc.array, dtype=np.float32)
+    elif isinstance(unc, StdDevUncertainty):
+        with np.errstate(divide="ignore"):
+            ivar = 1.0 / np.square(np.asarray(unc.array, dtype=np.float32))
+    else:
+        ivar = np.full(data.shape, 1.0 / image_noise(image) ** 2, dtype=np.float32)
+    ivar = np.broadcast_to(ivar, data.shape)
+    bad |= ~(np.isfinite(ivar) & (ivar > 0))
+    # A sigma-clipped median of a regular subsample: the sky left after the
+    # L1 sky subtraction (0 for the simulator), at a fraction of the cost.
+    step = max(1, int(np.sqrt(data.size / 2**18)))
+    sub = data[::step, ::step][~bad[::step, ::step]]
+    from astropy.stats import sigma_clipped_stats
+
+    level = sigma_clipped_stats(sub, sigma=3.0, maxiters=5)[1] if sub.size else 0.0
+    data = np.where(bad, 0.0, data - np.float32(level)).astype(np.float32)
+    return data, np.where(bad, 0.0, ivar).astype(np.float32)
+
+
+def _affine_to(ref_wcs, wcs, shape):
+    """(matrix, offset) mapping reference pixels (row, col) to this band's (row, col), or None."""
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny - 1:5j, 0:nx - 1:5j]
+    xr, yr = xx.ravel(), yy.ravel()
+    x, y = wcs.world_to_pixel(ref_wcs.pixel_to_world(xr, yr))
+    if np.allclose(x, xr, atol=1e-3) and np.allclose(y, yr, atol=1e-3):
+        return None
+    design = np.column_stack([yr, xr, np.ones_like(xr)])
+    (a, b, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+    (d, e, f), *_ = np.linalg.lstsq(design, x, rcond=None)
+    return np.array([[a, b], [d, e]]), np.array([c, f])
+
+
+def _stack(images, ref):
+    """Noise-weighted stack on the reference grid: (stack, mask of no data)."""
+    from scipy.ndimage import affine_transform
+
+    shape = images[ref].data.shape
+    ref_wcs = images[ref].wcs.celestial
+    num = np.zeros(shape, dtype=np.float32)
+    den = np.zeros(shape, dtype=np.float32)
+    for band, image in images.items():
+        data, ivar = _band_weight(image)
+        mapping = None if band == ref else _affine_to(ref_wcs, image.wcs.celestial, shape)
+        if mapping is not None:
+            matrix, offset = mapping
+            data = affine_transform(data, matrix, offset, output_shape=shape, order=1,
+                                    cval=0.0)
+            ivar = affine_transform(ivar, matrix, offset, output_shape=shape, order=1,
+                                    cval=0.0)
+        elif data.shape != shape:
+            msg = (f"images[{band!r}] has shape {data.shape} and the same WCS as the "
+                   f"reference band {ref!r} of shape {shape}; give each band its own WCS")
+            raise ValueError(msg)
+        num += data * ivar
+        den += ivar
+    empty = den <= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stack = np.where(empty, 0.0, num / np.sqrt(den)).astype(np.float32)
+    return stack, empty
+
+
+def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5,
+                   fwhm=2.0, deblend=True, n_levels=32, contrast=0.001):
+    """
+    Detect sources on a noise-weighted stack of the bands, with deblending.
+
+    Parameters
+    ----------
+    images : `~astropy.nddata.CCDData` or mapping
+        One image, or ``{band: CCDData}``; each band needs a celestial WCS.
+        ``mask`` (True = bad) and ``uncertainty`` (inverse variance, variance
+        or standard deviation) are honoured; without an uncertainty the
+        noise is a robust estimate over the image. Never modified.
+    bands : sequence of str or None, optional
+        Bands to stack; ``None`` for all.
+    reference : str or None, optional
+        Band whose pixel grid and WCS the detection uses; ``None`` for
+        ``"r"`` when present, else the first band.
+    nsigma : float, optional
+        Per-pixel threshold on the smoothed stack, in units of its noise.
+        On an empty simulated 384 x 384 7-band field (with ``n_pixels=5``,
+        ``fwhm=2``) 3.0 gave 2 spurious detections, 2.5 gave 31 and 1.5
+        gave 860: smoothing correlates the noise, so the single-band 1.5 of
+        SExtractor's habit is far too low on a smoothed stack.
+    n_pixels : int, optional
+        Minimum number of connected pixels above the threshold.
+    fwhm : float, optional
+        FWHM in reference pixels of the Gaussian smoothing kernel (about the
+        PSF: 2 px is 0.15 arcsec at CSST's 0.074 arcsec pixels).
+    deblend : bool, optional
+        Deblend overlapping sources (multi-thresholding and watershed); needs
+        scikit-image.
+    n_levels, contrast : int, float, optional
+        Deblending settings of `~photutils.segmentation.SourceFinder`.
+
+    Returns
+    -------
+    sources : `~astropy.table.Table`
+        One row per detection: ``id`` (1-based segment label), ``x``, ``y``
+        (0-based centroid in reference pixels), ``ra``, ``dec`` (deg),
+        ``flux`` (segment sum of the reference band minus its background,
+        image units), ``snr`` (segment sum of the stack over the square root
+        of its area: the detection signal-to-noise), ``area`` (pixels) and
+        ``deblended`` (the segment was split off a larger one). ``meta``
+        holds the settings, the reference band and the bands stacked.
+        Empty (with these columns) when nothing is found.
+
+    Raises
+    ------
+    TypeError
+        If ``images`` is not an NDData or a mapping of them.
+    ImportError
+        If ``deblend=True`` and scikit-image is not installed.
+    ValueError
+        For an unknown ``reference`` or band, a band without a celestial WCS,
+        or a non-positive setting.
+
+    Examples
+    --------
+    >>> from astro_starglx.simulate import simulate_field
+    >>> from astro_starglx.detection import detect_sources
+    >>> images, truth = simulate_field(shape=(128, 128), n_stars=4, n_galaxies=4,
+    ...                                bands=("g", "r"), mag_range=(19, 21), seed=3)
+    >>> found = detect_sources(images)
+    >>> len(found) >= 6
+    True
+    """
+    from astropy.convolution import convolve_fft
+    from astropy.nddata import NDData
+    from astropy.table import Table
+    from photutils.segmentation import SourceCatalog, SourceFinder, make_2dgaussian_kernel
+
+    if isinstance(images, NDData):
+        images = {str((images.meta or {}).get("FILTER", "band")): images}
+    elif not hasattr(images, "items"):
+        msg = (f"images must be a CCDData or a mapping {{band: CCDData}}, got "
+               f"{type(images).__name__}")
+        raise TypeError(msg)
+    if bands is not None:
+        unknown = [band for band in bands if band not in images]
+        if unknown:
+            msg = f"bands {unknown} are not in images (which has {list(images)})"
+            raise ValueError(msg)
+        images = {band: images[band] for band in bands}
+    if not images:
+        msg = "images is empty; pass at least one band"
+        raise ValueError(msg)
+    for band, image in images.items():
+        if not isinstance(image, NDData):
+            msg = f"images[{band!r}] must be a CCDData or NDData, got {type(image).__name__}"
+            raise TypeError(msg)
+        if getattr(image.wcs, "has_celestial", False) is not True:
+            msg = (f"images[{band!r}] has no celestial WCS; detections need one to give "
+                   "ra/dec (read the image with its header, e.g. CCDData.read)")
+            raise ValueError(msg)
+    if reference is None:
+        reference = "r" if "r" in images else next(iter(images))
+    elif reference not in images:
+        msg = f"reference={reference!r} is not one of the bands {list(images)}"
+        raise ValueError(msg)
+    _check_positive("nsigma", nsigma)
+    _check_positive("fwhm", fwhm)
+    _check_positive("n_pixels", n_pixels, integer=True)
+    _check_positive("n_levels", n_levels, integer=True)
+    _check_positive("contrast", contrast)
+
+    if deblend:
+        from ._optional import import_optional
+
+        import_optional("skimage", "dask", feature="deblending (deblend=True)",
+                        hint=" (or pip install scikit-image), or pass deblend=False")
+    stack, empty = _stack(images, reference)
+    size = int(2 * round(1.5 * fwhm) + 1)
+    kernel = make_2dgaussian_kernel(fwhm, size=size)
+    convolved = convolve_fft(stack, kernel, normalize_kernel=False, boundary="fill",
+                             fill_value=0.0, allow_huge=True).astype(np.float32)
+    # Smoothing divides the unit noise of the stack by the kernel's norm.
+    threshold = float(nsigma) * float(np.sqrt(np.sum(kernel.array ** 2)))
+    finder = SourceFinder(n_pixels=int(n_pixels), deblend=bool(deblend),
+                          n_levels=int(n_levels), contrast=float(contrast),
+                          progress_bar=False)
+    import warnings
+
+    from photutils.utils.exceptions import NoDetectionsWarning
+
+    with warnings.catch_warnings():
+        # "no sources found" is an empty result here, not a warning.
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = finder(convolved, threshold, mask=empty)
+    out = Table(names=("id", "x", "y", "ra", "dec", "flux", "snr", "area", "deblended"),
+                dtype=(np.int64, float, float, float, float, float, float, float, bool))
+    out.meta["detection"] = {"reference": reference, "bands": list(images),
+                             "nsigma": float(nsigma), "n_pixels": int(n_pixels),
+                             "fwhm": float(fwhm), "deblend": bool(deblend)}
+    if segm is not None:
+        ref_data, _ = _band_weight(images[reference])
+        det = SourceCatalog(stack, segm, convolved_data=convolved, mask=empty,
+                            wcs=images[reference].wcs.celestial)
+        phot = SourceCatalog(ref_data, segm, mask=empty, detection_catalog=det)
+        sky = det.sky_centroid
+        area = np.asarray(det.area.value, dtype=float)
+        n = len(det.label)
+        deblended = (np.isin(det.label, segm.deblended_labels)
+                     if deblend and hasattr(segm, "deblended_labels") else np.zeros(n, bool))
+        out = Table({"id": np.asarray(det.label, dtype=np.int64),
+                     "x": np.asarray(det.x_centroid, dtype=float),
+                     "y": np.asarray(det.y_centroid, dtype=float),
+                     "ra": np.mod(sky.ra.deg, 360.0), "dec": sky.dec.deg,
+                     "flux": np.asarray(phot.segment_flux, dtype=float),
+                     "snr": np.asarray(det.segment_flux, dtype=float) / np.sqrt(area),
+                     "area": area, "deblended": deblended}, meta=out.meta)
+        ok = np.isfinite(out["ra"]) & np.isfinite(out["dec"])
+        out = out[ok]
+    out["ra"].unit = out["dec"].unit = "deg"
+    out["area"].unit = "pix"
+    log.info("detected %d sources on the %s stack (reference %s)", len(out),
+             "+".join(images), reference)
+    return out

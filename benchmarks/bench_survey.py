@@ -1,0 +1,267 @@
+"""
+Survey-scale measurements: tiles on Dask, a full CSST chip, detection vs truth.
+
+Three parts, each printed as a table:
+
+``tiles``
+    ``classify_tiles`` on a folder of synthetic 7-band tiles (written as FITS,
+    read back memory-mapped), first on 1 then on 2 worker processes of a
+    LocalCluster started (and warmed up: model loaded) before the clock
+    starts: tiles/s, objects/s and the 1 -> 2 worker scaling.
+``chip``
+    One full CSST chip: 7 bands of 9216 x 9232 px (float32 data and inverse
+    variance, 4.8 GB) with ~20,000 sources, written as CSST L1-like
+    ``_img_``/``_wht_``/``_flg_`` files, read with ``read_csst_l1``
+    (memory-mapped) and classified by ``classify()``: wall time, objects/s
+    and peak resident memory (``ru_maxrss``) above the baseline before
+    reading.
+``detection``
+    ``detect_sources`` on simulated fields (GalSim): completeness (truth
+    matched within 0.3 arcsec) per true r magnitude, purity (detections
+    matched to a truth) per detected r magnitude, and the time per field.
+
+Run (each part alone, or all)::
+
+    python -m benchmarks.bench_survey tiles [--n-tiles 16 --size 512 --n 200]
+    python -m benchmarks.bench_survey chip [--n 20000 --shape 9232 9216 --workdir DIR]
+    python -m benchmarks.bench_survey detection [--n-fields 3 --size 1024]
+
+Not part of the test suite (no timing assertions in tests).
+"""
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
+
+ZP = 25.5
+
+
+def _wcs(shape, k, ra=150.0):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, 2.0]
+    # bands on slightly different grids, as CSST's detectors are
+    w.wcs.crpix = [shape[1] / 2 + 0.5 * k, shape[0] / 2 - 0.3 * k]
+    w.wcs.cdelt = [-CSST_PIXEL_SCALE / 3600, CSST_PIXEL_SCALE / 3600]
+    return w
+
+
+def write_field(folder, stem, n, shape, *, seed, ra=150.0, l1=True):
+    """Gaussian stars and galaxies (numpy, not GalSim) in 7 bands; returns (paths, catalog)."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    x = rng.uniform(8, nx - 9, n)
+    y = rng.uniform(8, ny - 9, n)
+    sig = np.where(rng.random(n) < 0.3, 1.0, rng.uniform(1.2, 4.0, n)).astype(np.float32)
+    flux = (10 ** rng.uniform(0, 2.5, n)).astype(np.float32)
+    half = 8
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float32)
+    paths = {}
+    catalog = None
+    for k, band in enumerate(CSST_BANDS):
+        wcs = _wcs(shape, k, ra)
+        header = wcs.to_header()
+        header["MAGZERO"] = ZP
+        header["BUNIT"] = "electron/s"
+        data = rng.standard_normal(shape, dtype=np.float32)
+        data *= np.float32(0.01)
+        bx, by = wcs.world_to_pixel(_wcs(shape, 0, ra).pixel_to_world(x, y))
+        ix, iy = np.round(bx).astype(int), np.round(by).astype(int)
+        for start in range(0, n, 2000):  # bounded temporary memory
+            sl = slice(start, start + 2000)
+            dx = (bx[sl] - ix[sl]).astype(np.float32)[:, None, None]
+            dy = (by[sl] - iy[sl]).astype(np.float32)[:, None, None]
+            s = sig[sl][:, None, None]
+            prof = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * s ** 2))
+            prof *= (flux[sl] / (2 * np.pi * sig[sl] ** 2))[:, None, None]
+            gx = np.clip(ix[sl, None, None] + xx.astype(int), 0, nx - 1)
+            gy = np.clip(iy[sl, None, None] + yy.astype(int), 0, ny - 1)
+            np.add.at(data, (gy, gx), prof)
+        if l1:
+            name = f"{stem}_{band}_L1"
+            fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, header)]).writeto(
+                folder / f"{name}_img.fits", overwrite=True)
+            del data
+            ivar = np.full(shape, 1e4, dtype=np.float32)
+            fits.ImageHDU(ivar, header).writeto(folder / f"{name}_wht.fits", overwrite=True)
+            del ivar
+            fits.ImageHDU(np.zeros(shape, np.uint8), header).writeto(
+                folder / f"{name}_flg.fits", overwrite=True)
+            paths[band] = str(folder / f"{name}_img.fits")
+        else:
+            fits.writeto(folder / f"{stem}_{band}.fits", data, header, overwrite=True)
+            paths[band] = str(folder / f"{stem}_{band}.fits")
+        if catalog is None:
+            ra_, dec_ = wcs.pixel_to_world_values(x, y)
+            catalog = Table({"id": np.arange(n), "ra": ra_, "dec": dec_})
+    return paths, catalog
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+def bench_tiles(args):
+    import distributed
+
+    from astro_starglx.survey import classify_tiles
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-survey-"))
+    try:
+        rows = []
+        for k in range(args.n_tiles + 1):  # tile 0 warms the workers up
+            paths, catalog = write_field(folder, f"tile{k:03d}", args.n, (args.size, args.size),
+                                         seed=k, ra=150.0 + 0.05 * k, l1=False)
+            catalog.write(folder / f"tile{k:03d}.ecsv")
+            rows.append({"tile": f"tile{k:03d}", "catalog": f"tile{k:03d}.ecsv", **paths})
+        manifest = Table(rows=rows[1:])
+        warm = Table(rows=rows[:1])
+        manifest.write(folder / "manifest.ecsv")
+        warm.write(folder / "warm.ecsv")
+        results = []
+        for n_workers in (1, 2):
+            with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                          host="127.0.0.1", dashboard_address=":0") as cluster, \
+                    distributed.Client(cluster) as client, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # Every worker loads the model and runs a warm-up tile first.
+                client.run(_load_model, args.model)
+                classify_tiles(folder / "warm.ecsv", folder / "warm", client=client,
+                               model=args.model, progress=False, overwrite=True)
+                start = time.perf_counter()
+                summary = classify_tiles(folder / "manifest.ecsv", folder / f"out{n_workers}",
+                                         client=client, model=args.model, progress=False)
+                wall = time.perf_counter() - start
+            assert (summary["status"] == "done").all(), summary
+            n_obj = int(summary["n_sources"].sum())
+            results.append((n_workers, wall, len(summary) / wall, n_obj / wall))
+        table = Table(rows=results, names=("workers", "wall_s", "tiles_per_s", "objects_per_s"))
+        table["scaling"] = table["tiles_per_s"] / table["tiles_per_s"][0]
+        for name in ("wall_s", "tiles_per_s", "objects_per_s", "scaling"):
+            table[name].format = ".3g"
+        print(f"{args.n_tiles} tiles of 7 x {args.size}^2 px with {args.n} sources each, "
+              f"model {args.model or 'default'}")
+        table.pprint(max_width=-1)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_model(model):
+    from astro_starglx.survey import _classifier
+
+    _classifier(model, "cpu", 1024, None)
+
+
+# --------------------------------------------------------------------------- chip
+
+
+def _rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def bench_chip(args):
+    from astro_starglx import StarGalaxyClassifier
+    from astro_starglx.csst_io import read_csst_l1
+
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="bench-chip-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = tuple(args.shape)
+    try:
+        t0 = time.perf_counter()
+        paths, catalog = write_field(folder, "CSST_MSC_chip", args.n, shape, seed=1)
+        print(f"wrote the chip ({len(paths)} bands of {shape[0]} x {shape[1]} px, "
+              f"{args.n} sources) in {time.perf_counter() - t0:.1f} s")
+        clf = StarGalaxyClassifier(args.model, device="cpu")
+        clf.loaded  # noqa: B018  (model load is not part of the chip time)
+        base = _rss_gb()
+        t0 = time.perf_counter()
+        images = {band: read_csst_l1(path) for band, path in paths.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = clf.classify(catalog, images)
+        wall = time.perf_counter() - t0
+        pixels_gb = sum(im.data.nbytes + im.uncertainty.array.nbytes
+                        for im in images.values()) / 1024**3
+        Table(rows=[(shape[0], shape[1], len(result), round(wall, 2),
+                     round(len(result) / wall), round(_rss_gb() - base, 2),
+                     round(pixels_gb, 2))],
+              names=("ny", "nx", "sources", "wall_s", "objects_per_s",
+                     "peak_rss_above_base_GiB", "pixels_and_ivar_GiB")).pprint(max_width=-1)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def bench_detection(args):
+    from astropy.coordinates import SkyCoord
+
+    from astro_starglx.detection import detect_sources
+    from astro_starglx.simulate import simulate_field
+
+    bins = np.arange(18.0, 27.01, 1.0)
+    n_true = np.zeros(len(bins) - 1)
+    n_found = np.zeros(len(bins) - 1)
+    n_det = np.zeros(len(bins) - 1)
+    n_real = np.zeros(len(bins) - 1)
+    seconds = []
+    for seed in range(args.n_fields):
+        images, truth = simulate_field(shape=(args.size, args.size), wcs_jitter=0.3, seed=seed)
+        t0 = time.perf_counter()
+        found = detect_sources(images)
+        seconds.append(time.perf_counter() - t0)
+        t = SkyCoord(truth["ra"], truth["dec"], unit="deg")
+        d = SkyCoord(found["ra"], found["dec"], unit="deg")
+        _, sep_t, _ = t.match_to_catalog_sky(d)
+        _, sep_d, _ = d.match_to_catalog_sky(t)
+        mag_t = np.asarray(truth["mag_r"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mag_d = images["r"].meta["MAGZERO"] - 2.5 * np.log10(np.asarray(found["flux"]))
+        n_true += np.histogram(mag_t, bins)[0]
+        n_found += np.histogram(mag_t[sep_t.arcsec < 0.3], bins)[0]
+        n_det += np.histogram(mag_d, bins)[0]
+        n_real += np.histogram(mag_d[sep_d.arcsec < 0.3], bins)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = Table({"r_lo": bins[:-1], "r_hi": bins[1:], "n_true": n_true.astype(int),
+                       "completeness": n_found / n_true, "n_detected": n_det.astype(int),
+                       "purity": n_real / n_det})
+    table["completeness"].format = table["purity"].format = ".3f"
+    print(f"detect_sources on {args.n_fields} simulated {args.size}^2 7-band fields "
+          f"(wcs_jitter 0.3 px): {np.mean(seconds):.2f} s per field")
+    table.pprint(max_width=-1, max_lines=-1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("tiles")
+    p.add_argument("--n-tiles", type=int, default=16)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--model", default=None)
+    p = sub.add_parser("chip")
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--shape", type=int, nargs=2, default=(9232, 9216))
+    p.add_argument("--model", default=None)
+    p.add_argument("--workdir", default=None)
+    p = sub.add_parser("detection")
+    p.add_argument("--n-fields", type=int, default=3)
+    p.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    {"tiles": bench_tiles, "chip": bench_chip, "detection": bench_detection}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

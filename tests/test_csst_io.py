@@ -1,0 +1,136 @@
+"""Tests of astro_starglx.csst_io: the CSST L1 reader on a synthetic L1-like file set."""
+
+import mmap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData, InverseVariance
+from astropy.wcs import WCS
+
+from astro_starglx.csst_io import csst_l1_paths, read_csst_l1
+
+SHAPE = (40, 50)
+STEM = "CSST_MSC_MS_SCIE_20270101_10000001_08_L1_V01"
+
+
+def _header(**cards):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [25.0, 20.0]
+    wcs.wcs.cdelt = [-0.074 / 3600.0, 0.074 / 3600.0]
+    header = wcs.to_header()
+    header.update(cards)
+    return header
+
+
+@pytest.fixture
+def l1_files(tmp_path):
+    """img (in extension 1, behind an empty primary), wht and flg files of one chip."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(0.0, 0.05, SHAPE).astype(np.float32)
+    wht = np.full(SHAPE, 400.0, dtype=np.float32)
+    wht[0, 0] = 0.0  # no data there
+    flg = np.zeros(SHAPE, dtype=np.int32)
+    flg[5, 5] = 1      # bit 0
+    flg[6, 6] = 4      # bit 2
+    primary = fits.PrimaryHDU(header=fits.Header([("FILTER", "r"), ("EXPTIME", 150.0)]))
+    fits.HDUList([primary, fits.ImageHDU(data, _header(BUNIT="e/s", PHOTZP=25.9))]).writeto(
+        tmp_path / f"{STEM}_img_0.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(wht, _header())]).writeto(
+        tmp_path / f"{STEM}_wht_0.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(flg, _header())]).writeto(
+        tmp_path / f"{STEM}_flg_0.fits")
+    return tmp_path / f"{STEM}_img_0.fits", data
+
+
+def test_paths_beside():
+    paths = csst_l1_paths(f"/d/{STEM}_img_0.fits")
+    assert paths["wht"].name == f"{STEM}_wht_0.fits"
+    assert paths["flg"].name == f"{STEM}_flg_0.fits"
+    assert csst_l1_paths("a_img.fits")["flg"].name == "a_flg.fits"
+    with pytest.raises(ValueError, match="holds no '_img_' tag"):
+        csst_l1_paths("image.fits")
+
+
+def test_read_l1(l1_files):
+    path, data = l1_files
+    image = read_csst_l1(path)
+    assert isinstance(image, CCDData)
+    np.testing.assert_array_equal(image.data, data)
+    assert isinstance(image.uncertainty, InverseVariance)
+    assert image.uncertainty.array[1, 1] == 400.0
+    assert image.unit.to_string() in ("electron / s", "e / s")
+    # every flg bit is bad by default; wht = 0 is bad too
+    assert image.mask[5, 5] and image.mask[6, 6] and image.mask[0, 0]
+    assert image.mask.sum() == 3
+    assert image.meta["MAGZERO"] == 25.9  # from PHOTZP
+    assert image.meta["FILTER"] == "r"  # the primary header is merged
+    assert image.wcs.has_celestial
+    assert image.wcs.world_to_pixel_values(150.0, 2.0) == pytest.approx((24.0, 19.0))
+    # memory-mapped: the data lives in the file, not in a copy
+    chain, base = [], image.data
+    while base is not None:
+        chain.append(base)
+        base = getattr(base, "base", None)
+    assert any(isinstance(obj, (np.memmap, mmap.mmap)) for obj in chain)
+
+
+def test_read_l1_overrides(l1_files):
+    path, _ = l1_files
+    image = read_csst_l1(path, zeropoint=24.0, flag_bits=0b100, unit="adu/s")
+    assert image.meta["MAGZERO"] == 24.0
+    assert not image.mask[5, 5] and image.mask[6, 6]
+    assert str(image.unit) == "adu / s"
+    bare = read_csst_l1(path, weight_path=None, flag_path=None, zeropoint_keywords=["NOPE"])
+    assert bare.uncertainty is None and bare.mask is None
+    assert "MAGZERO" not in bare.meta
+
+
+def test_read_l1_classifies(l1_files, tiny_weights_file):
+    """The reader's output goes straight into classify() (one band of a 7-band model)."""
+    from astropy.table import Table
+
+    from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
+
+    path, _ = l1_files
+    image = read_csst_l1(path)
+    catalog = Table({"ra": [150.0], "dec": [2.0]})
+    with pytest.warns(StarGalaxyWarning, match="BAND_MISSING"):
+        out = StarGalaxyClassifier(tiny_weights_file, device="cpu").classify(
+            catalog, {"r": image})
+    assert len(out) == 1 and np.isfinite(out["p_galaxy"][0])
+
+
+def test_read_l1_errors(l1_files, tmp_path):
+    path, _ = l1_files
+    with pytest.raises(FileNotFoundError, match="the CSST L1 image file does not exist"):
+        read_csst_l1(tmp_path / "none_img_0.fits")
+    with pytest.raises(ValueError, match="flag_bits must be None"):
+        read_csst_l1(path, flag_bits=-1)
+    with pytest.raises(TypeError, match="zeropoint must be a finite real number"):
+        read_csst_l1(path, zeropoint="25")
+    with pytest.raises(FileNotFoundError, match="flag_path='nope.fits' does not exist"):
+        read_csst_l1(path, flag_path="nope.fits")
+    (tmp_path / f"{STEM}_wht_0.fits").unlink()
+    with pytest.raises(FileNotFoundError, match=r"weight_path='auto': .*_wht_0.fits does not"):
+        read_csst_l1(path)
+    fits.ImageHDU(np.ones((3, 3), np.float32)).writeto(tmp_path / "w.fits")
+    with pytest.raises(ValueError, match=r"weight_path file .* shape \(3, 3\)"):
+        read_csst_l1(path, weight_path=tmp_path / "w.fits")
+    plain = tmp_path / "plain.fits"
+    fits.writeto(plain, np.zeros(SHAPE, np.float32))
+    with pytest.raises(ValueError, match="holds no '_img_' tag"):
+        read_csst_l1(plain)
+    with pytest.raises(ValueError, match="no celestial WCS"):
+        read_csst_l1(plain, weight_path=None, flag_path=None)
+    odd = tmp_path / "odd_img.fits"
+    fits.writeto(odd, np.zeros(SHAPE, np.float32), _header(BUNIT="furlongs"))
+    with pytest.raises(ValueError, match="BUNIT = 'furlongs' is not a unit .* pass unit="):
+        read_csst_l1(odd, weight_path=None, flag_path=None)
+    assert str(read_csst_l1(odd, weight_path=None, flag_path=None, unit="adu").unit) == "adu"
+    table = tmp_path / "t_img.fits"
+    fits.PrimaryHDU().writeto(table)
+    with pytest.raises(ValueError, match="no HDU holds a 2-D image"):
+        read_csst_l1(table, weight_path=None, flag_path=None)
