@@ -13,8 +13,9 @@ model for your images::
         -> temperature and threshold refitted on validation
         -> <output>/<name>.safetensors, read by StarGalaxyClassifier(path)
 
-`reweight_prior` moves probabilities to another star fraction (a Galactic
-latitude changes it by orders of magnitude).
+`reweight_prior` (from `astro_starglx.metrics`, re-exported here) moves
+probabilities to another star fraction (a Galactic latitude changes it by
+orders of magnitude); ``classify(..., star_fraction=...)`` applies it.
 """
 
 import dataclasses
@@ -28,6 +29,7 @@ import numpy as np
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ._validation import check_bool, check_catalog, check_choice, check_count, check_real
+from .metrics import reweight_prior
 
 __all__ = [
     "FINE_TUNE_MODES",
@@ -836,7 +838,8 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
     new_meta = meta.replace(name=name, pixel_scale=float(data.pixel_scale),
                             normalization=normalization, threshold=threshold,
                             temperature=temperature, recipe=_jsonable(recipe),
-                            metrics=_jsonable(results), psf=_psf_meta(meta.psf, data))
+                            metrics=_jsonable(results), psf=_psf_meta(meta.psf, data),
+                            star_fraction=_prior_star_fraction(mode, config, meta, train))
     path = output / f"{name}.safetensors"
     network = network.to(memory_format=torch.contiguous_format)
     save_weights(path, network.state_dict(), new_meta)
@@ -851,70 +854,8 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
     return path
 
 
-# ---------------------------------------------------------------------------
-# priors
-
-
-def reweight_prior(p_galaxy, *, star_fraction, train_star_fraction):
-    """
-    Galaxy probabilities under another prior star fraction (Bayes' rule).
-
-    A classifier's posterior odds are its likelihood ratio times the prior
-    odds it learned. Changing the prior multiplies the galaxy odds by
-    ``[(1 - f) / f] / [(1 - f_train) / f_train]``, with ``f`` the star
-    fraction of the new population (it grows by orders of magnitude toward
-    low Galactic latitude and bright magnitudes) and ``f_train`` the one the
-    model's probabilities assume.
-
-    Parameters
-    ----------
-    p_galaxy : array_like
-        Galaxy probabilities in [0, 1] (NaN passes through; 0 and 1 stay).
-    star_fraction : float or array_like
-        Prior fraction of stars among the sources classified, in (0, 1);
-        an array (broadcast with ``p_galaxy``) gives one per source, e.g.
-        by magnitude or position.
-    train_star_fraction : float or array_like
-        The star fraction the probabilities assume, in (0, 1). Models
-        trained with a class-balanced loss (every released model and
-        `fine_tune`) assume 0.5, whatever their training set held.
-
-    Returns
-    -------
-    p_galaxy : `~numpy.ndarray` or float
-        Re-weighted galaxy probabilities (``p_star = 1 - p_galaxy``); a
-        float for scalar inputs.
-
-    Raises
-    ------
-    ValueError
-        If a probability is outside [0, 1] or a fraction outside (0, 1).
-
-    Examples
-    --------
-    >>> from astro_starglx.adapt import reweight_prior
-    >>> round(reweight_prior(0.5, star_fraction=0.9, train_star_fraction=0.5), 4)
-    0.1
-    >>> round(reweight_prior(0.7, star_fraction=0.3, train_star_fraction=0.3), 12)
-    0.7
-    """
-    from scipy.special import expit, logit
-
-    p = np.asarray(p_galaxy, dtype=np.float64)
-    finite = p[np.isfinite(p)]
-    if np.isinf(p).any() or (finite.size and (finite.min() < 0.0 or finite.max() > 1.0)):
-        msg = "p_galaxy must hold probabilities in [0, 1] (or NaN), got values outside"
-        raise ValueError(msg)
-    fractions = {}
-    for key, value in (("star_fraction", star_fraction),
-                       ("train_star_fraction", train_star_fraction)):
-        arr = np.asarray(value, dtype=np.float64)
-        if not (np.isfinite(arr).all() and (arr > 0.0).all() and (arr < 1.0).all()):
-            msg = (f"{key} must be a fraction in (0, 1) (or an array of them), got {value!r}; "
-                   "a prior of exactly 0 or 1 would decide every source by itself")
-            raise ValueError(msg)
-        fractions[key] = arr
-    f, f_train = fractions["star_fraction"], fractions["train_star_fraction"]
-    shift = (np.log1p(-f) - np.log(f)) - (np.log1p(-f_train) - np.log(f_train))
-    out = expit(logit(p) + shift)
-    return float(out) if out.ndim == 0 else out
+def _prior_star_fraction(mode, config, meta, train):
+    """The star fraction the new model's p_galaxy assumes (`ModelMeta.star_fraction`)."""
+    if mode == "calibrate":  # the base network's: a temperature adds no prior
+        return meta.prior_star_fraction
+    return 0.5 if config.class_balance else float(np.mean(train.labels == 0))

@@ -8,6 +8,7 @@ normalisation -> the network, and returns a new `~astropy.table.Table`.
 """
 
 import logging
+import reprlib
 import warnings
 from collections.abc import Mapping
 
@@ -15,7 +16,7 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ._validation import as_zeropoint, check_catalog, check_mapping, check_nddata
+from ._validation import as_zeropoint, check_catalog, check_mapping, check_nddata, check_real
 from .background import image_noise_or_nan
 from .cutouts import saturation_level
 from .features import features_from_table
@@ -154,7 +155,7 @@ class StarGalaxyClassifier:
     # -- public API -----------------------------------------------------------
     def predict_proba(self, catalog, images, *, ra_column="ra", dec_column="dec",
                       coord_column=None, x_column="x", y_column="y", shared_grid=False,
-                      feature_columns=None, zeropoints=None, psf=None):
+                      feature_columns=None, zeropoints=None, psf=None, star_fraction=None):
         """
         Class probabilities for every source.
 
@@ -166,6 +167,7 @@ class StarGalaxyClassifier:
             ``(N, 2)`` float32, columns in ``meta.class_names`` order
             (``star``, ``galaxy``); rows of sources off every image are NaN.
         """
+        star_fraction = self._check_star_fraction(star_fraction, catalog)
         with _LibraryWarnings() as library:
             proba, _, _ = self._run(catalog, images, ra_column=ra_column,
                                     dec_column=dec_column, coord_column=coord_column,
@@ -174,11 +176,12 @@ class StarGalaxyClassifier:
                                     zeropoints=zeropoints, psf=psf)
         if library.records:
             warnings.warn(library.summary(), StarGalaxyWarning, stacklevel=2)
-        return proba
+        return self._apply_prior(proba, star_fraction)
 
     def classify(self, catalog, images, *, ra_column="ra", dec_column="dec",
                  coord_column=None, x_column="x", y_column="y", shared_grid=False,
-                 feature_columns=None, zeropoints=None, psf=None, overwrite=False):
+                 feature_columns=None, zeropoints=None, psf=None, star_fraction=None,
+                 overwrite=False):
         """
         Classify every source of ``catalog``.
 
@@ -226,6 +229,16 @@ class StarGalaxyClassifier:
             the header (``PSFFWHM``, ``SEEING``, ...), else the PSF measured
             from the catalog's own point sources (`astro_starglx.psf`).
             What was used is reported in the result's meta.
+        star_fraction : float, array-like or None, optional
+            The prior fraction of stars among the sources of this field, in
+            (0, 1): one value, or one per catalog row (e.g. by magnitude).
+            Galactic latitude changes it by orders of magnitude, and the
+            posterior with it: the probabilities are re-weighted by Bayes'
+            rule from the prior the model assumes
+            (`~astro_starglx.meta.ModelMeta.prior_star_fraction`, 0.5 for the
+            released models) to this one
+            (`~astro_starglx.metrics.reweight_prior`); the class then follows
+            from the model's threshold. ``None`` (default): the model's own.
         overwrite : bool, optional
             Replace output columns that already exist in ``catalog``.
 
@@ -253,7 +266,8 @@ class StarGalaxyClassifier:
             (empty, a mask of another shape), zero points that are not real
             numbers within +-100 mag, ``feature_columns`` naming a column
             the catalog lacks, or existing output columns without
-            ``overwrite=True``.
+            ``overwrite=True``, or a ``star_fraction`` that is not a
+            fraction in (0, 1) (or one per row).
 
         Warns
         -----
@@ -269,6 +283,7 @@ class StarGalaxyClassifier:
             msg = (f"catalog already has output column(s) {existing}; pass overwrite=True to "
                    "replace them, or rename them first")
             raise ValueError(msg)
+        star_fraction = self._check_star_fraction(star_fraction, catalog)
         # Warnings of numpy, astropy or torch (overflow near the float32
         # limit, a WCS that does not converge) go into the call's summary.
         with _LibraryWarnings() as library:
@@ -277,7 +292,58 @@ class StarGalaxyClassifier:
                 coord_column=coord_column, x_column=x_column, y_column=y_column,
                 shared_grid=shared_grid, feature_columns=feature_columns,
                 zeropoints=zeropoints, psf=psf)
-        return self._build_table(catalog, proba, flags, conditions, library)
+        if star_fraction is not None:
+            conditions["star_fraction"] = (float(star_fraction) if np.ndim(star_fraction) == 0
+                                           else "per source")
+            conditions["prior_star_fraction"] = self.meta.prior_star_fraction
+        return self._build_table(catalog, self._apply_prior(proba, star_fraction), flags,
+                                 conditions, library)
+
+    # -- priors ---------------------------------------------------------------
+    def _check_star_fraction(self, star_fraction, catalog):
+        """None, a float in (0, 1), or a float64 array of one per catalog row."""
+        if star_fraction is None:
+            return None
+        if isinstance(catalog, Table) and np.ndim(star_fraction) == 1 \
+                and not isinstance(star_fraction, str):
+            try:
+                values = np.asarray(star_fraction, dtype=np.float64)
+            except (TypeError, ValueError):
+                values = None
+            if values is None or values.shape != (len(catalog),) \
+                    or not (np.isfinite(values).all() and (values > 0).all()
+                            and (values < 1).all()):
+                msg = (f"star_fraction must be a fraction in (0, 1) or an array of "
+                       f"{len(catalog)} of them (one per catalog row), got "
+                       f"{reprlib.repr(star_fraction)}; e.g. star_fraction=0.3")
+                raise ValueError(msg)
+            values = values.copy()
+        else:
+            values = check_real("star_fraction", star_fraction, low=0.0, high=1.0,
+                                low_open=True, high_open=True,
+                                hint=" (or one per catalog row); e.g. star_fraction=0.3")
+        if self.meta.prior_star_fraction is None:
+            msg = (f"model {self.loaded.name!r} does not record the star fraction its "
+                   "probabilities assume (meta star_fraction), so star_fraction cannot "
+                   "re-weight them; use a released model, or re-weight p_galaxy yourself "
+                   "with astro_starglx.metrics.reweight_prior")
+            raise ValueError(msg)
+        return values
+
+    def _apply_prior(self, proba, star_fraction):
+        """``proba`` re-weighted to ``star_fraction`` (unchanged for None)."""
+        if star_fraction is None:
+            return proba
+        from .metrics import reweight_prior
+
+        class_names = list(self.meta.class_names)
+        i_star, i_gal = class_names.index("star"), class_names.index("galaxy")
+        p_gal = reweight_prior(proba[:, i_gal], star_fraction=star_fraction,
+                               train_star_fraction=self.meta.prior_star_fraction)
+        out = proba.copy()
+        out[:, i_gal] = p_gal
+        out[:, i_star] = 1.0 - p_gal
+        return out
 
     # -- internals ------------------------------------------------------------
     def _run(self, catalog, images, *, ra_column, dec_column, coord_column, x_column,

@@ -189,10 +189,10 @@ class ModelMeta:
         sources outside it are flagged ``OUT_OF_RANGE``). None for models
         that do not read the PSF.
     star_fraction : float or None
-        Fraction of stars among the validation sources on which the
-        probabilities were calibrated: the prior that ``p_galaxy`` assumes
-        (`prior_star_fraction` falls back to the training data set's recipe
-        when a file predates this field).
+        The prior fraction of stars that ``p_galaxy`` assumes: 0.5 for
+        models trained with a class-balanced loss (every released model),
+        else the training data's. `prior_star_fraction` falls back to the
+        training recipe when a file predates this field.
     extra : dict
         Keys this version does not know, kept so that files round-trip.
     """
@@ -321,13 +321,17 @@ class ModelMeta:
         """
         The star fraction that ``p_galaxy`` assumes, or None if unknown.
 
-        `star_fraction` when the file records it; otherwise the fraction of
-        stars in the simulated data set of the training recipe
-        (``recipe["dataset"]``'s ``n_stars`` and ``n_galaxies``), which is
-        what the validation split of such a set holds on average.
+        `star_fraction` when the file records it; otherwise 0.5 if the
+        training recipe used a class-balanced loss (``recipe["config"]
+        ["class_balance"]``: each class then weighs the same, whatever the
+        data held), else the fraction of stars in the simulated data set of
+        the recipe (``recipe["dataset"]``'s ``n_stars`` and ``n_galaxies``).
         """
         if self.star_fraction is not None:
             return float(self.star_fraction)
+        config = self.recipe.get("config")
+        if isinstance(config, dict) and config.get("class_balance") is True:
+            return 0.5
         data = self.recipe.get("dataset")
         if isinstance(data, dict):
             n_star, n_gal = data.get("n_stars"), data.get("n_galaxies")

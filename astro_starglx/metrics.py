@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "CLASS_NAMES",
+    "reweight_prior",
     "confusion_matrix",
     "classification_report",
     "roc_curve",
@@ -1053,3 +1054,69 @@ def fit_temperature(logits, y_true, *, bounds=(1e-3, 1e3)):
                     "the data may be perfectly separated. Widen bounds or use more "
                     "validation data.", np.exp(best))
     return float(np.exp(best))
+
+
+def reweight_prior(p_galaxy, *, star_fraction, train_star_fraction):
+    """
+    Galaxy probabilities under another prior star fraction (Bayes' rule).
+
+    A classifier's posterior odds are its likelihood ratio times the prior
+    odds it learned. Changing the prior multiplies the galaxy odds by
+    ``[(1 - f) / f] / [(1 - f_train) / f_train]``, with ``f`` the star
+    fraction of the new population (it grows by orders of magnitude toward
+    low Galactic latitude and bright magnitudes) and ``f_train`` the one the
+    model's probabilities assume.
+
+    Parameters
+    ----------
+    p_galaxy : array_like
+        Galaxy probabilities in [0, 1] (NaN passes through; 0 and 1 stay).
+    star_fraction : float or array_like
+        Prior fraction of stars among the sources classified, in (0, 1);
+        an array (broadcast with ``p_galaxy``) gives one per source, e.g.
+        by magnitude or position.
+    train_star_fraction : float or array_like
+        The star fraction the probabilities assume, in (0, 1). Models
+        trained with a class-balanced loss (every released model and
+        `~astro_starglx.adapt.fine_tune`) assume 0.5, whatever their training
+        set held (`~astro_starglx.meta.ModelMeta.prior_star_fraction`).
+
+    Returns
+    -------
+    p_galaxy : `~numpy.ndarray` or float
+        Re-weighted galaxy probabilities (``p_star = 1 - p_galaxy``); a
+        float for scalar inputs.
+
+    Raises
+    ------
+    ValueError
+        If a probability is outside [0, 1] or a fraction outside (0, 1).
+
+    Examples
+    --------
+    >>> from astro_starglx.metrics import reweight_prior
+    >>> round(reweight_prior(0.5, star_fraction=0.9, train_star_fraction=0.5), 4)
+    0.1
+    >>> round(reweight_prior(0.7, star_fraction=0.3, train_star_fraction=0.3), 12)
+    0.7
+    """
+    p = np.asarray(p_galaxy, dtype=np.float64)
+    finite = p[np.isfinite(p)]
+    if np.isinf(p).any() or (finite.size and (finite.min() < 0.0 or finite.max() > 1.0)):
+        msg = "p_galaxy must hold probabilities in [0, 1] (or NaN), got values outside"
+        raise ValueError(msg)
+    fractions = {}
+    for key, value in (("star_fraction", star_fraction),
+                       ("train_star_fraction", train_star_fraction)):
+        arr = np.asarray(value, dtype=np.float64)
+        if not (np.isfinite(arr).all() and (arr > 0.0).all() and (arr < 1.0).all()):
+            msg = (f"{key} must be a fraction in (0, 1) (or an array of them), got {value!r}; "
+                   "a prior of exactly 0 or 1 would decide every source by itself")
+            raise ValueError(msg)
+        fractions[key] = arr
+    f, f_train = fractions["star_fraction"], fractions["train_star_fraction"]
+    shift = (np.log1p(-f) - np.log(f)) - (np.log1p(-f_train) - np.log(f_train))
+    with np.errstate(divide="ignore"):  # p = 0 or 1: log-odds -+inf, kept as 0 or 1
+        log_odds = np.log(p) - np.log1p(-p)
+    out = 0.5 * (1.0 + np.tanh(0.5 * (log_odds + shift)))  # the logistic function
+    return float(out) if out.ndim == 0 else out

@@ -596,7 +596,8 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         name=name, bands=tuple(info["bands"]), stamp_size=int(info["stamp_size"]),
         pixel_scale=float(info["pixel_scale"]), feature_names=tuple(feature_names),
         normalization=result.normalization, threshold=0.5, temperature=temperature,
-        star_fraction=float(np.mean(y_val == 0)),
+        # the prior p_galaxy assumes: a class-balanced loss weighs each class alike
+        star_fraction=0.5 if config.class_balance else float(np.mean(y_val == 0)),
         allow_missing_bands=config.band_dropout > 0,
         architecture=config.architecture(n_bands=len(info["bands"]),
                                          n_features=len(feature_names)),

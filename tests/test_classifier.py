@@ -737,3 +737,37 @@ def test_symmetrize_option(tiny_weights_file, field):
     for value in ("flips", "d4", "canonical"):
         np.testing.assert_array_equal(outs[value]["class_flags"], outs["none"]["class_flags"])
         np.testing.assert_allclose(outs[value]["p_galaxy"], outs["none"]["p_galaxy"], atol=0.5)
+
+
+def test_star_fraction_reweights_by_bayes(field):
+    """star_fraction moves the posterior from the model's prior (0.5) to the field's."""
+    from astro_starglx.metrics import reweight_prior
+
+    catalog, images = field
+    clf = StarGalaxyClassifier(device="cpu")
+    assert clf.meta.prior_star_fraction == 0.5  # class-balanced training
+    plain = clf.classify(catalog, images)
+    dense = clf.classify(catalog, images, star_fraction=0.9)
+    p0 = np.asarray(plain["p_galaxy"].filled(np.nan), dtype=np.float64)
+    p1 = np.asarray(dense["p_galaxy"].filled(np.nan), dtype=np.float64)
+    expected = reweight_prior(p0, star_fraction=0.9, train_star_fraction=0.5)
+    np.testing.assert_allclose(p1, expected, atol=1e-6)
+    ok = np.isfinite(p0) & (p0 > 1e-3) & (p0 < 1 - 1e-3)
+    assert np.all(p1[ok] < p0[ok])  # more stars expected: every p_galaxy goes down
+    np.testing.assert_allclose(dense["p_star"] + dense["p_galaxy"], 1.0, atol=1e-6)
+    assert dense.meta["astro_starglx"]["star_fraction"] == 0.9
+    assert dense.meta["astro_starglx"]["prior_star_fraction"] == 0.5
+    # one value per row: the same as the scalar when all rows agree
+    per_row = clf.classify(catalog, images, star_fraction=np.full(len(catalog), 0.9))
+    np.testing.assert_array_equal(per_row["p_galaxy"], dense["p_galaxy"])
+    assert per_row.meta["astro_starglx"]["star_fraction"] == "per source"
+    # the model's own prior changes nothing
+    same = clf.predict_proba(catalog, images, star_fraction=0.5)
+    np.testing.assert_allclose(same[:, 1], p0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.2, "0.3", float("nan"), [0.2, 0.3], True])
+def test_star_fraction_errors(field, value):
+    catalog, images = field
+    with pytest.raises(ValueError, match="star_fraction must be a"):
+        StarGalaxyClassifier(device="cpu").classify(catalog, images, star_fraction=value)

@@ -430,6 +430,8 @@ def test_star_fraction_round_trip_and_prior(tiny_meta):
     # older files: the training data set's own star fraction from the recipe
     recipe = {**meta.recipe, "dataset": {"n_stars": 100, "n_galaxies": 300}}
     assert meta.replace(recipe=recipe).prior_star_fraction == pytest.approx(0.25)
+    balanced = {**recipe, "config": {"class_balance": True}}
+    assert meta.replace(recipe=balanced).prior_star_fraction == 0.5
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.1, "0.3", True])

@@ -327,6 +327,13 @@ SITES = {
     "classifier:classify:ValueError:catalog already has output column(s) {};":
         T(lambda c, mp: classify(c, Table({"ra": [150.0], "dec": [2.0], "class": ["x"]})),
           ValueError, r"catalog already has output column\(s\) \['class'\]; pass overwrite"),
+    "classifier:_check_star_fraction:ValueError:star_fraction must be a fraction in (0, ":
+        T(lambda c, mp: classify(c, star_fraction=[0.2, 0.3]), ValueError,
+          r"star_fraction must be a fraction in \(0, 1\) or an array of 3 of them \(one per "
+          r"catalog row\), got \[0.2, 0.3\]"),
+    "classifier:_check_star_fraction:ValueError:model {} does not record the star fracti":
+        T(lambda c, mp: classify(c, star_fraction=0.3), ValueError,
+          r"model 'tiny' does not record the star fraction its probabilities assume"),
     # inputs
     "inputs:_column_values:ValueError:column {} must hold numbers ({}), got dt":
         T(lambda c, mp: classify(c, Table({"ra": ["10:00:00"], "dec": [2.0]})), ValueError,
