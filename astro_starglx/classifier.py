@@ -64,7 +64,9 @@ class StarGalaxyClassifier:
         length.
     threshold : float or None, optional
         ``p_galaxy`` at or above which a source is called a galaxy; ``None``
-        uses the model's own threshold from its metadata.
+        uses the model's own from its metadata: one threshold, or one per
+        r-magnitude bin (``meta.thresholds``, fitted on validation data,
+        with ``meta.threshold`` for sources without a measured magnitude).
     zeropoints : dict or None, optional
         ``{band: zero point}`` AB magnitude of one image unit; overrides the
         images' ``MAGZERO`` header keywords.
@@ -169,11 +171,11 @@ class StarGalaxyClassifier:
         """
         star_fraction = self._check_star_fraction(star_fraction, catalog)
         with _LibraryWarnings() as library:
-            proba, _, _ = self._run(catalog, images, ra_column=ra_column,
-                                    dec_column=dec_column, coord_column=coord_column,
-                                    x_column=x_column, y_column=y_column,
-                                    shared_grid=shared_grid, feature_columns=feature_columns,
-                                    zeropoints=zeropoints, psf=psf)
+            proba = self._run(catalog, images, ra_column=ra_column,
+                              dec_column=dec_column, coord_column=coord_column,
+                              x_column=x_column, y_column=y_column,
+                              shared_grid=shared_grid, feature_columns=feature_columns,
+                              zeropoints=zeropoints, psf=psf)[0]
         if library.records:
             warnings.warn(library.summary(), StarGalaxyWarning, stacklevel=2)
         return self._apply_prior(proba, star_fraction)
@@ -287,7 +289,7 @@ class StarGalaxyClassifier:
         # Warnings of numpy, astropy or torch (overflow near the float32
         # limit, a WCS that does not converge) go into the call's summary.
         with _LibraryWarnings() as library:
-            proba, flags, conditions = self._run(
+            proba, flags, conditions, decision_value = self._run(
                 catalog, images, ra_column=ra_column, dec_column=dec_column,
                 coord_column=coord_column, x_column=x_column, y_column=y_column,
                 shared_grid=shared_grid, feature_columns=feature_columns,
@@ -297,7 +299,7 @@ class StarGalaxyClassifier:
                                            else "per source")
             conditions["prior_star_fraction"] = self.meta.prior_star_fraction
         return self._build_table(catalog, self._apply_prior(proba, star_fraction), flags,
-                                 conditions, library)
+                                 conditions, library, decision_value=decision_value)
 
     # -- priors ---------------------------------------------------------------
     def _check_star_fraction(self, star_fraction, catalog):
@@ -370,8 +372,13 @@ class StarGalaxyClassifier:
         n_sources = len(catalog)
         proba = np.full((n_sources, len(meta.class_names)), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)
+        # the feature that picks each source's threshold (meta.thresholds), NaN if none
+        decision_value = np.full(n_sources, np.nan)
+        t_index = (None if meta.thresholds is None else
+                   (list(meta.bands).index(meta.thresholds["band"]),
+                    list(meta.feature_names).index(meta.thresholds["feature"])))
         if n_sources == 0:
-            return proba, flags, {}
+            return proba, flags, {}, decision_value
         estimates, flags[:] = self._conditions(images, x, y, psf)
         # Whole-image noise is computed once per call, not once per batch.
         # NaN for a band with too few usable pixels: stamps measure their own.
@@ -407,10 +414,12 @@ class StarGalaxyClassifier:
                 proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
                 proba[sl][off] = np.nan
                 flags[sl] |= inputs.flags
+                if t_index is not None:
+                    decision_value[sl] = batch_features[:, t_index[0], t_index[1]]
         # Models that do not read the PSF report none (estimates is empty for them).
         conditions = ({"psf": {band: est.to_dict() for band, est in estimates.items()}}
                       if estimates else {})
-        return proba, flags, conditions
+        return proba, flags, conditions, decision_value
 
     def _conditions(self, images, x, y, psf):
         """PSF estimates per band, and the BLENDED / OUT_OF_RANGE bits of every source."""
@@ -460,11 +469,19 @@ class StarGalaxyClassifier:
         _warn_pixel_scale({band: images[band] for band in present}, meta, self.loaded.name)
         return {band: images[band] for band in present}
 
-    def _build_table(self, catalog, proba, flags, conditions, library=None):
+    def _build_table(self, catalog, proba, flags, conditions, library=None, *,
+                     decision_value=None):
         from . import __version__
 
         meta = self.meta
-        threshold = self.threshold if self.threshold is not None else float(meta.threshold)
+        if self.threshold is not None:  # the user's, for every source
+            threshold = self.threshold
+            per_source = np.full(len(proba), threshold)
+        else:
+            per_source = meta.threshold_for(np.full(len(proba), np.nan)
+                                            if decision_value is None else decision_value)
+            threshold = (float(meta.threshold) if meta.thresholds is None else
+                         {"default": float(meta.threshold), **meta.thresholds})
         class_names = list(meta.class_names)
         i_star, i_gal = class_names.index("star"), class_names.index("galaxy")
         result = Table(catalog, copy=True)
@@ -474,14 +491,17 @@ class StarGalaxyClassifier:
         bad = ~np.isfinite(proba).all(axis=1)
         p_star = proba[:, i_star]
         p_gal = proba[:, i_gal]
-        labels = np.where(p_gal >= threshold, "galaxy", "star")
+        labels = np.where(p_gal >= per_source, "galaxy", "star")
         result["p_star"] = MaskedColumn(np.where(bad, 0, p_star).astype(np.float32), mask=bad,
                                         description="probability that the source is a star")
         result["p_galaxy"] = MaskedColumn(np.where(bad, 0, p_gal).astype(np.float32),
                                           mask=bad,
                                           description="probability that the source is a galaxy")
+        rule = (f"{threshold}" if not isinstance(threshold, dict) else
+                f"the threshold of its {threshold['band']}-band {threshold['feature']} bin "
+                "(meta threshold)")
         result["class"] = MaskedColumn(labels.astype("U6"), mask=bad,
-                                       description=f"'galaxy' if p_galaxy >= {threshold}")
+                                       description=f"'galaxy' if p_galaxy >= {rule}")
         result["class_flags"] = MaskedColumn(
             flags.astype(np.uint16), mask=np.zeros(len(flags), bool),
             description="astro_starglx.ClassFlag bits: 1 OFF_IMAGE, 2 PARTIAL, 4 MASKED, "

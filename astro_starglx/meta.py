@@ -188,6 +188,13 @@ class ModelMeta:
         (``{band: [low, high]}`` arcsec, the PSF FWHMs seen in training:
         sources outside it are flagged ``OUT_OF_RANGE``). None for models
         that do not read the PSF.
+    thresholds : dict or None
+        Magnitude-dependent decision thresholds, which replace ``threshold``
+        for sources whose magnitude is measured: ``feature`` and ``band``
+        name the catalog feature that sets the bin (e.g. ``"mag"`` in
+        ``"r"``), ``edges`` its increasing bin edges and ``values`` the
+        ``len(edges) + 1`` thresholds (below the first edge, between edges,
+        at or above the last). See `threshold_for`. None: one threshold.
     star_fraction : float or None
         The prior fraction of stars that ``p_galaxy`` assumes: 0.5 for
         models trained with a class-balanced loss (every released model),
@@ -211,6 +218,7 @@ class ModelMeta:
     allow_missing_bands: bool = False
     metrics: dict = field(default_factory=dict)
     psf: dict | None = None
+    thresholds: dict | None = None
     star_fraction: float | None = None
     extra: dict = field(default_factory=dict)
 
@@ -275,7 +283,7 @@ class ModelMeta:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("extra", "normalization")}
         out["normalization"] = self.normalization.to_dict()
-        for key in ("psf", "star_fraction"):  # unset: as before the field existed
+        for key in ("psf", "thresholds", "star_fraction"):  # unset: as before it existed
             if out[key] is None:
                 del out[key]
         out.update(self.extra)
@@ -315,6 +323,33 @@ class ModelMeta:
         changes = {k: (v.to_dict() if isinstance(v, Normalization) else v)
                    for k, v in changes.items()}
         return type(self).from_dict({**extra, **base, **changes})
+
+    def threshold_for(self, value):
+        """
+        The decision threshold of each source from its binning feature.
+
+        Parameters
+        ----------
+        value : array-like
+            ``(N,)`` values of ``thresholds["feature"]`` in
+            ``thresholds["band"]`` (e.g. r magnitudes); NaN where not
+            measured.
+
+        Returns
+        -------
+        threshold : `~numpy.ndarray`
+            ``(N,)`` float: the bin's threshold, or ``threshold`` where the
+            value is NaN or the model has no ``thresholds``.
+        """
+        value = np.asarray(value, dtype=np.float64)
+        out = np.full(value.shape, float(self.threshold))
+        if self.thresholds is None:
+            return out
+        known = np.isfinite(value)
+        index = np.searchsorted(np.asarray(self.thresholds["edges"], dtype=np.float64),
+                                value[known], side="right")
+        out[known] = np.asarray(self.thresholds["values"], dtype=np.float64)[index]
+        return out
 
     @property
     def prior_star_fraction(self):
@@ -362,6 +397,21 @@ def _valid_psf(psf, bands):
                 and all(_is_number(v) and v > 0 for v in limits) and limits[0] < limits[1]):
             return False
     return True
+
+
+def _valid_thresholds(thresholds, bands, features):
+    if not (isinstance(thresholds, dict)
+            and set(thresholds) == {"feature", "band", "edges", "values"}
+            and thresholds["feature"] in features and thresholds["band"] in bands):
+        return False
+    edges, values = thresholds["edges"], thresholds["values"]
+    if not (isinstance(edges, list) and isinstance(values, list) and edges
+            and len(values) == len(edges) + 1):
+        return False
+    if not all(_is_number(e) and math.isfinite(e) for e in edges) \
+            or any(b <= a for a, b in zip(edges, edges[1:])):
+        return False
+    return all(_is_number(v) and 0 < v < 1 for v in values)
 
 
 def _validated_values(meta, problems):
@@ -428,11 +478,16 @@ def _validated_values(meta, problems):
     if psf is not None and not _valid_psf(psf, bands or ()):
         bad("psf", "None or a dict with 'nominal_fwhm' {band: arcsec > 0} and 'fwhm_range' "
                    "{band: [low, high]} for every band")
+    thresholds = meta.get("thresholds")
+    if thresholds is not None and not _valid_thresholds(thresholds, bands or (),
+                                                        features or ()):
+        bad("thresholds", "None or a dict with 'feature' and 'band' (names the model reads), "
+                          "increasing finite 'edges' and len(edges) + 1 'values' in (0, 1)")
     star_fraction = meta.get("star_fraction")
     if star_fraction is not None and not (_is_number(star_fraction) and 0 < star_fraction < 1):
         bad("star_fraction", "None or a number between 0 and 1 (exclusive)")
-    return {"psf": psf, "star_fraction": star_fraction, "bands": bands, "stamp_size": size,
-            "pixel_scale": meta["pixel_scale"],
+    return {"psf": psf, "thresholds": thresholds, "star_fraction": star_fraction,
+            "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
             "feature_names": features, "normalization": normalization, "architecture": arch,
             "threshold": meta["threshold"], "recipe": recipe, "name": name,
             "class_names": classes, "temperature": temperature,

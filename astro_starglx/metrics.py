@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "CLASS_NAMES",
+    "binned_thresholds",
     "reweight_prior",
     "confusion_matrix",
     "classification_report",
@@ -920,6 +921,70 @@ def best_threshold(y_true, p_galaxy, *, criterion="balanced"):
     mid = 0.5 * (upper + lower)
     # the midpoint must keep the same classes: above `lower`, not above `upper`
     return float(mid if lower < mid <= upper else upper)
+
+
+def binned_thresholds(y_true, p_galaxy, values, *, edges, criterion="balanced",
+                      min_per_class=30, fallback):
+    """
+    One decision threshold per bin of a quantity (e.g. magnitude).
+
+    Faint sources are harder than bright ones, and a single threshold set on
+    all of them trades the bright galaxies for the faint stars. Here each bin
+    gets the `best_threshold` of its own sources; a bin with fewer than
+    ``min_per_class`` sources of either class keeps ``fallback``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (N,)
+        True labels (0/``"star"``, 1/``"galaxy"``).
+    p_galaxy : array-like of shape (N,), float
+        Predicted galaxy probabilities in [0, 1].
+    values : array-like of shape (N,), float
+        The binning quantity; NaN rows are not used.
+    edges : sequence of float
+        Increasing bin edges; the bins are ``(-inf, edges[0])``,
+        ``[edges[0], edges[1])``, ..., ``[edges[-1], inf)``.
+    criterion : {"balanced", "accuracy"}, optional
+        As in `best_threshold`.
+    min_per_class : int, optional
+        Fewest stars and galaxies a bin needs for its own threshold.
+    fallback : float
+        Threshold of the bins with too few sources, in (0, 1).
+
+    Returns
+    -------
+    thresholds : list of float
+        ``len(edges) + 1`` thresholds.
+
+    Examples
+    --------
+    >>> from astro_starglx.metrics import binned_thresholds
+    >>> y = [0, 1] * 40
+    >>> p = [0.1, 0.9] * 20 + [0.55, 0.75] * 20      # faint stars score higher
+    >>> mag = [20.0] * 40 + [25.0] * 40
+    >>> [round(t, 2) for t in binned_thresholds(y, p, mag, edges=[24.0], fallback=0.5,
+    ...                                          min_per_class=10)]
+    [0.5, 0.65]
+    """
+    y, p = _labels_and_scores(y_true, p_galaxy)
+    values = _check_values(values, y.size)
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size == 0 or not np.isfinite(edges).all() \
+            or np.any(np.diff(edges) <= 0):
+        msg = f"edges must be a non-empty increasing sequence of finite numbers, got {edges!r}"
+        raise ValueError(msg)
+    _check_threshold(fallback, "fallback")
+    _check_positive_int(min_per_class, "min_per_class")
+    index = np.searchsorted(edges, values, side="right")
+    known = np.isfinite(values)
+    out = []
+    for k in range(edges.size + 1):
+        sel = known & (index == k)
+        if min(np.sum(y[sel] == 0), np.sum(y[sel] == 1)) < min_per_class:
+            out.append(float(fallback))
+        else:
+            out.append(best_threshold(y[sel], p[sel], criterion=criterion))
+    return out
 
 
 def softmax(logits, *, temperature=1.0):

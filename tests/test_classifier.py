@@ -771,3 +771,38 @@ def test_star_fraction_errors(field, value):
     catalog, images = field
     with pytest.raises(ValueError, match="star_fraction must be a"):
         StarGalaxyClassifier(device="cpu").classify(catalog, images, star_fraction=value)
+
+
+def test_magnitude_thresholds_decide_each_source(tmp_path, tiny_meta, field):
+    """With meta thresholds, each source is called at its r-magnitude bin's threshold."""
+    from conftest import seeded_state_dict
+
+    catalog, images = field
+    plain = StarGalaxyClassifier(_save(tmp_path / "plain.safetensors", tiny_meta),
+                                 device="cpu").classify(catalog, images)
+    p = np.asarray(plain["p_galaxy"].filled(np.nan), dtype=np.float64)
+    assert np.isfinite(p).all()
+    # every measured r magnitude lies above the one edge: those sources need
+    # p >= 0.999 (sources without a magnitude would keep the default 0.5)
+    meta = dict(tiny_meta, thresholds={"feature": "mag", "band": "r", "edges": [-1e9],
+                                       "values": [0.5, 0.999]})
+    path = tmp_path / "binned.safetensors"
+    save_weights(path, seeded_state_dict(meta), meta)
+    binned = StarGalaxyClassifier(path, device="cpu").classify(catalog, images)
+    np.testing.assert_array_equal(binned["p_galaxy"], plain["p_galaxy"])  # only the class
+    expected = np.where(p >= 0.999, "galaxy", "star")
+    np.testing.assert_array_equal(np.asarray(binned["class"]), expected)
+    t = binned.meta["astro_starglx"]["threshold"]
+    assert t["edges"] == [-1e9] and t["values"] == [0.5, 0.999] and t["default"] == 0.5
+    assert "bin" in binned["class"].description
+    # the user's threshold overrides the model's, bins included
+    user = StarGalaxyClassifier(path, device="cpu", threshold=0.5).classify(catalog, images)
+    np.testing.assert_array_equal(user["class"], plain["class"])
+
+
+def _save(path, meta):
+    from conftest import seeded_state_dict
+
+    if not path.exists():
+        save_weights(path, seeded_state_dict(meta), meta)
+    return path

@@ -438,3 +438,23 @@ def test_star_fraction_round_trip_and_prior(tiny_meta):
 def test_star_fraction_refuses_non_fractions(tiny_meta, value):
     with pytest.raises(ValueError, match="star_fraction"):
         ModelMeta.from_dict({**tiny_meta, "star_fraction": value})
+
+
+def test_thresholds_round_trip_and_lookup(tiny_meta):
+    binned = {"feature": "mag", "band": "r", "edges": [24.0, 25.0], "values": [0.4, 0.6, 0.8]}
+    meta = ModelMeta.from_dict({**tiny_meta, "thresholds": binned})
+    assert ModelMeta.from_json(meta.to_json()).thresholds == binned
+    got = meta.threshold_for([20.0, 24.0, 24.5, 25.0, 30.0, np.nan])
+    np.testing.assert_array_equal(got, [0.4, 0.6, 0.6, 0.8, 0.8, meta.threshold])
+    plain = ModelMeta.from_dict(tiny_meta)
+    assert "thresholds" not in plain.to_dict()
+    np.testing.assert_array_equal(plain.threshold_for([20.0, np.nan]), [plain.threshold] * 2)
+
+
+@pytest.mark.parametrize("change", [
+    {"feature": "psf_fwhm"}, {"band": "Q"}, {"edges": []}, {"edges": [25.0, 24.0]},
+    {"values": [0.4, 0.6]}, {"values": [0.4, 1.0, 0.5]}, {"extra": 1}])
+def test_thresholds_refuse_bad_entries(tiny_meta, change):
+    binned = {"feature": "mag", "band": "r", "edges": [24.0, 25.0], "values": [0.4, 0.6, 0.8]}
+    with pytest.raises(ValueError, match="thresholds must be None or a dict"):
+        ModelMeta.from_dict({**tiny_meta, "thresholds": {**binned, **change}})

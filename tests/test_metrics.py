@@ -586,3 +586,23 @@ def test_metrics_imports_numpy_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_binned_thresholds_per_bin_and_fallback():
+    from astro_starglx.metrics import binned_thresholds
+
+    rng = np.random.default_rng(1)
+    n = 400
+    mag = np.repeat([20.0, 25.0, 28.0], [n, n, 10])
+    y = np.tile([0, 1], (2 * n + 10) // 2)
+    # bright: separated around 0.3; faint: around 0.7; the last bin too small
+    p = np.where(mag < 24, np.where(y == 1, 0.5, 0.1), np.where(y == 1, 0.9, 0.5))
+    p = np.clip(p + rng.normal(0, 0.02, p.size), 0, 1)
+    t = binned_thresholds(y, p, mag, edges=[24.0, 26.0], fallback=0.42)
+    assert 0.15 < t[0] < 0.45 and 0.55 < t[1] < 0.85 and t[2] == 0.42
+    # NaN values are left out; bad edges are refused
+    t_nan = binned_thresholds(y, p, np.where(mag > 26, np.nan, mag), edges=[24.0, 26.0],
+                              fallback=0.42)
+    assert t_nan == t
+    with pytest.raises(ValueError, match="edges must be a non-empty increasing"):
+        binned_thresholds(y, p, mag, edges=[26.0, 24.0], fallback=0.5)
