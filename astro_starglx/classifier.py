@@ -81,7 +81,7 @@ class StarGalaxyClassifier:
         ``"d4"`` averages the logits over the 8 orientations (8 network
         forwards), ``"flips"`` over the 4 flips; ``"none"`` (or ``False``)
         does neither, and its answers for a flipped or rotated image differ
-        (|dp_galaxy| up to 0.6 measured on simulated fields;
+        (``|dp_galaxy|`` up to 0.6 measured on simulated fields;
         ``benchmarks/orientation.py``). Rotations by other
         angles are not covered. Recorded in the result's ``meta``.
 

@@ -4,18 +4,18 @@ Classify a survey, tile by tile, on Dask.
 A survey is a *manifest*: a table (any format astropy reads: ECSV, CSV,
 FITS, ...) with one row per tile:
 
-=========  ==============================================================
-column     content
-=========  ==============================================================
-``tile``   unique tile name; the output is ``OUTDIR/<tile>.fits``
-``catalog`` path of a table with ``ra``/``dec`` (degrees); empty to detect
-           the sources with `astro_starglx.detection.detect_sources`
-one per    path of that band's FITS image, named after the band (``NUV``,
-band       ``u``, ``g``, ...): a plain image, or a CSST L1 ``_img_`` file
-           whose ``_wht_`` and ``_flg_`` files lie beside it
-           (`astro_starglx.csst_io.read_csst_l1`); empty if the tile lacks
-           that band (for models that allow missing bands)
-=========  ==============================================================
+===========  ==============================================================
+column       content
+===========  ==============================================================
+``tile``     unique tile name; the output is ``OUTDIR/<tile>.fits``
+``catalog``  path of a table with ``ra``/``dec`` (degrees); empty to detect
+             the sources with `astro_starglx.detection.detect_sources`
+``<band>``   one column per band, named after it (``NUV``, ``u``, ``g``,
+             ...): the path of its FITS image, a plain image or a CSST L1 ``_img_`` file
+             whose ``_wht_`` and ``_flg_`` files lie beside it
+             (`astro_starglx.csst_io.read_csst_l1`); empty if the tile lacks
+             that band (for models that allow missing bands)
+===========  ==============================================================
 
 Relative paths are relative to the manifest's folder. Other columns are
 ignored.
