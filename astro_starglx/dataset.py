@@ -279,16 +279,8 @@ class DatasetConfig:
         if n_stars + n_galaxies == 0:
             msg = "n_stars + n_galaxies must be positive, got 0 sources"
             raise ValueError(msg)
-        try:
-            fractions = tuple(float(f) for f in self.split_fractions)
-            ok = (len(fractions) == 3 and all(math.isfinite(f) and f >= 0 for f in fractions)
-                  and sum(fractions) > 0)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            msg = (f"split_fractions must be three non-negative fractions (train, val, test), "
-                   f"got {self.split_fractions!r}")
-            raise ValueError(msg)
+        _check_fractions(self.split_fractions)  # as given; the split normalises them
+        fractions = tuple(float(f) for f in self.split_fractions)
         models = (self.psf_models,) if isinstance(self.psf_models, str) else self.psf_models
         try:
             models = tuple(models)

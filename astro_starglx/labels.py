@@ -192,11 +192,7 @@ def gaia_labels(catalog, *, radius=1.0, parallax_snr=5.0, pm_snr=5.0, max_ruwe=1
     idx, sep = _match(coords, ref_ra, ref_dec, radius)
 
     n = len(catalog)
-    matched = np.zeros(n, dtype=bool)
-    matched[np.flatnonzero(finite)[idx >= 0]] = True
-    rows = np.full(n, -1)
-    rows[finite] = idx
-    sel = rows[matched]
+    matched, sel = _matched_rows(n, finite, idx)
     plx_snr = ((_float(ref, "parallax") - _GAIA_PARALLAX_ZEROPOINT)
                / _float(ref, "parallax_error"))
     pm_sig = _pm_significance(ref)
@@ -327,11 +323,7 @@ def sdss_labels(catalog, *, radius=1.0, qso="star", max_zwarning=0, data_release
     ref = _stack(parts, "specObjID", _SDSS_COLUMNS)
     idx, sep = _match(coords, _float(ref, "ra"), _float(ref, "dec"), radius)
     n = len(catalog)
-    matched = np.zeros(n, dtype=bool)
-    matched[np.flatnonzero(finite)[idx >= 0]] = True
-    rows = np.full(n, -1)
-    rows[finite] = idx
-    sel = rows[matched]
+    matched, sel = _matched_rows(n, finite, idx)
     classes = (np.char.upper(np.char.strip(np.asarray(ref["class"]).astype(str)))
                if len(ref) else np.zeros(0, "U6"))
     zwarning = (np.asarray(np.ma.filled(ref["zWarning"], -1), dtype=np.int64) if len(ref)
@@ -621,6 +613,15 @@ def _pm_significance(ref):
         u, v = x / sx, y / sy
         chi2 = (u * u - 2.0 * rho * u * v + v * v) / (1.0 - rho * rho)
     return np.sqrt(chi2)
+
+
+def _matched_rows(n, finite, idx):
+    """Which of ``n`` catalog rows matched (idx >= 0 among the finite ones), and their rows."""
+    matched = np.zeros(n, dtype=bool)
+    matched[np.flatnonzero(finite)[idx >= 0]] = True
+    rows = np.full(n, -1)
+    rows[finite] = idx
+    return matched, rows[matched]
 
 
 def _match(coords, ref_ra, ref_dec, radius):
