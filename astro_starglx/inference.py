@@ -128,9 +128,10 @@ def canonical_pose(x_image):
     and towards +x as the second choice. Flipping, transposing or rotating
     the input by 90 degrees changes the moments in the same way, so the
     chosen pose, and the network's answer on it, are the same for all 8
-    orientations of a stamp (up to exact ties of the moments, which noisy
-    pixels do not produce). A network trained with flip and rotation
-    augmentation (``TrainConfig.augment``) sees every pose alike, so this
+    orientations of a stamp; moments that tie (to rounding) are decided by
+    comparing the candidate poses' pixels, which flips do not change. A
+    network trained with flip and rotation augmentation
+    (``TrainConfig.augment``) sees every pose alike, so this
     costs no accuracy and one forward, where averaging over the 8 costs 8.
     (The moments are computed here rather than by a library because the
     rule only needs two sums per stamp.)
@@ -158,6 +159,17 @@ def canonical_pose(x_image):
         ax, ay = (my, mx) if transpose else (mx, my)
         keys[:, k] = (-ax if flip_x else ax) + 2.0 * (-ay if flip_y else ay)
     choice = np.argmax(keys, axis=1)
+    # Near ties (|mean_x| = |mean_y|, or a moment of 0, to rounding: the sums
+    # run in another order on a flipped stamp) are broken by the posed pixels
+    # themselves, compared as sequences: flips only move pixels, so that
+    # order is exact, and the same pose wins for every orientation.
+    top = keys.max(axis=1, keepdims=True)
+    tol = 1e-9 * (np.abs(mx) + np.abs(my))[:, None] + 1e-300
+    tied = keys >= top - tol
+    for i in np.flatnonzero(tied.sum(axis=1) > 1):
+        candidates = [(k, _orient(x_image[i:i + 1], *SYMMETRIES["d4"][k]).ravel())
+                      for k in np.flatnonzero(tied[i])]
+        choice[i] = max(candidates, key=lambda kc: tuple(kc[1].tolist()))[0]
     posed = np.empty_like(x_image, order="C")
     for k, orientation in enumerate(SYMMETRIES["d4"]):
         sel = choice == k

@@ -247,6 +247,22 @@ def test_canonical_pose_is_the_same_for_every_orientation():
     assert np.all(my >= np.abs(mx) - 1e-9) and np.all(mx >= 0)
 
 
+def test_canonical_pose_breaks_ties_by_the_pixels():
+    """Stamps whose moments tie (symmetric, sparse or empty) still get one pose."""
+    rng = np.random.default_rng(0)
+    stamps = np.zeros((200, 3, 9, 9), np.float32)
+    for i in range(200):  # a few pixels mirrored about the diagonal: |mean_x| = |mean_y|
+        for _ in range(int(rng.integers(1, 4))):
+            a, b = rng.integers(0, 9, 2)
+            stamps[i, rng.integers(0, 3), a, b] = rng.choice([0.5, 1.0, 2.0])
+            stamps[i, rng.integers(0, 3), b, a] = rng.choice([0.5, 1.0, 2.0])
+    stamps[:20] = 0.0
+    stamps[:10, :, 4, 4] = 1.0  # perfectly symmetric; 10-19 stay empty
+    posed = canonical_pose(stamps)
+    for op in D4:
+        np.testing.assert_array_equal(canonical_pose(orient(stamps, *op)), posed)
+
+
 def test_canonical_predictor_needs_one_forward(tiny, monkeypatch):
     """symmetrize="canonical" runs the network once and is orientation-invariant."""
     import astro_starglx.inference as inference
