@@ -289,7 +289,7 @@ class StarGalaxyClassifier:
         # Warnings of numpy, astropy or torch (overflow near the float32
         # limit, a WCS that does not converge) go into the call's summary.
         with _LibraryWarnings() as library:
-            proba, flags, conditions, decision_value = self._run(
+            proba, flags, conditions, source_threshold = self._run(
                 catalog, images, ra_column=ra_column, dec_column=dec_column,
                 coord_column=coord_column, x_column=x_column, y_column=y_column,
                 shared_grid=shared_grid, feature_columns=feature_columns,
@@ -299,7 +299,7 @@ class StarGalaxyClassifier:
                                            else "per source")
             conditions["prior_star_fraction"] = self.meta.prior_star_fraction
         return self._build_table(catalog, self._apply_prior(proba, star_fraction), flags,
-                                 conditions, library, decision_value=decision_value)
+                                 conditions, library, source_threshold=source_threshold)
 
     # -- priors ---------------------------------------------------------------
     def _check_star_fraction(self, star_fraction, catalog):
@@ -372,13 +372,11 @@ class StarGalaxyClassifier:
         n_sources = len(catalog)
         proba = np.full((n_sources, len(meta.class_names)), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)
-        # the feature that picks each source's threshold (meta.thresholds), NaN if none
-        decision_value = np.full(n_sources, np.nan)
-        t_index = (None if meta.thresholds is None else
-                   (list(meta.bands).index(meta.thresholds["band"]),
-                    list(meta.feature_names).index(meta.thresholds["feature"])))
+        # the model's threshold of each source (one per magnitude bin with
+        # meta.thresholds); sources never extracted keep meta.threshold
+        source_threshold = np.full(n_sources, float(meta.threshold))
         if n_sources == 0:
-            return proba, flags, {}, decision_value
+            return proba, flags, {}, source_threshold
         estimates, flags[:] = self._conditions(images, x, y, psf)
         # Whole-image noise is computed once per call, not once per batch.
         # NaN for a band with too few usable pixels: stamps measure their own.
@@ -414,12 +412,11 @@ class StarGalaxyClassifier:
                 proba[sl] = predict(inputs.stamps, inputs.noise, batch_features)
                 proba[sl][off] = np.nan
                 flags[sl] |= inputs.flags
-                if t_index is not None:
-                    decision_value[sl] = batch_features[:, t_index[0], t_index[1]]
+                source_threshold[sl] = meta.source_thresholds(batch_features)
         # Models that do not read the PSF report none (estimates is empty for them).
         conditions = ({"psf": {band: est.to_dict() for band, est in estimates.items()}}
                       if estimates else {})
-        return proba, flags, conditions, decision_value
+        return proba, flags, conditions, source_threshold
 
     def _conditions(self, images, x, y, psf):
         """PSF estimates per band, and the BLENDED / OUT_OF_RANGE bits of every source."""
@@ -470,7 +467,7 @@ class StarGalaxyClassifier:
         return {band: images[band] for band in present}
 
     def _build_table(self, catalog, proba, flags, conditions, library=None, *,
-                     decision_value=None):
+                     source_threshold=None):
         from . import __version__
 
         meta = self.meta
@@ -478,8 +475,8 @@ class StarGalaxyClassifier:
             threshold = self.threshold
             per_source = np.full(len(proba), threshold)
         else:
-            per_source = meta.threshold_for(np.full(len(proba), np.nan)
-                                            if decision_value is None else decision_value)
+            per_source = (np.full(len(proba), float(meta.threshold))
+                          if source_threshold is None else source_threshold)
             threshold = (float(meta.threshold) if meta.thresholds is None else
                          {"default": float(meta.threshold), **meta.thresholds})
         class_names = list(meta.class_names)

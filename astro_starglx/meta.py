@@ -351,6 +351,30 @@ class ModelMeta:
         out[known] = np.asarray(self.thresholds["values"], dtype=np.float64)[index]
         return out
 
+    def source_thresholds(self, features):
+        """
+        The decision threshold of each source from its extracted features.
+
+        Parameters
+        ----------
+        features : array-like
+            ``(N, C, F)`` features in ``bands`` and ``feature_names`` order
+            (raw, as `~astro_starglx.inputs.extract_inputs` measures them).
+
+        Returns
+        -------
+        threshold : `~numpy.ndarray`
+            ``(N,)`` float: `threshold_for` of ``thresholds["feature"]`` in
+            ``thresholds["band"]``, or ``threshold`` for every source of a
+            model without ``thresholds``.
+        """
+        features = np.asarray(features)
+        if self.thresholds is None:
+            return np.full(len(features), float(self.threshold))
+        value = features[:, list(self.bands).index(self.thresholds["band"]),
+                         list(self.feature_names).index(self.thresholds["feature"])]
+        return self.threshold_for(value)
+
     @property
     def prior_star_fraction(self):
         """

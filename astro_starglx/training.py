@@ -689,12 +689,7 @@ def decision_report(meta, y_true, p_galaxy, features, *, mag_r=None):
     Brier, ECE) are unchanged.
     """
     y_true, p_galaxy = np.asarray(y_true), np.asarray(p_galaxy, dtype=np.float64)
-    value = np.full(len(y_true), np.nan)
-    if meta.thresholds is not None:
-        t = meta.thresholds
-        value = np.asarray(features)[:, list(meta.bands).index(t["band"]),
-                                     list(meta.feature_names).index(t["feature"])]
-    per_source = meta.threshold_for(value)
+    per_source = meta.source_thresholds(features)
 
     def report(sel):
         out = metrics.classification_report(y_true[sel], p_galaxy[sel],

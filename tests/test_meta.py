@@ -446,7 +446,12 @@ def test_thresholds_round_trip_and_lookup(tiny_meta):
     assert ModelMeta.from_json(meta.to_json()).thresholds == binned
     got = meta.threshold_for([20.0, 24.0, 24.5, 25.0, 30.0, np.nan])
     np.testing.assert_array_equal(got, [0.4, 0.6, 0.6, 0.8, 0.8, meta.threshold])
+    features = np.zeros((3, len(meta.bands), len(meta.feature_names)))
+    features[:, meta.bands.index("r"), meta.feature_names.index("mag")] = [20.0, 24.5, np.nan]
+    features[:, meta.bands.index("g"), meta.feature_names.index("mag")] = 30.0  # not read
+    np.testing.assert_array_equal(meta.source_thresholds(features), [0.4, 0.6, meta.threshold])
     plain = ModelMeta.from_dict(tiny_meta)
+    np.testing.assert_array_equal(plain.source_thresholds(features), [plain.threshold] * 3)
     assert "thresholds" not in plain.to_dict()
     np.testing.assert_array_equal(plain.threshold_for([20.0, np.nan]), [plain.threshold] * 2)
 
