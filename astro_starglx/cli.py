@@ -422,7 +422,7 @@ def _cmd_classify_tiles(args):
 
         client = import_optional("distributed", "dask", feature="--scheduler").Client(
             args.scheduler)
-    detect = {"nsigma": args.detect_nsigma}
+    detect = {"nsigma": args.detect_nsigma, "min_snr": args.detect_min_snr}
     try:
         summary = classify_tiles(args.manifest, args.output, client=client, model=args.model,
                                  workers=args.workers, device=args.device,
@@ -463,6 +463,8 @@ def _add_classify_tiles(sub, common):
     p.add_argument("--detect-nsigma", type=float, default=3.0,
                    help="detection threshold (noise sigmas on the smoothed stack) for tiles "
                         "without a catalog")
+    p.add_argument("--detect-min-snr", type=float, default=5.0,
+                   help="keep detections of at least this signal-to-noise (0: all)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo tiles whose output exists (default: skip them)")
     p.set_defaults(func=_cmd_classify_tiles)

@@ -76,6 +76,22 @@ def test_deblending_splits_a_close_pair():
     assert sorted(np.round(found["x"])) == [28, 34]
 
 
+def test_min_snr_drops_noise_peaks_and_keeps_sources():
+    # pure noise at a low pixel threshold: many peaks, all of low snr
+    image = _two_stars(6.0)
+    noise = CCDData(np.random.default_rng(5).normal(0, 1, (128, 128)).astype(np.float32),
+                    unit="adu", wcs=image.wcs)
+    loose = detect_sources({"r": noise}, nsigma=2.0, min_snr=0)
+    assert len(loose) > 5
+    kept = detect_sources({"r": noise}, nsigma=2.0, min_snr=5.0)
+    assert len(kept) == np.sum(loose["snr"] >= 5.0) < len(loose)
+    assert kept.meta["detection"]["min_snr"] == 5.0
+    # the bright pair survives the default cut
+    assert len(detect_sources(image)) == 2
+    with pytest.raises(ValueError, match="min_snr must be a number >= 0"):
+        detect_sources(image, min_snr=-1)
+
+
 def test_empty_field_gives_an_empty_table():
     image = _two_stars(6.0)
     image = CCDData(np.random.default_rng(2).normal(0, 1, (64, 64)).astype(np.float32),
