@@ -20,15 +20,26 @@ leaves them in. Run::
     python -m benchmarks.robustness --models rbim-lite path/to/other.safetensors \\
         [--conditions nominal "psf x1.4" ...] [--fields 2] [--size 2048] \\
         [--seed 70001] [--jobs 2] [--psf-source {measured,header}] \\
-        [--output robustness.ecsv] [--rst robustness.rst] [--cache fields/]
+        [--output robustness.ecsv] [--rst robustness.rst] [--cache fields/] \\
+        [--baseline sextractor]
 
 It prints one line per condition and model as it goes, then the table, an
 RST grid table for the model card, the total wall time and each model's
 classification speed (objects/s; reported, not asserted).
+
+``--baseline sextractor`` adds a row per condition for what surveys run
+today: SExtractor + PSFEx on the r band alone, classified by the DES cut on
+``SPREAD_MODEL`` (`benchmarks.bench_sextractor.spread_model_baseline`; needs
+``source-extractor`` and ``psfex`` on the ``PATH``). It detects its own
+sources, so its recalls are of the truth it detected within 0.2 arcsec (its
+``n`` is smaller than the models'), it has no ``p_galaxy`` (no ECE) and no
+per-source PSF (no PSF error); its speed counts its detections.
 """
 
 import argparse
 import math
+import sys
+import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -87,6 +98,9 @@ PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSF_FWHM", "PSFR80", "PSFSCALE", "
 
 #: Magnitude limits (r band, truth) of the recall columns.
 MAG_LIMITS = (25.0, 26.0)
+
+#: Display name of the ``--baseline sextractor`` rows.
+SEXTRACTOR_BASELINE = "SExtractor SPREAD_MODEL"
 
 
 # ----------------------------------------------------------------------- simulation
@@ -206,13 +220,16 @@ def score(outs, fields):
     """Recalls, ECE and PSF accuracy of one model on the fields of a condition."""
     label, mag, pred, p_gal = [], [], [], []
     errors, n_fell_back = {}, 0
+    # A baseline without probabilities (SPREAD_MODEL) has no p_galaxy: no ECE.
+    has_p = all("p_galaxy" in out.colnames for out in outs)
     for out, (images, truth) in zip(outs, fields):
         ok = ~np.ma.getmaskarray(out["class"])
         label.append(np.asarray(truth["label"])[ok])
         mag.append(np.asarray(truth["mag_r"])[ok])
         pred.append(np.asarray(out["class"])[ok])
-        p_gal.append(np.ma.getdata(out["p_galaxy"])[ok].astype(float))
-        psf_meta = out.meta["astro_starglx"].get("psf")
+        p_gal.append(np.ma.getdata(out["p_galaxy"])[ok].astype(float) if has_p
+                     else np.full(int(ok.sum()), math.nan))
+        psf_meta = out.meta.get("astro_starglx", {}).get("psf")
         if psf_meta:
             n_fell_back += sum(bool(r["fell_back"]) for r in psf_meta.values())
             for band, err in psf_errors(psf_meta, images, truth).items():
@@ -227,7 +244,8 @@ def score(outs, fields):
                         f"n_{cls}_{limit:.0f}": n})
     sel = mag <= MAG_LIMITS[0]
     row["ece_25"] = (expected_calibration_error((label[sel] == "galaxy").astype(int),
-                                                p_gal[sel]) if sel.any() else math.nan)
+                                                p_gal[sel]) if sel.any() and has_p
+                     else math.nan)
     medians = {band: 100 * float(np.median(np.abs(np.concatenate(errs))))
                for band, errs in errors.items() if sum(e.size for e in errs)}
     worst = max(medians, key=medians.get) if medians else ""
@@ -324,7 +342,50 @@ def build_table(rows, args, speed, wall):
             table[col].format = ".2f"
     for col, fmt in (("ece_25", ".4f"), ("sim_s", ".1f"), ("classify_s", ".2f")):
         table[col].format = fmt
+    if getattr(args, "baseline", None):
+        table.meta["baseline"] = {
+            "name": SEXTRACTOR_BASELINE, "band": "r",
+            "what": "SExtractor + PSFEx, galaxy if SPREAD_MODEL + 3 SPREADERR_MODEL > 0.005; "
+                    "recalls of the truth detected within 0.2 arcsec; objects/s of detections"}
     return table
+
+
+def classify_baseline(fields, workdir):
+    """
+    The ``--baseline sextractor`` classes of every field of a condition.
+
+    Parameters
+    ----------
+    fields : list of tuple
+        ``(images, truth)`` pairs.
+    workdir : path-like
+        Folder for SExtractor's and PSFEx's files (emptied after each field).
+
+    Returns
+    -------
+    outs : list of `~astropy.table.Table`
+        Per field, one row per truth row with ``class`` (masked where
+        nothing was detected within 0.2 arcsec).
+    seconds : float
+        SExtractor + PSFEx wall time, process start-ups included.
+    n_detections : int
+        Detections over all fields.
+    """
+    import shutil
+
+    from benchmarks.bench_sextractor import spread_model_baseline
+
+    outs, seconds, n_det = [], 0.0, 0
+    for k, (images, truth) in enumerate(fields):
+        folder = Path(workdir) / f"field{k}"
+        try:
+            out = spread_model_baseline(images, truth, workdir=folder, band="r")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        outs.append(out)
+        seconds += out.meta["sextractor"]["seconds"]["total"]
+        n_det += out.meta["sextractor"]["n_detections"]
+    return outs, seconds, n_det
 
 
 # ---------------------------------------------------------------------------- main
@@ -351,11 +412,23 @@ def parse_args(argv=None):
                         help="folder to keep the simulated fields in and reuse them from "
                              "(default: none, simulate every run)")
     parser.add_argument("--rst", default=None, help="also write the RST grid table here")
+    parser.add_argument("--baseline", choices=("sextractor",), default=None,
+                        help="add a row per condition for SExtractor + PSFEx with the DES "
+                             "SPREAD_MODEL cut on the r band (needs source-extractor and "
+                             "psfex; default: none)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.baseline:
+        from benchmarks.bench_sextractor import ToolMissingError, find_tools
+
+        try:
+            find_tools()
+        except ToolMissingError as err:
+            sys.exit(f"robustness --baseline sextractor: {err}")
+        baseline_dir = tempfile.TemporaryDirectory(prefix="robustness-sextractor-")
     t_start = time.perf_counter()
     names = model_names(args.models)
     classifiers = [StarGalaxyClassifier(m, device=args.device) for m in args.models]
@@ -388,7 +461,22 @@ def main(argv=None):
                   f"(n={row['n_star_25']}/{row['n_galaxy_25']})  r<=26 "
                   f"{_recall_cell(row, 26)}  ECE {row['ece_25']:.4f}  PSF {psf}  "
                   f"[sim {t_sim:.0f} s, classify {t_cls:.1f} s]", flush=True)
+        if args.baseline:
+            name = SEXTRACTOR_BASELINE
+            outs, t_cls, n_det = classify_baseline(fields, baseline_dir.name)
+            n_objects[name] = n_objects.get(name, 0) + n_det
+            t_classify[name] = t_classify.get(name, 0.0) + t_cls
+            row = {"condition": cond, "model": name, **score(outs, fields),
+                   "n_sources": n_src, "sim_s": t_sim, "classify_s": t_cls}
+            rows.append(row)
+            print(f"{cond:>24s}  {name:<20s} star / galaxy r<=25 {_recall_cell(row, 25)} "
+                  f"(n={row['n_star_25']}/{row['n_galaxy_25']} detected)  r<=26 "
+                  f"{_recall_cell(row, 26)}  [{n_det} detections, SExtractor + PSFEx "
+                  f"{t_cls:.1f} s]", flush=True)
     wall = time.perf_counter() - t_start
+    if args.baseline:
+        baseline_dir.cleanup()
+        names = [*names, SEXTRACTOR_BASELINE]
     speed = {name: n_objects[name] / t_classify[name] if t_classify[name] else math.nan
              for name in names}
     table = build_table(rows, args, speed, wall)
