@@ -591,7 +591,8 @@ def _cmd_fine_tune(args):
                      patience=args.patience, zeropoints=zeropoints, psf=psf,
                      pixel_scale=args.pixel_scale, device=args.device, mode=args.mode,
                      name=args.name, ra_column=args.ra_column, dec_column=args.dec_column,
-                     progress=sys.stderr.isatty())
+                     progress=sys.stderr.isatty(), reinit_input=args.reinit_input,
+                     magnitude_thresholds=not args.one_threshold)
     print(path)
     return 0
 
@@ -653,6 +654,12 @@ def _add_fine_tune(sub, common):
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     p.add_argument("--name", default=None,
                    help="name of the new model (default: <base name>-ft)")
+    p.add_argument("--reinit-input", action="store_true",
+                   help="start the input layer from a random initialisation (fine-tune mode; "
+                        "default: the base model's weights)")
+    p.add_argument("--one-threshold", action="store_true",
+                   help="one decision threshold for all magnitudes (default: the bright half "
+                        "of the validation sources gets its own)")
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.set_defaults(func=_cmd_fine_tune)
 

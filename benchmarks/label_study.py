@@ -9,15 +9,22 @@ and runs `astro_starglx.adapt.fine_tune_inputs` in each mode:
 
 - ``fine-tune``: all weights from the released model;
 - ``scratch``: the same architecture from a random initialisation;
-- ``calibrate``: the released weights, only temperature and threshold refitted.
+- ``calibrate``: the released weights, only temperature and threshold refitted;
+- ``fine-tune-reinit`` (not run by default): ``fine-tune`` with
+  ``reinit_input=True``, the input layer re-initialised (the SDSS pixels are
+  5.4 times CSST's).
 
 Every model (and the released model as it is) is scored on held-out fields
 (other seeds, never labelled): accuracy and star/galaxy recall at r < 21 and
 overall, plus wall time. Run (niced on a shared machine)::
 
     nice -n 19 python -m benchmarks.label_study [--labels 100 300 1000 3000]
-        [--n-test 1200] [--field-size 512] [--epochs 30] [--out label-study]
-        [--inputs inputs.pkl]
+        [--modes fine-tune scratch calibrate] [--n-test 1200] [--field-size 512]
+        [--epochs 30] [--out label-study] [--inputs inputs.pkl]
+
+The label pool is ``1.05 * max(--labels)`` simulated sources; ``--inputs``
+keeps the extracted pool and held-out inputs (with the truth ``mag_r`` and
+``hlr``) for another run with other ``--labels`` or ``--modes``.
 """
 
 import argparse
@@ -40,7 +47,7 @@ def _simulate(task):
                               n_galaxies=n_galaxies, mag_range=(16.0, 23.0))
     images, truth = simulate_field(config, seed=seed)
     catalog = Table({"ra": truth["ra"], "dec": truth["dec"], "label": truth["label"],
-                     "mag_r": truth["mag_r"]})
+                     "mag_r": truth["mag_r"], "hlr": truth["hlr"]})
     return catalog, images
 
 
@@ -60,12 +67,14 @@ def simulate(n_sources, *, size, star_fraction, seed, workers):
     return [c for c, _ in fields], [i for _, i in fields]
 
 
-def truth_mag(catalogs, data):
-    mag = np.full(len(data), np.nan)
+def truth_column(catalogs, data, name="mag_r"):
+    """The simulation's truth ``name`` of each source of ``data`` (NaN if absent)."""
+    values = np.full(len(data), np.nan)
     for i, cat in enumerate(catalogs):
         sel = data.field == i
-        mag[sel] = np.asarray(cat["mag_r"])[data.row[sel]]
-    return mag
+        if name in cat.colnames:
+            values[sel] = np.asarray(cat[name], dtype=float)[data.row[sel]]
+    return values
 
 
 def stratified_subset(labels, n, seed):
@@ -79,12 +88,19 @@ def stratified_subset(labels, n, seed):
     return np.sort(np.concatenate(out))
 
 
+#: Study modes: (fine_tune mode, extra fine_tune options).
+MODES = {"fine-tune": ("fine-tune", {}), "scratch": ("scratch", {}),
+         "calibrate": ("calibrate", {}),
+         "fine-tune-reinit": ("fine-tune", {"reinit_input": True})}
+
+
 def score(model, test, mag, *, device="cpu"):
     from astro_starglx.inference import calibrated_proba, predict_logits
 
     logits = predict_logits(model.network, test, model.meta.normalization, device=device)
     p = calibrated_proba(logits, model.meta)[:, 1]
-    pred = (p >= model.meta.threshold).astype(int)
+    # as classify() decides: per-magnitude thresholds where the model has them
+    pred = (p >= model.meta.source_thresholds(test.features)).astype(int)
     y = test.labels.astype(int)
     out = {}
     for key, sel in (("r<21", mag < 21.0), ("all", np.isfinite(mag))):
@@ -101,7 +117,8 @@ def main(argv=None):
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 300, 1000, 3000],
                         help="numbers of labels (default: 100 300 1000 3000)")
     parser.add_argument("--modes", nargs="+", default=["fine-tune", "scratch", "calibrate"],
-                        help="fine_tune modes (default: all three)")
+                        choices=sorted(MODES),
+                        help="study modes (default: fine-tune scratch calibrate)")
     parser.add_argument("--n-test", type=int, default=1200,
                         help="held-out test sources (default: 1200)")
     parser.add_argument("--field-size", type=int, default=512,
@@ -113,6 +130,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes simulating fields (default: 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (default: 2; use 1 on a loaded machine: "
+                             "two threads on two busy cores trained 8x slower)")
     parser.add_argument("--out", default="label-study", help="output folder")
     parser.add_argument("--inputs", default=None,
                         help="pickle of the extracted pool and test inputs: read if it "
@@ -124,13 +144,14 @@ def main(argv=None):
     from astro_starglx.adapt import fine_tune_inputs, labelled_inputs
     from astro_starglx.weights import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_model(None if args.base == "default" else args.base, device="cpu")
     if args.inputs and Path(args.inputs).is_file():
         with open(args.inputs, "rb") as fh:
-            pool, test, _, test_mag = pickle.load(fh)
+            saved = pickle.load(fh)
+        pool, test, test_mag = saved["pool"], saved["test"], saved["test_truth"]["mag_r"]
         print(f"read {len(pool)} pool + {len(test)} test sources from {args.inputs}")
     else:
         t0 = time.perf_counter()
@@ -145,13 +166,16 @@ def main(argv=None):
         pool = labelled_inputs(pool_cats, pool_imgs, meta=base.meta)
         test = labelled_inputs(test_cats, test_imgs, meta=base.meta)
         t_extract = time.perf_counter() - t0
-        test_mag = truth_mag(test_cats, test)
+        test_mag = truth_column(test_cats, test)
         print(f"simulated {len(pool)} pool + {len(test)} test SDSS-like sources in "
               f"{t_sim:.0f} s ({len(pool_cats) + len(test_cats)} fields of "
               f"{args.field_size} px); extracted in {t_extract:.0f} s", flush=True)
         if args.inputs:
+            truth = {key: {name: truth_column(cats, data, name) for name in ("mag_r", "hlr")}
+                     for key, cats, data in (("pool_truth", pool_cats, pool),
+                                             ("test_truth", test_cats, test))}
             with open(args.inputs, "wb") as fh:
-                pickle.dump((pool, test, truth_mag(pool_cats, pool), test_mag), fh)
+                pickle.dump({"pool": pool, "test": test, **truth}, fh)
     print(f"base model {base.name}", flush=True)
 
     rows = [{"n_labels": 0, "mode": "released", "seconds": 0.0, "epochs": 0,
@@ -159,29 +183,31 @@ def main(argv=None):
     for n in args.labels:
         subset = pool.take(stratified_subset(pool.labels, n, args.seed))
         for mode in args.modes:
+            ft_mode, options = MODES[mode]
             t0 = time.perf_counter()
-            path = fine_tune_inputs(subset, output=out / f"n{n}-{mode}", base=base, mode=mode,
-                                    seed=args.seed, epochs=args.epochs, device="cpu",
-                                    name=f"sdss-{mode}-{n}")
+            path = fine_tune_inputs(subset, output=out / f"n{n}-{mode}", base=base,
+                                    mode=ft_mode, seed=args.seed, epochs=args.epochs,
+                                    device="cpu", name=f"sdss-{mode}-{n}", **options)
             seconds = time.perf_counter() - t0
             model = load_model(path, device="cpu")
             row = {"n_labels": len(subset), "mode": mode, "seconds": round(seconds, 1),
                    "epochs": int(model.meta.recipe.get("epochs_run") or 0),
                    **score(model, test, test_mag)}
             rows.append(row)
-            print(f"N={len(subset):5d} {mode:10s} acc(r<21)={row['acc_r<21']:.4f} "
+            print(f"N={len(subset):5d} {mode:16s} acc(r<21)={row['acc_r<21']:.4f} "
                   f"acc(all)={row['acc_all']:.4f} star/gal recall(r<21)="
                   f"{row['star_recall_r<21']:.3f}/{row['galaxy_recall_r<21']:.3f} "
                   f"{seconds:.0f} s, {row['epochs']} epochs", flush=True)
+            (out / "label_study.json").write_text(json.dumps(rows, indent=2))
     (out / "label_study.json").write_text(json.dumps(rows, indent=2))
     print()
     print(f"held-out: {rows[0]['n_r<21']} sources at r < 21, {rows[0]['n_all']} in all "
           f"(r 16-23); star fraction {args.star_fraction}")
-    header = (f"{'N labels':>8s} {'mode':>10s} {'acc r<21':>9s} {'acc all':>8s} "
+    header = (f"{'N labels':>8s} {'mode':>16s} {'acc r<21':>9s} {'acc all':>8s} "
               f"{'star rec r<21':>13s} {'gal rec r<21':>12s} {'time s':>7s}")
     print(header)
     for row in rows:
-        print(f"{row['n_labels']:8d} {row['mode']:>10s} {row['acc_r<21']:9.4f} "
+        print(f"{row['n_labels']:8d} {row['mode']:>16s} {row['acc_r<21']:9.4f} "
               f"{row['acc_all']:8.4f} {row['star_recall_r<21']:13.3f} "
               f"{row['galaxy_recall_r<21']:12.3f} {row['seconds']:7.1f}")
 

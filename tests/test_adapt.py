@@ -1,6 +1,7 @@
 """Tests of astro_starglx.adapt: labels, splits, labelled inputs, fine_tune, priors."""
 
 import json
+import types
 import warnings
 
 import numpy as np
@@ -311,7 +312,8 @@ def test_fine_tune_calibrate_keeps_the_weights(user_field, tiny_base, tmp_path):
     assert loaded.meta.recipe["mode"] == "calibrate" and loaded.meta.recipe["epochs_run"] == 0
     changed = {k for k in ModelMeta.__dataclass_fields__
                if getattr(loaded.meta, k) != getattr(base.meta, k)}
-    assert changed <= {"threshold", "temperature", "pixel_scale", "name", "recipe", "metrics"}
+    assert changed <= {"threshold", "thresholds", "temperature", "pixel_scale", "name",
+                       "recipe", "metrics"}
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -351,10 +353,115 @@ def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
     ({"patience": 0}, "patience must be"),
     ({"refit_normalization": "yes"}, "refit_normalization must be"),
     ({"name": "a/b"}, "name must be"),
+    ({"reinit_input": "yes"}, "reinit_input must be"),
+    ({"magnitude_thresholds": 1}, "magnitude_thresholds must be"),
+    ({"reinit_input": True, "mode": "calibrate"}, "applies to mode='fine-tune' only"),
 ])
 def test_fine_tune_option_errors(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         fine_tune(Table({"ra": [1.0]}), {}, output=tmp_path, **kwargs)
+
+
+def test_fine_tune_reinit_input(user_field, tiny_base, tmp_path):
+    from astro_starglx.adapt import _input_layer_init, fine_tune_inputs
+
+    catalog, images = user_field
+    loaded = load_model(tiny_base, device="cpu")
+    data = labelled_inputs(catalog, images, meta=loaded.meta)
+    # a learning rate of ~0: the weights stay where training started
+    path = fine_tune_inputs(data, output=tmp_path, base=loaded, epochs=1, lr=1e-12,
+                            seed=4, device="cpu", reinit_input=True)
+    fresh = _input_layer_init(loaded.meta.architecture, seed=4)
+    # the first convolution and its batch norm (weight and bias; buffers move in training)
+    conv = [k for k in fresh if k.endswith("weight") and fresh[k].ndim == 4]
+    assert len(conv) == 1 and fresh[conv[0]].shape[1] == len(loaded.meta.bands)
+    assert len([k for k in fresh if k.endswith("running_mean")]) == 1
+    tuned = dict(load_model(path, device="cpu").network.named_parameters())
+    base = dict(loaded.network.named_parameters())
+    for key, value in tuned.items():
+        start = fresh[key] if key in fresh else base[key]
+        # weights files hold float16
+        assert torch.allclose(value.detach(), start.half().float(), atol=1e-6), key
+    assert not torch.allclose(fresh[conv[0]], base[conv[0]])
+    meta = load_model(path, device="cpu").meta
+    assert meta.recipe["reinit_input"] is True
+    assert "reinit_input=True" in meta.recipe["command"]
+
+
+def test_missing_band_input_weights_do_not_act(user_field, tiny_base):
+    # why reinit_input is not needed for bands the user lacks: zeros in, nothing out
+    from astro_starglx.inference import predict_logits
+
+    catalog, images = user_field
+    loaded = load_model(tiny_base, device="cpu")
+    data = labelled_inputs(catalog, {b: im for b, im in images.items() if b != "NUV"},
+                           meta=loaded.meta)
+    assert np.isnan(data.stamps[:, 0]).all()
+    before = predict_logits(loaded.network, data, loaded.meta.normalization, device="cpu")
+    network = load_model(tiny_base, device="cpu").network
+    conv = next(m for m in network.image_encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight[:, 0] = torch.randn_like(conv.weight[:, 0])
+    after = predict_logits(network, data, loaded.meta.normalization, device="cpu")
+    np.testing.assert_array_equal(before, after)
+
+
+def test_fine_tune_drops_the_base_magnitude_thresholds(user_field, tmp_path):
+    catalog, images = user_field
+    meta = make_tiny_meta("tiny-thr")
+    meta["thresholds"] = {"feature": "mag", "band": "r", "edges": [24.0],
+                          "values": [0.3, 0.8]}
+    base = tmp_path / "tiny-thr.safetensors"
+    save_weights(base, seeded_state_dict(meta), meta)
+    assert load_model(base).meta.thresholds is not None
+    path = fine_tune(catalog, images, output=tmp_path / "out", base=str(base),
+                     mode="calibrate", magnitude_thresholds=False)
+    meta = load_model(path).meta
+    assert meta.thresholds is None
+    assert meta.recipe["magnitude_thresholds"] is False
+    assert "magnitude_thresholds=False" in meta.recipe["command"]
+    # refitted ones, if any, are split at the user's magnitudes, not the base's 24
+    path = fine_tune(catalog, images, output=tmp_path / "out2", base=str(base),
+                     mode="calibrate")
+    meta = load_model(path).meta
+    assert meta.recipe["magnitude_thresholds"] is True
+    assert meta.thresholds is None or meta.thresholds["edges"] != [24.0]
+
+
+def test_magnitude_thresholds_of_the_bright_half():
+    from astro_starglx.adapt import _magnitude_thresholds
+    from astro_starglx.metrics import binned_thresholds
+
+    meta = ModelMeta.from_dict(make_tiny_meta())
+    rng = np.random.default_rng(0)
+    n = 200
+    y = np.arange(n) % 2
+    mag = np.where(np.arange(n) < n // 2, 20.0, 23.0) + rng.uniform(-0.5, 0.5, n)
+    # bright: well apart around 0.3; faint: stars score higher, around 0.7
+    p = np.where(mag < 21.5, np.where(y == 1, 0.45, 0.15), np.where(y == 1, 0.85, 0.55))
+    p = p + rng.uniform(-0.05, 0.05, n)
+    features = np.full((n, len(meta.bands), len(meta.feature_names)), np.nan, np.float32)
+    features[:, meta.bands.index("r"), meta.feature_names.index("mag")] = mag
+    out = _magnitude_thresholds(meta, y, p, features, fallback=0.5)
+    assert out["feature"] == "mag" and out["band"] == "r"
+    assert out["edges"] == [pytest.approx(float(np.median(mag.astype(np.float32))))]
+    bright = binned_thresholds(y, p, features[:, meta.bands.index("r"), 0],
+                               edges=out["edges"], min_per_class=5, fallback=0.5)[0]
+    assert 0.2 < bright < 0.4
+    # the faint half keeps the threshold fitted on all sources
+    assert out["values"] == [pytest.approx(bright), 0.5]
+    # a threshold per source, as classify() applies them
+    per_source = meta.replace(thresholds=out).source_thresholds(features)
+    is_bright = mag < out["edges"][0]
+    assert np.all(per_source[~is_bright] == 0.5)
+    assert np.mean((p >= per_source)[is_bright] == y[is_bright]) == 1
+    # too few of a class in both halves, no r magnitudes, no r band: one threshold
+    assert _magnitude_thresholds(meta, y[:12], p[:12], features[:12], fallback=0.5) is None
+    assert _magnitude_thresholds(meta, y, p, np.full_like(features, np.nan),
+                                 fallback=0.5) is None
+    for bands, names in ((("g", "i"), ("mag",)), (("r",), ("radius",))):
+        other = types.SimpleNamespace(bands=bands, feature_names=names)
+        assert _magnitude_thresholds(other, y, p, features, fallback=0.5) is None
 
 
 def test_fine_tune_output_must_be_a_directory(tmp_path, user_field):
