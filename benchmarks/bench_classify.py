@@ -5,13 +5,15 @@ Times, on the current machine:
 
 (a) cutouts + features alone (``inputs.extract_inputs`` over all batches),
 (b) the full ``StarGalaxyClassifier.classify()`` call,
-(c) the network forward alone (``prepare_inputs`` + model) on the same batches,
+(c) the network forward alone (the model on the batches' prepared inputs: after
+    ``prepare_inputs`` and the canonical pose, timed apart),
 
-and prints objects/s for each; (b) and (c) once per ``--symmetrize`` option
-(``none``: one forward per stamp; ``flips``: 4; ``d4``: 8). Run::
+and prints objects/s for each and the ratio of (b)'s throughput to (c)'s; (b)
+and (c) once per ``--symmetrize`` option (``canonical`` and ``none``: one
+forward per stamp; ``flips``: 4; ``d4``: 8). Run::
 
     python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
-        [--symmetrize none flips d4]
+        [--symmetrize canonical none flips d4]
 
 Not part of the test suite (no timing assertions in tests).
 """
@@ -28,7 +30,6 @@ from astro_starglx import StarGalaxyClassifier
 from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
 from astro_starglx.background import image_noise
 from astro_starglx.inputs import extract_inputs, pixel_positions
-from astro_starglx.preprocess import prepare_inputs
 from astro_starglx.psf import resolve_psf
 
 
@@ -72,8 +73,9 @@ def main():
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--symmetrize", nargs="+", default=["none", "flips", "d4"],
-                        help="symmetrize options to time (default: none flips d4)")
+    parser.add_argument("--symmetrize", nargs="+", default=["canonical", "none"],
+                        help="symmetrize options to time (default: canonical none; also "
+                             "flips, d4)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -120,19 +122,21 @@ def main():
 
     t_extract = best_of(extract)
 
-    def prep_only():
-        for b in batches:
-            prepare_inputs(b.stamps, b.noise, b.features, meta.normalization)
-
-    t_prep = best_of(prep_only)
     n = args.n
     print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s")
     for option, c in clfs.items():
         predict = c._predictor()
+        prepared = []
+
+        def prep_only():
+            prepared.clear()
+            prepared.extend(predict.prepare(b.stamps, b.noise, b.features) for b in batches)
+
+        t_prep = best_of(prep_only)
 
         def forward():
-            for b in batches:
-                predict(b.stamps, b.noise, b.features)
+            for p in prepared:
+                predict.proba(*p)
 
         t_forward = best_of(forward)
         t_full = best_of(lambda: c.classify(catalog, images))
@@ -140,7 +144,8 @@ def main():
         print(f"  (b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s  "
               f"(cutouts + features {100 * t_extract / t_full:.1f} %)")
         print(f"  (c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "
-              f"(of which normalisation {t_prep:.3f} s)")
+              f"(on prepared inputs; normalisation + pose {t_prep:.3f} s more)")
+        print(f"  (b) / (c) throughput   : {t_forward / t_full:7.3f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ Three parts, each printed as a table:
     ``_img_``/``_wht_``/``_flg_`` files, read with ``read_csst_l1``
     (memory-mapped) and classified by ``classify()``: wall time, objects/s
     and peak resident memory (``ru_maxrss``) above the baseline before
-    reading.
+    reading (the wall time includes the reading, also shown apart); then the
+    network forward alone on the same sources' prepared inputs (at torch's
+    default threads and at 1), and the ratios of classify()'s throughput
+    (with and without the reading) to the forward's. ``--workdir DIR
+    --reuse`` keeps the chip for the next run.
 ``detection``
     ``detect_sources`` on simulated fields (GalSim): completeness (truth
     matched within 0.3 arcsec) per true r magnitude, purity (detections
@@ -23,7 +27,7 @@ Three parts, each printed as a table:
 Run (each part alone, or all)::
 
     python -m benchmarks.bench_survey tiles [--n-tiles 16 --size 512 --n 200]
-    python -m benchmarks.bench_survey chip [--n 20000 --shape 9232 9216 --workdir DIR]
+    python -m benchmarks.bench_survey chip [--n 20000 --shape 9232 9216 --workdir DIR --reuse]
     python -m benchmarks.bench_survey detection [--n-fields 3 --size 1024]
 
 Not part of the test suite (no timing assertions in tests).
@@ -176,30 +180,91 @@ def bench_chip(args):
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="bench-chip-"))
     folder.mkdir(parents=True, exist_ok=True)
     shape = tuple(args.shape)
+    saved = folder / f"catalog_{args.n}_{shape[0]}x{shape[1]}.ecsv"
     try:
         t0 = time.perf_counter()
-        paths, catalog = write_field(folder, "CSST_MSC_chip", args.n, shape, seed=1)
-        print(f"wrote the chip ({len(paths)} bands of {shape[0]} x {shape[1]} px, "
-              f"{args.n} sources) in {time.perf_counter() - t0:.1f} s")
+        if args.reuse and saved.exists():  # the same chip, written by an earlier run
+            catalog = Table.read(saved)
+            paths = {band: str(folder / f"CSST_MSC_chip_{band}_L1_img.fits")
+                     for band in CSST_BANDS}
+            print(f"reusing the chip in {folder}")
+        else:
+            paths, catalog = write_field(folder, "CSST_MSC_chip", args.n, shape, seed=1)
+            catalog.write(saved, overwrite=True)
+            print(f"wrote the chip ({len(paths)} bands of {shape[0]} x {shape[1]} px, "
+                  f"{args.n} sources) in {time.perf_counter() - t0:.1f} s")
         clf = StarGalaxyClassifier(args.model, device="cpu")
         clf.loaded  # noqa: B018  (model load is not part of the chip time)
         base = _rss_gb()
         t0 = time.perf_counter()
         images = {band: read_csst_l1(path) for band, path in paths.items()}
+        t1 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = clf.classify(catalog, images)
         wall = time.perf_counter() - t0
+        read, classify = t1 - t0, time.perf_counter() - t1
+        peak = _rss_gb() - base  # before the forward-only pass below
         pixels_gb = sum(im.data.nbytes + im.uncertainty.array.nbytes
                         for im in images.values()) / 1024**3
-        Table(rows=[(shape[0], shape[1], len(result), round(wall, 2),
-                     round(len(result) / wall), round(_rss_gb() - base, 2),
-                     round(pixels_gb, 2))],
-              names=("ny", "nx", "sources", "wall_s", "objects_per_s",
-                     "peak_rss_above_base_GiB", "pixels_and_ivar_GiB")).pprint(max_width=-1)
+        forward = {threads: _forward_only(clf, catalog, images, threads)
+                   for threads in sorted({torch_threads_default(), 1}, reverse=True)}
+        rows = [(shape[0], shape[1], len(result), round(wall, 2), round(len(result) / wall),
+                 round(read, 2), round(classify, 2), round(peak, 2), round(pixels_gb, 2))]
+        Table(rows=rows, names=("ny", "nx", "sources", "wall_s", "objects_per_s", "read_s",
+                                "classify_s", "peak_rss_above_base_GiB", "pixels_and_ivar_GiB")
+              ).pprint(max_width=-1)
+        # The network alone on the same sources' prepared inputs (cutouts,
+        # features and normalisation done beforehand, not timed): the ceiling
+        # of classify()'s throughput.
+        Table(rows=[(threads, round(seconds, 2), round(len(result) / seconds),
+                     round(seconds / classify, 3), round(seconds / wall, 3))
+                    for threads, seconds in forward.items()],
+              names=("torch_threads", "forward_only_s", "forward_objects_per_s",
+                     "classify_over_forward", "read_and_classify_over_forward")
+              ).pprint(max_width=-1)
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def torch_threads_default():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _forward_only(clf, catalog, images, threads):
+    """Seconds of the network forwards alone over all of ``catalog``, batch by batch."""
+    import torch
+
+    from astro_starglx.inputs import extract_inputs, pixel_positions
+    from astro_starglx.psf import resolve_psf
+
+    meta, predict = clf.meta, clf._predictor()
+    x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
+                           coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    psf = (resolve_psf(images, {b: (x[b], y[b]) for b in images}, pixel_scale=meta.pixel_scale,
+                       nominal_fwhm=meta.psf["nominal_fwhm"]) if meta.psf is not None else None)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    seconds = 0.0
+    try:
+        for start in range(0, len(catalog), clf.batch_size):
+            sl = slice(start, start + clf.batch_size)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                inputs = extract_inputs(images, {b: v[sl] for b, v in x.items()},
+                                        {b: v[sl] for b, v in y.items()}, bands=meta.bands,
+                                        size=meta.stamp_size, pixel_scale=meta.pixel_scale,
+                                        feature_names=meta.feature_names, psf=psf)
+            prepared = predict.prepare(inputs.stamps, inputs.noise, inputs.features)
+            t0 = time.perf_counter()
+            predict.proba(*prepared)
+            seconds += time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
+    return seconds
 
 
 # --------------------------------------------------------------------------- detection
@@ -256,6 +321,8 @@ def main():
     p.add_argument("--shape", type=int, nargs=2, default=(9232, 9216))
     p.add_argument("--model", default=None)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse the chip written in --workdir by an earlier run")
     p = sub.add_parser("detection")
     p.add_argument("--n-fields", type=int, default=3)
     p.add_argument("--size", type=int, default=1024)

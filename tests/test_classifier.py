@@ -806,3 +806,99 @@ def _save(path, meta):
     if not path.exists():
         save_weights(path, seeded_state_dict(meta), meta)
     return path
+
+
+# ---------------------------------------------------------------- prefetching
+
+
+def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monkeypatch):
+    """Inputs prepared in a worker thread, one torch thread fewer: the same bits."""
+    import contextlib
+
+    import astro_starglx.classifier as classifier
+    import astro_starglx.inference as inference
+
+    catalog, images = field
+    images = dict(images)
+    images["g"] = CCDData(images["g"].data, unit="electron/s", wcs=images["g"].wcs,
+                          meta=images["g"].meta)  # one band's noise from the image
+    clf = StarGalaxyClassifier(tiny_weights_file, device="cpu", batch_size=3)
+    threads = torch.get_num_threads()
+    threaded = clf.classify(catalog, images)
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(classifier, "_prefetch",
+                        lambda produce, items, depth: (produce(item) for item in items))
+    monkeypatch.setattr(inference, "torch_threads", lambda reserve: contextlib.nullcontext())
+    serial = clf.classify(catalog, images)
+    for name in ("p_star", "p_galaxy", "class", "class_flags"):
+        np.testing.assert_array_equal(threaded[name], serial[name])
+    assert threaded.meta == serial.meta
+
+
+def test_error_in_the_worker_thread_reaches_the_caller(clf, field, monkeypatch):
+    import threading
+
+    import astro_starglx.classifier as classifier
+
+    catalog, images = field
+    real, calls = classifier.extract_inputs, []
+
+    def failing(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            raise ValueError("cutouts failed in batch 2 (of 3)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "extract_inputs", failing)
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match=r"^cutouts failed in batch 2 \(of 3\)$"):
+        clf.classify(catalog, images)
+    assert all(name.startswith("astro_starglx-inputs") for name in calls)
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
+
+
+def test_prefetch_is_ordered_bounded_and_joined():
+    import threading
+
+    from astro_starglx.classifier import _prefetch
+
+    produced = []
+
+    def produce(item):
+        produced.append(item)
+        return item * 10
+
+    for k, value in enumerate(_prefetch(produce, list(range(9)), depth=2)):
+        assert value == 10 * k
+        assert len(produced) <= k + 3  # this one and at most 2 ahead
+    assert produced == list(range(9))
+    produced.clear()
+    batches = _prefetch(produce, list(range(100)), depth=2)
+    assert next(batches) == 0
+    batches.close()  # the caller stops early: the rest is cancelled, the worker joined
+    assert len(produced) <= 3
+    assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
+    assert list(_prefetch(produce, [7], depth=2)) == [70]
+
+
+def test_error_in_the_network_stops_the_worker_thread(clf, field, monkeypatch):
+    import threading
+
+    from astro_starglx.inference import Predictor
+
+    catalog, images = field
+    real, calls = Predictor.proba, []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("forward failed")
+        return real(self, *args)
+
+    monkeypatch.setattr(Predictor, "proba", failing)
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="^forward failed$"):
+        clf.classify(catalog, images)
+    assert torch.get_num_threads() == threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]

@@ -338,3 +338,31 @@ def test_predictor_d4_averages_logits_and_is_invariant(tiny):
         np.testing.assert_allclose(flips(orient(stamps, *op), noise, features),
                                    flips(stamps, noise, features), atol=1e-6)
     assert d4(stamps[:0], noise[:0], features[:0]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("symmetrize", ["canonical", "none", "flips"])
+def test_predictor_prepare_then_forward_is_logits(tiny, symmetrize):
+    """The split that lets a worker thread prepare batch k + 1: bit for bit the same."""
+    network, meta = tiny
+    predict = Predictor(network, meta, device="cpu", symmetrize=symmetrize)
+    stamps, noise, features = raw_inputs(9, seed=11)
+    x_image, x_catalog = predict.prepare(stamps, noise, features)
+    np.testing.assert_array_equal(predict.forward(x_image, x_catalog),
+                                  predict.logits(stamps, noise, features))
+    np.testing.assert_array_equal(predict.proba(x_image, x_catalog),
+                                  predict(stamps, noise, features))
+
+
+def test_torch_threads_reserves_and_restores():
+    from astro_starglx.inference import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(reserve=1):
+        assert torch.get_num_threads() == max(1, before - 1)
+    assert torch.get_num_threads() == before
+    with torch_threads(reserve=0):
+        assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads(reserve=before + 5):
+        assert torch.get_num_threads() == 1
+        raise KeyError("restored on errors too")
+    assert torch.get_num_threads() == before

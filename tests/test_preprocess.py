@@ -238,3 +238,27 @@ def test_numpy_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 5), (2, 3, 300, 300), (0, 7, 25, 25)])
+def test_scaled_arcsinh_matches_float64(shape):
+    """The vectorised float32 arcsinh of prepare_inputs, across the float32 range."""
+    from astro_starglx.preprocess import _scaled_arcsinh
+
+    rng = np.random.default_rng(7)
+    mags = np.exp(rng.uniform(-40.0, 88.0, shape))
+    stamps = (rng.choice([-1.0, 1.0], shape) * mags).astype(np.float32)
+    edges = np.array([0.0, -0.0, 1e-30, 9.99e-5, 1e-4, 1.001e-4, 0.5, 4095.9, 4096.0, 4096.1,
+                      -3e38, 3.4e38, np.inf, -np.inf, np.nan], dtype=np.float32)
+    flat = stamps.reshape(-1)
+    flat[:min(edges.size, flat.size)] = edges[:flat.size]
+    inv = rng.uniform(0.5, 2.0, shape[:2]).astype(np.float32)
+    if inv.size:
+        inv.flat[0] = 0.0  # unusable noise: that stamp is zeros (inf x 0 included)
+    got = _scaled_arcsinh(stamps, inv)
+    with np.errstate(over="ignore", invalid="ignore"):  # as float32: 3.4e38 x 2 is inf
+        expected = np.arcsinh((stamps * inv[:, :, None, None]).astype(np.float64))
+    expected[~np.isfinite(expected)] = 0.0
+    assert got.dtype == np.float32 and got.shape == shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected, rtol=4e-7, atol=1e-30)
+    assert np.array_equal(np.signbit(got[got != 0]), np.signbit(expected[got != 0]))

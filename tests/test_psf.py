@@ -365,3 +365,18 @@ def test_estimate_at_and_to_dict():
 def test_estimate_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PSFEstimate(**kwargs)
+
+
+def test_measure_psf_candidate_pool(monkeypatch):
+    """The statistics of step (a) for the brightest 4 x max_candidates only: same PSF."""
+    from astro_starglx import psf as psf_module
+
+    image, x, y = make_field("moffat", 2.2, n_stars=60, n_galaxies=40, seed=4)
+    sigma = np.ones(image.shape)
+    x, y = np.append(x, [np.nan, -50.0]), np.append(y, [5.0, 20.0])  # skipped as before
+    kwargs = dict(pixel_scale=SCALE, nominal_fwhm=0.15, sigma=sigma, max_candidates=12)
+    pooled = measure_psf(image, x, y, **kwargs)
+    monkeypatch.setattr(psf_module, "_POOL", 10**9)
+    everything = measure_psf(image, x, y, **kwargs)
+    assert pooled.source == everything.source == "measured"
+    assert pooled == everything
