@@ -91,7 +91,8 @@ def stratified_subset(labels, n, seed):
 #: Study modes: (fine_tune mode, extra fine_tune options).
 MODES = {"fine-tune": ("fine-tune", {}), "scratch": ("scratch", {}),
          "calibrate": ("calibrate", {}),
-         "fine-tune-reinit": ("fine-tune", {"reinit_input": True})}
+         "fine-tune-reinit": ("fine-tune", {"reinit_input": True}),
+         "fine-tune-1thr": ("fine-tune", {"magnitude_thresholds": False})}
 
 
 def score(model, test, mag, *, device="cpu"):
