@@ -37,26 +37,35 @@ def _check_positive(name, value, *, integer=False):
     return value
 
 
-def _band_weight(image):
-    """(data minus background, per-pixel inverse variance) of one band, float32."""
+def inverse_variance(uncertainty):
+    """
+    Per-pixel inverse variance (float32) of an NDData ``uncertainty``.
+
+    `~astropy.nddata.InverseVariance` as it is; variance and standard
+    deviation through astropy's ``represent_as`` (a zero variance gives
+    ``inf``); None for no uncertainty or another kind.
+    """
     from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
+    if isinstance(uncertainty, InverseVariance):  # no round trip through the variance
+        return np.asarray(uncertainty.array, dtype=np.float32)
+    if isinstance(uncertainty, (VarianceUncertainty, StdDevUncertainty)):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.asarray(uncertainty.represent_as(InverseVariance).array,
+                              dtype=np.float32)
+    return None
+
+
+def _band_weight(image):
+    """(data minus background, per-pixel inverse variance) of one band, float32."""
     from .background import image_noise
 
     data = np.asarray(image.data, dtype=np.float32)
     bad = ~np.isfinite(data)
     if image.mask is not None:
         bad |= np.asarray(image.mask, dtype=bool)
-    unc = image.uncertainty
-    if isinstance(unc, InverseVariance):
-        ivar = np.asarray(unc.array, dtype=np.float32)
-    elif isinstance(unc, VarianceUncertainty):
-        with np.errstate(divide="ignore"):
-            ivar = 1.0 / np.asarray(unc.array, dtype=np.float32)
-    elif isinstance(unc, StdDevUncertainty):
-        with np.errstate(divide="ignore"):
-            ivar = 1.0 / np.square(np.asarray(unc.array, dtype=np.float32))
-    else:
+    ivar = inverse_variance(image.uncertainty)
+    if ivar is None:
         ivar = np.full(data.shape, 1.0 / image_noise(image) ** 2, dtype=np.float32)
     ivar = np.broadcast_to(ivar, data.shape)
     bad |= ~(np.isfinite(ivar) & (ivar > 0))

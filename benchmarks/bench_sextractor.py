@@ -396,7 +396,7 @@ def run_sextractor_psfex(image_path, weight_path, *, workdir, tools=None, detect
 
 def _write_band(image, folder, stem):
     """Write a CCDData as ``stem_img.fits`` + ``stem_wht.fits`` (inverse variance)."""
-    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+    from astro_starglx.detection import inverse_variance
 
     header = image.wcs.to_header(relax=True) if image.wcs is not None else fits.Header()
     for key, value in (image.meta or {}).items():
@@ -408,17 +408,7 @@ def _write_band(image, folder, stem):
         except (ValueError, TypeError):  # not representable in FITS: not needed here
             pass
     data = np.asarray(image.data, dtype=np.float32)
-    unc = image.uncertainty
-    if isinstance(unc, InverseVariance):
-        wht = np.asarray(unc.array, dtype=np.float32)
-    elif isinstance(unc, VarianceUncertainty):
-        with np.errstate(divide="ignore"):
-            wht = (1.0 / np.asarray(unc.array, dtype=np.float32))
-    elif isinstance(unc, StdDevUncertainty):
-        with np.errstate(divide="ignore"):
-            wht = (1.0 / np.square(np.asarray(unc.array, dtype=np.float32)))
-    else:
-        wht = None
+    wht = inverse_variance(image.uncertainty)
     img_path = Path(folder) / f"{stem}_img.fits"
     fits.writeto(img_path, data, header, overwrite=True)
     if wht is None:

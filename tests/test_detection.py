@@ -117,3 +117,19 @@ def test_errors():
     bare.wcs = None
     with pytest.raises(ValueError, match=r"images\['r'\] has no celestial WCS"):
         detect_sources({"r": bare})
+
+
+def test_inverse_variance_of_each_uncertainty_kind():
+    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
+
+    from astro_starglx.detection import inverse_variance
+
+    sigma = np.array([[0.5, 2.0], [0.0, 1.0]], dtype=np.float32)
+    expected = np.array([[4.0, 0.25], [np.inf, 1.0]], dtype=np.float32)
+    for unc in (StdDevUncertainty(sigma), VarianceUncertainty(sigma**2)):
+        ivar = inverse_variance(unc)
+        assert ivar.dtype == np.float32
+        np.testing.assert_allclose(ivar, expected, rtol=1e-6)
+    given = InverseVariance(np.array([[4.0, 0.0]], dtype=np.float32))
+    np.testing.assert_array_equal(inverse_variance(given), [[4.0, 0.0]])
+    assert inverse_variance(None) is None
