@@ -914,27 +914,24 @@ def _magnitude_thresholds(meta, y_val, p_val, features, *, fallback):
 
     The halves are split at the median r-band ``mag`` feature of the
     validation sources; the bright half gets its own threshold
-    (`~astro_starglx.metrics.binned_thresholds`) if it holds at least
+    (`~astro_starglx.training.magnitude_thresholds` with one edge) if it holds at least
     `_MIN_PER_BIN` stars and galaxies, the faint half keeps ``fallback``.
     None when the model has no r-band ``mag`` feature, the validation
     sources have no r magnitudes, or the bright half keeps ``fallback``.
     """
-    from . import metrics
+    from .training import magnitude_thresholds, r_band_mag
 
-    if "mag" not in meta.feature_names or "r" not in meta.bands:
+    mag = r_band_mag(meta, features)
+    if mag is None or not np.isfinite(mag).any():
         return None
-    mag = np.asarray(features)[:, list(meta.bands).index("r"),
-                               list(meta.feature_names).index("mag")].astype(np.float64)
-    finite = np.isfinite(mag)
-    if not finite.any():
-        return None
-    edge = float(np.median(mag[finite]))
-    bright = metrics.binned_thresholds(y_val, p_val, mag, edges=[edge],
-                                       min_per_class=_MIN_PER_BIN, fallback=fallback)[0]
-    bright = float(np.clip(bright, 1e-4, 1.0 - 1e-4))
+    edge = float(np.median(mag[np.isfinite(mag)]))
+    fitted = magnitude_thresholds(meta.replace(threshold=fallback), y_val, p_val, features,
+                                  edges=[edge], min_per_class=_MIN_PER_BIN)
+    bright = fitted["values"][0]
     if bright == fallback:
         return None
-    return {"feature": "mag", "band": "r", "edges": [edge], "values": [bright, float(fallback)]}
+    # the faint half keeps the threshold fitted on all sources
+    return {**fitted, "values": [bright, float(fallback)]}
 
 
 def _input_layer_init(architecture, *, seed):

@@ -631,6 +631,21 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
 THRESHOLD_EDGES = (24.0, 25.0)
 
 
+def r_band_mag(meta, features):
+    """
+    The r-band ``mag`` feature of every source, the one magnitude-dependent
+    thresholds are binned by (`magnitude_thresholds`, ``fine_tune``).
+
+    ``features`` is ``(N, C, F)`` in ``meta.bands`` and ``meta.feature_names``
+    order; returns an ``(N,)`` float64 array, or None for a model without an
+    r band or a ``mag`` feature.
+    """
+    if "mag" not in meta.feature_names or "r" not in meta.bands:
+        return None
+    return np.asarray(features)[:, list(meta.bands).index("r"),
+                                list(meta.feature_names).index("mag")].astype(np.float64)
+
+
 def magnitude_thresholds(meta, y_val, p_val, features, *, edges=THRESHOLD_EDGES,
                          min_per_class=30):
     """
@@ -670,10 +685,9 @@ def magnitude_thresholds(meta, y_val, p_val, features, *, edges=THRESHOLD_EDGES,
         The ``thresholds`` meta entry, or None for models without an r-band
         ``mag`` feature.
     """
-    if "mag" not in meta.feature_names or "r" not in meta.bands:
+    mag = r_band_mag(meta, features)
+    if mag is None:
         return None
-    mag = np.asarray(features)[:, list(meta.bands).index("r"),
-                               list(meta.feature_names).index("mag")]
     values = metrics.binned_thresholds(y_val, p_val, mag, edges=edges,
                                        min_per_class=min_per_class, fallback=meta.threshold)
     return {"feature": "mag", "band": "r", "edges": [float(e) for e in edges],
