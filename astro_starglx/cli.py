@@ -795,7 +795,8 @@ def _add_training(sub, common):
                        description="Train a model on a data set and export .safetensors "
                                    "weights; resumes from the last checkpoint.",
                        formatter_class=_HelpFormatter, parents=common)
-    p.add_argument("dataset", help="data set folder from make-dataset")
+    p.add_argument("dataset", nargs="+",
+                   help="data set folder from make-dataset; several are trained on together")
     p.add_argument("output", help="output folder (checkpoints, weights)")
     p.add_argument("--model", default="rbim-lite", help="architecture name")
     p.add_argument("--epochs", type=int, default=20, help="training epochs")

@@ -699,27 +699,54 @@ def _consolidate(output, info):
 
 def load_dataset(path, split, *, in_memory=False):
     """
-    Open one split of a data set written by `make_dataset`.
+    Open one split of a data set written by `make_dataset`, or of several at once.
 
     Parameters
     ----------
-    path : path-like
-        Data set directory.
+    path : path-like or sequence of path-like
+        Data set directory; several directories (e.g. two simulation seeds,
+        or a simulated set and your own labelled one) give one split that
+        concatenates theirs, in the order given. They must share bands,
+        stamp size, pixel scale and feature names.
     split : {"train", "val", "test"}
         Which split.
     in_memory : bool, optional
-        Read the arrays into memory instead of memory-mapping them.
+        Read the arrays into memory instead of memory-mapping them (always
+        in memory for several data sets).
 
     Returns
     -------
     data : `SplitData`
-    """
-    from astropy.table import Table
+        For several data sets, ``catalog`` gains a ``dataset`` column (the
+        position of the source's data set in ``path``) and ``info`` is the
+        first set's, with ``seed``, ``config`` and ``max_fields`` turned into
+        lists over the sets, ``counts`` summed and ``datasets`` listing the
+        directories.
 
-    path = Path(path)
+    Raises
+    ------
+    ValueError
+        If ``split`` is unknown, ``path`` is an empty sequence, or the data
+        sets are not compatible (the message names the setting that differs).
+    FileNotFoundError
+        If a directory holds no data set.
+    """
     if split not in SPLITS:
         msg = f"split must be one of {SPLITS}, got {split!r}"
         raise ValueError(msg)
+    if isinstance(path, (str, os.PathLike)):
+        return _load_one(Path(path), split, in_memory=in_memory)
+    paths = [Path(p) for p in path]
+    if not paths:
+        msg = "path must name at least one data set directory, got an empty sequence"
+        raise ValueError(msg)
+    parts = [_load_one(p, split, in_memory=in_memory) for p in paths]
+    return parts[0] if len(parts) == 1 else _concatenate(parts, paths, split)
+
+
+def _load_one(path, split, *, in_memory):
+    from astropy.table import Table
+
     info_file = path / "dataset.json"
     if not info_file.exists():
         msg = (f"{path} is not an astro_starglx data set (no dataset.json); build one with "
@@ -731,6 +758,46 @@ def load_dataset(path, split, *, in_memory=False):
               for name in FEATURE_ARRAYS}
     catalog = Table.read(path / f"{split}_catalog.ecsv")
     return SplitData(catalog=catalog, info=info, **arrays)
+
+
+# What several data sets concatenated by `load_dataset` must share.
+_SHARED_INFO = ("bands", "stamp_size", "pixel_scale", "feature_names", "nominal_fwhm")
+
+
+def _concatenate(parts, paths, split):
+    from astropy.table import vstack
+
+    first = parts[0].info
+    for part, p in zip(parts[1:], paths[1:]):
+        for key in _SHARED_INFO:
+            a, b = first.get(key), part.info.get(key)
+            same = (np.allclose(list(a.values()), list(b.values()), rtol=1e-6)
+                    and list(a) == list(b)) if isinstance(a, dict) and isinstance(b, dict) \
+                else a == b
+            if not same:
+                msg = (f"data sets {paths[0]} and {p} differ in {key} ({a!r} against {b!r}); "
+                       "only data sets with the same bands, stamp size, pixel scale, "
+                       "feature names and nominal PSF can be combined")
+                raise ValueError(msg)
+    arrays = {name: np.concatenate([getattr(part, name) for part in parts])
+              for name in FEATURE_ARRAYS}
+    catalogs = []
+    for k, part in enumerate(parts):
+        catalog = part.catalog.copy(copy_data=False)
+        catalog["dataset"] = np.full(len(catalog), k, dtype=np.int16)
+        catalogs.append(catalog)
+    info = dict(first)
+    info.update({
+        "datasets": [str(p) for p in paths],
+        "seed": [part.info.get("seed") for part in parts],
+        "config": [part.info.get("config") for part in parts],
+        "max_fields": [part.info.get("max_fields") for part in parts],
+        "counts": {s: sum(part.info.get("counts", {}).get(s, 0) for part in parts)
+                   for s in SPLITS},
+    })
+    info["counts"][split] = len(arrays["labels"])
+    return SplitData(catalog=vstack(catalogs, metadata_conflicts="silent"), info=info,
+                     **arrays)
 
 
 # ---------------------------------------------------------------------------

@@ -171,7 +171,8 @@ class ModelMeta:
         Decision threshold on ``p_galaxy`` in (0, 1).
     recipe : dict
         How the weights were made: at least ``command`` (str) and
-        ``data_seed`` (int or None).
+        ``data_seed`` (int or None, or a list of ints for a model trained on
+        several data sets).
     name : str or None
         Model name (the registry name of released models).
     class_names : tuple of str
@@ -494,8 +495,11 @@ def _validated_values(meta, problems):
     recipe = meta["recipe"]
     if not (isinstance(recipe, dict) and isinstance(recipe.get("command"), str)
             and "data_seed" in recipe
-            and (recipe["data_seed"] is None or _is_int(recipe["data_seed"]))):
-        bad("recipe", "a dict with 'command' (str) and 'data_seed' (int or None)")
+            and (recipe["data_seed"] is None or _is_int(recipe["data_seed"])
+                 or (isinstance(recipe["data_seed"], list) and recipe["data_seed"]
+                     and all(_is_int(v) for v in recipe["data_seed"])))):
+        bad("recipe", "a dict with 'command' (str) and 'data_seed' (int, None or a list of "
+                      "ints)")
     if not isinstance(meta["metrics"], dict):
         bad("metrics", "a dict (may be empty)")
     psf = meta.get("psf")

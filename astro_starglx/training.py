@@ -551,8 +551,10 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
 
     Parameters
     ----------
-    dataset : path-like
-        Directory written by `astro_starglx.dataset.make_dataset`.
+    dataset : path-like or sequence of path-like
+        Directory written by `astro_starglx.dataset.make_dataset`, or several
+        (their splits are concatenated by `~astro_starglx.dataset.load_dataset`,
+        and the recipe records each set's seed and settings).
     output : path-like
         Output directory (checkpoints and the exported weights).
     config : `TrainConfig`, optional

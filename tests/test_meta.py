@@ -233,9 +233,12 @@ def test_optional_keys(tiny_meta):
     ({"architecture": dict(make_tiny_meta()["architecture"], stamp_size=25)},
      "architecture stamp_size=25 does not match stamp_size=15"),
     ({"recipe": {"command": "x"}},
-     r"recipe must be a dict with 'command' \(str\) and 'data_seed' \(int or None\)"),
+     r"recipe must be a dict with 'command' \(str\) and 'data_seed' \(int, None or a list of "
+     r"ints\)"),
     ({"recipe": {"command": None, "data_seed": 0}}, "recipe must be a dict with 'command'"),
     ({"recipe": {"command": "x", "data_seed": 1.5}}, "recipe must be a dict with 'command'"),
+    ({"recipe": {"command": "x", "data_seed": []}}, "recipe must be a dict with 'command'"),
+    ({"recipe": {"command": "x", "data_seed": [1, "2"]}}, "recipe must be a dict with 'command'"),
     ({"recipe": "train"}, "recipe must be a dict with 'command'"),
     ({"metrics": None}, r"metrics must be a dict \(may be empty\), got None"),
 ])

@@ -336,13 +336,13 @@ def test_psf_validity():
                                   ["mag", "radius_excess", "radius"]) is None
 
 
-def write_toy_dataset(path, *, sizes=(96, 32, 32)):
+def write_toy_dataset(path, *, sizes=(96, 32, 32), seed=11):
     """A data set directory in the format of `astro_starglx.dataset.make_dataset`."""
     from astropy.table import Table
 
     path.mkdir()
     for k, (split, n) in enumerate(zip(("train", "val", "test"), sizes)):
-        data = quick_split(n, seed=20 + k)
+        data = quick_split(n, seed=20 + k + 10 * (seed - 11))
         features = np.concatenate([data.features, np.zeros((n, 7, 3), np.float32)], axis=2)
         features[:, :, 5] = np.random.default_rng(k).uniform(0.1, 0.25, (n, 7))
         arrays = {"stamps": data.stamps, "noise": data.noise, "features": features,
@@ -351,8 +351,8 @@ def write_toy_dataset(path, *, sizes=(96, 32, 32)):
             np.save(path / f"{split}_{name}.npy", array)
         Table({"label": np.where(data.labels == 1, "galaxy", "star"),
                "mag_r": np.linspace(20, 26, n)}).write(path / f"{split}_catalog.ecsv")
-    info = {"bands": list(CSST_BANDS), "stamp_size": 9, "pixel_scale": 0.074, "seed": 11,
-            "config": {"seed": 11}, "feature_names": ALL_FEATURES,
+    info = {"bands": list(CSST_BANDS), "stamp_size": 9, "pixel_scale": 0.074, "seed": seed,
+            "config": {"seed": seed}, "feature_names": ALL_FEATURES,
             "nominal_fwhm": {band: 0.13 for band in CSST_BANDS},
             "class_names": ["star", "galaxy"]}
     (path / "dataset.json").write_text(json.dumps(info))
@@ -379,3 +379,53 @@ def test_train_release_records_the_feature_subset(tmp_path, features):
             assert 0.098 <= low < 0.11 and 0.24 < high <= 0.255
     else:
         assert meta.psf is None
+
+
+def test_load_dataset_concatenates_several_sets(tmp_path):
+    from astro_starglx.dataset import load_dataset
+
+    first = write_toy_dataset(tmp_path / "a", sizes=(40, 20, 10))
+    second = write_toy_dataset(tmp_path / "b", sizes=(30, 12, 8), seed=12)
+    for split, (n1, n2) in zip(("train", "val", "test"), ((40, 30), (20, 12), (10, 8))):
+        a, b = load_dataset(first, split), load_dataset(second, split)
+        both = load_dataset([first, second], split)
+        assert len(both) == len(both.catalog) == n1 + n2
+        for name in ("stamps", "noise", "features", "labels", "flags"):
+            np.testing.assert_array_equal(getattr(both, name),
+                                          np.concatenate([getattr(a, name), getattr(b, name)]))
+        assert list(both.catalog["dataset"]) == [0] * n1 + [1] * n2
+        assert both.info["seed"] == [11, 12]
+        assert both.info["datasets"] == [str(first), str(second)]
+        assert both.info["counts"][split] == n1 + n2
+    # one directory in a list is that data set
+    assert load_dataset([first], "val").info["seed"] == 11
+
+
+def test_load_dataset_refuses_incompatible_sets(tmp_path):
+    from astro_starglx.dataset import load_dataset
+
+    first = write_toy_dataset(tmp_path / "a", sizes=(8, 4, 4))
+    second = write_toy_dataset(tmp_path / "b", sizes=(8, 4, 4), seed=12)
+    info = json.loads((second / "dataset.json").read_text())
+    info["pixel_scale"] = 0.396
+    (second / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="differ in pixel_scale"):
+        load_dataset([first, second], "train")
+    with pytest.raises(ValueError, match="at least one data set"):
+        load_dataset([], "train")
+    with pytest.raises(FileNotFoundError, match="make-dataset"):
+        load_dataset([first, tmp_path], "train")
+
+
+def test_train_release_on_two_data_sets(tmp_path):
+    from astro_starglx.weights import read_meta
+
+    first = write_toy_dataset(tmp_path / "a")
+    second = write_toy_dataset(tmp_path / "b", sizes=(64, 16, 24), seed=12)
+    path = training.train_release([first, second], tmp_path / "out",
+                                  config=quick_config(epochs=1), device="cpu", progress=False)
+    meta = read_meta(path)
+    assert meta.recipe["data_seed"] == [11, 12]
+    assert meta.recipe["dataset"] == [{"seed": 11}, {"seed": 12}]
+    test = meta.metrics["test"]["all"]
+    assert test["n_star"] + test["n_galaxy"] == 32 + 24
