@@ -257,6 +257,9 @@ class LabelledInputs:
     n_dropped : int
         Labelled sources left out because no band has pixels at their
         position.
+    feature_scale : float
+        The features' angular scale (`~astro_starglx.meta.ModelMeta.feature_scale`)
+        they were measured at; a model fine-tuned on them records it.
     """
 
     stamps: np.ndarray
@@ -270,6 +273,7 @@ class LabelledInputs:
     pixel_scale: float
     bands: tuple
     n_dropped: int = 0
+    feature_scale: float = 1.0
 
     def __len__(self):
         return len(self.labels)
@@ -403,8 +407,11 @@ def _field_scale(images, pixel_scale, where):
 
 
 def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, ra_column,
-               dec_column):
-    """Inputs of one field, as classify() extracts them (plus the PSF at each source)."""
+               dec_column, feature_scale):
+    """
+    Inputs of one field, as classify() extracts them (plus the PSF at each
+    source), and the feature scale used (``"auto"`` resolved on this field).
+    """
     from .background import image_noise
     from .inputs import blend_flags, extract_inputs, pixel_positions
 
@@ -423,12 +430,14 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
                    "their PSF features assume the model's nominal PSF, which is not your "
                    "survey's. Pass psf={band: fwhm_arcsec} if you know it.")
             warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+    if feature_scale == "auto":
+        feature_scale = _auto_feature_scale(meta, estimates, x, y, pixel_scale)
     image_sigma = {band: image_noise(image) for band, image in images.items()
                    if image.uncertainty is None}
     inputs = extract_inputs(images, x, y, bands=meta.bands, size=meta.stamp_size,
                             pixel_scale=pixel_scale, zeropoints=zeropoints,
                             image_sigma=image_sigma, feature_names=meta.feature_names,
-                            psf=estimates)
+                            psf=estimates, feature_scale=feature_scale)
     ref = "r" if "r" in images else next(iter(images))
     flags = inputs.flags | blend_flags(images[ref], x[ref], y[ref], size=meta.stamp_size)
     n = len(catalog)
@@ -438,11 +447,34 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
             psf_fwhm[:, c] = estimates[band].at(x[band], y[band])
     return {"stamps": inputs.stamps, "noise": inputs.noise, "features": inputs.features,
             "labels": labels, "flags": flags, "row": np.arange(n, dtype=np.int64),
-            "psf_fwhm": psf_fwhm}
+            "psf_fwhm": psf_fwhm}, feature_scale
+
+
+def _auto_feature_scale(meta, estimates, x, y, pixel_scale):
+    """
+    ``feature_scale="auto"``: 1 at the model's own pixel scale (within 10 %),
+    else the field's PSF FWHM over the model's nominal one (the median over
+    the bands measured), else the ratio of the pixel scales.
+    """
+    ratio = pixel_scale / getattr(meta, "pixel_scale", pixel_scale)
+    if abs(ratio - 1.0) <= _SCALE_TOLERANCE:
+        return 1.0
+    ratios = []
+    for band, est in estimates.items():
+        if est.fell_back or band not in meta.psf["nominal_fwhm"]:
+            continue
+        fwhm = np.nanmedian(est.at(x[band], y[band])) if len(x[band]) else np.nan
+        if np.isfinite(fwhm) and fwhm > 0:
+            ratios.append(fwhm / meta.psf["nominal_fwhm"][band])
+    scale = float(np.median(ratios)) if ratios else ratio
+    log.info("feature_scale='auto': %.3g (%s)", scale,
+             "PSF FWHM over the model's nominal PSF" if ratios else "pixel scale ratio")
+    return float(f"{scale:.3g}")
 
 
 def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=None,
-                    psf=None, pixel_scale=None, ra_column="ra", dec_column="dec"):
+                    psf=None, pixel_scale=None, ra_column="ra", dec_column="dec",
+                    feature_scale=None):
     """
     Model inputs and labels of your own labelled sources, as ``classify()`` sees them.
 
@@ -479,10 +511,19 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         celestial WCS (or ``PIXSCALE`` keyword).
     ra_column, dec_column : str, optional
         Names of the sky position columns.
+    feature_scale : float, "auto" or None, optional
+        The features' angular scale (`~astro_starglx.meta.ModelMeta.feature_scale`):
+        None takes the model's (1 for an `InputSpec`); ``"auto"`` (what
+        `fine_tune` uses) keeps 1 at the model's own pixel scale and
+        otherwise measures the features in units of your PSF: the PSF FWHM
+        of the first field over the model's nominal PSF (median over bands),
+        or the ratio of the pixel scales for a model that does not read the
+        PSF or where it could not be measured.
 
     Returns
     -------
     inputs : `LabelledInputs`
+        Its ``feature_scale`` is the scale used.
 
     Raises
     ------
@@ -504,6 +545,11 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
     if pixel_scale is not None:
         pixel_scale = check_real("pixel_scale", pixel_scale, low=0.0, low_open=True,
                                  hint="; give it in arcsec per pixel")
+    if feature_scale is None:
+        feature_scale = getattr(meta, "feature_scale", 1.0)
+    elif not (isinstance(feature_scale, str) and feature_scale == "auto"):
+        feature_scale = check_real("feature_scale", feature_scale, low=0.0, low_open=True,
+                                   hint="; or 'auto', or None for the model's")
     fields = _as_fields(catalog, images, zeropoints, psf)
     many = len(fields) > 1 or not _is_table(catalog)
     parts, scales = [], []
@@ -518,8 +564,11 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         imgs = _field_images(imgs, meta, where)
         scale = _field_scale(imgs, pixel_scale, where)
         scales.append(scale)
-        part = _one_field(cat, imgs, labels, meta=meta, zeropoints=zps, psf=field_psf,
-                          pixel_scale=scale, ra_column=ra_column, dec_column=dec_column)
+        # "auto" is resolved on the first field: one model reads one scale
+        part, feature_scale = _one_field(cat, imgs, labels, meta=meta, zeropoints=zps,
+                                         psf=field_psf, pixel_scale=scale,
+                                         ra_column=ra_column, dec_column=dec_column,
+                                         feature_scale=feature_scale)
         part["field"] = np.full(len(cat), i, dtype=np.int32)
         parts.append(part)
     if max(scales) / min(scales) - 1.0 > _SCALE_TOLERANCE:
@@ -533,7 +582,8 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         log.info("left out %d of %d labelled sources without pixels in any band (off the "
                  "images)", n_dropped, usable.size)
     inputs = LabelledInputs(**arrays, pixel_scale=float(np.median(scales)),
-                            bands=tuple(meta.bands), n_dropped=n_dropped)
+                            bands=tuple(meta.bands), n_dropped=n_dropped,
+                            feature_scale=float(feature_scale))
     return inputs.take(usable) if n_dropped else inputs
 
 
@@ -622,7 +672,7 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
               zeropoints=None, psf=None, pixel_scale=None, device=None,
               refit_normalization=True, mode="fine-tune", name=None, ra_column="ra",
               dec_column="dec", progress=False, reinit_input=False,
-              magnitude_thresholds=True):
+              magnitude_thresholds=True, feature_scale="auto"):
     """
     Adapt a released model to your own survey with your own labelled objects.
 
@@ -712,6 +762,18 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
         lowered the accuracy over all magnitudes, so it keeps the common
         one. Needs an ``r`` band and a ``mag`` feature; otherwise one
         threshold.
+    feature_scale : "auto", float or None, optional
+        The angular scale of the catalog features
+        (`~astro_starglx.meta.ModelMeta.feature_scale`), recorded in the new
+        model's meta so that ``classify()`` measures them alike. ``"auto"``
+        keeps the base model's at its own pixel scale and otherwise measures
+        the features in units of your PSF: apertures and moment weight as
+        many times wider as your PSF is than the base model's nominal one
+        (`labelled_inputs`), so that a point source gives the features it
+        gave in training. On the SDSS-like simulation (1.4" seeing, 9.8
+        times CSST's PSF) this raised the accuracy at r < 21 of models
+        fine-tuned on 300 and 1,000 labels (``docs/adapt.rst``). None keeps
+        the base model's scale; a number sets it.
 
     Returns
     -------
@@ -746,7 +808,8 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
     loaded = load_model(base, device=device)
     data = labelled_inputs(catalog, images, meta=loaded.meta, label_column=label_column,
                            zeropoints=zeropoints, psf=psf, pixel_scale=pixel_scale,
-                           ra_column=ra_column, dec_column=dec_column)
+                           ra_column=ra_column, dec_column=dec_column,
+                           feature_scale=feature_scale)
     return fine_tune_inputs(data, output=output, base=loaded, seed=seed, epochs=epochs, lr=lr,
                             batch_size=batch_size, val_fraction=val_fraction,
                             patience=patience, device=device,
@@ -880,6 +943,7 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
         "best_epoch": best_epoch, "epochs_run": len(history),
     }
     new_meta = meta.replace(name=name, pixel_scale=float(data.pixel_scale),
+                            feature_scale=float(data.feature_scale),
                             normalization=normalization, threshold=threshold,
                             # never the base's per-magnitude thresholds: fitted to its own
                             # data, they would override the refitted threshold

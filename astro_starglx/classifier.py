@@ -399,7 +399,8 @@ class StarGalaxyClassifier:
                 images, {b: v[sl] for b, v in x.items()}, {b: v[sl] for b, v in y.items()},
                 bands=meta.bands, size=meta.stamp_size,
                 pixel_scale=meta.pixel_scale, zeropoints=zeropoints,
-                image_sigma=image_sigma, feature_names=meta.feature_names, psf=estimates)
+                image_sigma=image_sigma, feature_names=meta.feature_names, psf=estimates,
+                feature_scale=meta.feature_scale)
             batch_features = (inputs.features if table_features is None
                               else table_features[sl])
             off = ~np.isfinite(inputs.stamps).any(axis=(1, 2, 3))

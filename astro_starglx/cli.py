@@ -592,7 +592,8 @@ def _cmd_fine_tune(args):
                      pixel_scale=args.pixel_scale, device=args.device, mode=args.mode,
                      name=args.name, ra_column=args.ra_column, dec_column=args.dec_column,
                      progress=sys.stderr.isatty(), reinit_input=args.reinit_input,
-                     magnitude_thresholds=not args.one_threshold)
+                     magnitude_thresholds=not args.one_threshold,
+                     feature_scale=args.feature_scale)
     print(path)
     return 0
 
@@ -660,8 +661,22 @@ def _add_fine_tune(sub, common):
     p.add_argument("--one-threshold", action="store_true",
                    help="one decision threshold for all magnitudes (default: the bright half "
                         "of the validation sources gets its own)")
+    p.add_argument("--feature-scale", default="auto", type=_feature_scale,
+                   help="angular scale of the catalog features: 'auto' measures them in "
+                        "units of your PSF where your pixel scale is not the base model's, "
+                        "a number sets it, 1 keeps the base model's arcsec apertures")
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.set_defaults(func=_cmd_fine_tune)
+
+
+def _feature_scale(value):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        msg = f"expected 'auto' or a number, got {value!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 class _Explicit(argparse.Action):

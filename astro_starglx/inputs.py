@@ -32,6 +32,7 @@ from ._validation import (
     check_feature_stamps,
     check_mapping,
     check_nddata,
+    check_real,
     check_size,
 )
 from .background import background_noise, image_noise_or_nan
@@ -415,7 +416,7 @@ def _feature_columns(feature_names, psf, present):
 
 
 def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
-                   image_sigma=None, feature_names=None, psf=None):
+                   image_sigma=None, feature_names=None, psf=None, feature_scale=1.0):
     """
     Cut stamps and measure features of N sources in every band.
 
@@ -454,6 +455,11 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     psf : mapping, optional
         ``{band: PSFEstimate}`` (`astro_starglx.psf.resolve_psf`), needed for
         the PSF features of the bands present.
+    feature_scale : float, optional
+        The model's ``meta.feature_scale``: features are measured in
+        apertures this many times wider, and the angular ones (``radius``,
+        ``psf_fwhm``, ``radius_excess``) divided by it; that is, as on an
+        image of ``pixel_scale / feature_scale`` arcsec per pixel.
 
     Returns
     -------
@@ -486,7 +492,10 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
     if image_sigma is not None:
         check_mapping("image_sigma", image_sigma, what="{band: float}")
     size = check_size("size", size)
-    scale = as_pixel_scale(pixel_scale)
+    feature_scale = check_real("feature_scale", feature_scale, low=0.0, low_open=True,
+                               hint="; 1 measures the features as they are defined")
+    # the scale the features are measured at (see feature_scale)
+    scale = as_pixel_scale(pixel_scale) / feature_scale
     check_feature_stamps(size, size)
     present = [band for band in bands if band in images]
     data = {band: check_nddata(f"images[{band!r}]", images[band]) for band in present}
@@ -543,7 +552,8 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
         noise[:, c] = band_noise
         if any(col >= len(FEATURE_NAMES) for col in columns):
             band_features = np.concatenate([band_features, psf_features(
-                band_features, psf[band].at(xb, yb), pixel_scale=scale, size=size)], axis=1)
+                band_features, psf[band].at(xb, yb) / feature_scale, pixel_scale=scale,
+                size=size)], axis=1)
         features[:, c] = band_features[:, columns]
         offsets[:, c] = band_offsets
     return SourceInputs(stamps=stamps, noise=noise, features=features, offsets=offsets,

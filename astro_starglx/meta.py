@@ -201,6 +201,15 @@ class ModelMeta:
         models trained with a class-balanced loss (every released model),
         else the training data's. `prior_star_fraction` falls back to the
         training recipe when a file predates this field.
+    feature_scale : float
+        The catalog features' angular scale relative to their definition in
+        `astro_starglx.features`: the apertures and the moment weight are
+        ``feature_scale`` times wider (in arcsec) and the angular features
+        (``radius``, ``psf_fwhm`` and ``radius_excess``) are divided by it.
+        1 for every model trained on CSST's pixels; a model fine-tuned on
+        another survey (`astro_starglx.fine_tune`) measures its features in
+        units of its PSF, so that they mean what the base model learnt:
+        ``feature_scale`` is that survey's PSF FWHM over the base model's.
     extra : dict
         Keys this version does not know, kept so that files round-trip.
     """
@@ -221,6 +230,7 @@ class ModelMeta:
     psf: dict | None = None
     thresholds: dict | None = None
     star_fraction: float | None = None
+    feature_scale: float = 1.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -287,6 +297,8 @@ class ModelMeta:
         for key in ("psf", "thresholds", "star_fraction"):  # unset: as before it existed
             if out[key] is None:
                 del out[key]
+        if out["feature_scale"] == 1.0:
+            del out["feature_scale"]
         out.update(self.extra)
         return _strict_json(out, "meta")
 
@@ -514,7 +526,13 @@ def _validated_values(meta, problems):
     star_fraction = meta.get("star_fraction")
     if star_fraction is not None and not (_is_number(star_fraction) and 0 < star_fraction < 1):
         bad("star_fraction", "None or a number between 0 and 1 (exclusive)")
+    feature_scale = meta.get("feature_scale", 1.0)
+    if _is_number(feature_scale) and feature_scale > 0:
+        feature_scale = float(feature_scale)
+    else:
+        bad("feature_scale", "a finite number > 0 (1: the features as defined)")
     return {"psf": psf, "thresholds": thresholds, "star_fraction": star_fraction,
+            "feature_scale": feature_scale,
             "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
             "feature_names": features, "normalization": normalization, "architecture": arch,
             "threshold": meta["threshold"], "recipe": recipe, "name": name,

@@ -20,11 +20,11 @@ overall, plus wall time. Run (niced on a shared machine)::
 
     nice -n 19 python -m benchmarks.label_study [--labels 100 300 1000 3000]
         [--modes fine-tune scratch calibrate] [--n-test 1200] [--field-size 512]
-        [--epochs 30] [--out label-study] [--inputs inputs.pkl]
+        [--epochs 30] [--feature-scale auto] [--out label-study] [--inputs fields.pkl]
 
 The label pool is ``1.05 * max(--labels)`` simulated sources; ``--inputs``
-keeps the extracted pool and held-out inputs (with the truth ``mag_r`` and
-``hlr``) for another run with other ``--labels`` or ``--modes``.
+keeps the simulated pool and held-out fields for another run with other
+``--labels``, ``--modes`` or ``--feature-scale``.
 """
 
 import argparse
@@ -134,9 +134,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (default: 2; use 1 on a loaded machine: "
                              "two threads on two busy cores trained 8x slower)")
+    parser.add_argument("--feature-scale", default="auto",
+                        type=lambda v: v if v == "auto" else float(v),
+                        help="features' angular scale: 'auto' (fine_tune's default: the "
+                             "SDSS PSF over the base model's) or a number, 1 = CSST's "
+                             "arcsec apertures (default: auto)")
     parser.add_argument("--out", default="label-study", help="output folder")
     parser.add_argument("--inputs", default=None,
-                        help="pickle of the extracted pool and test inputs: read if it "
+                        help="pickle of the simulated pool and test fields: read if it "
                              "exists, else written after simulating (default: none)")
     args = parser.parse_args(argv)
 
@@ -149,34 +154,34 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_model(None if args.base == "default" else args.base, device="cpu")
+    t0 = time.perf_counter()
     if args.inputs and Path(args.inputs).is_file():
         with open(args.inputs, "rb") as fh:
-            saved = pickle.load(fh)
-        pool, test, test_mag = saved["pool"], saved["test"], saved["test_truth"]["mag_r"]
-        print(f"read {len(pool)} pool + {len(test)} test sources from {args.inputs}")
+            pool_cats, pool_imgs, test_cats, test_imgs = pickle.load(fh)
+        print(f"read {len(pool_cats) + len(test_cats)} fields from {args.inputs}")
     else:
-        t0 = time.perf_counter()
         pool_cats, pool_imgs = simulate(max(args.labels) * 1.05, size=args.field_size,
                                         star_fraction=args.star_fraction,
                                         seed=1000 + args.seed, workers=args.workers)
         test_cats, test_imgs = simulate(args.n_test, size=args.field_size,
                                         star_fraction=args.star_fraction,
                                         seed=9000 + args.seed, workers=args.workers)
-        t_sim = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pool = labelled_inputs(pool_cats, pool_imgs, meta=base.meta)
-        test = labelled_inputs(test_cats, test_imgs, meta=base.meta)
-        t_extract = time.perf_counter() - t0
-        test_mag = truth_column(test_cats, test)
-        print(f"simulated {len(pool)} pool + {len(test)} test SDSS-like sources in "
-              f"{t_sim:.0f} s ({len(pool_cats) + len(test_cats)} fields of "
-              f"{args.field_size} px); extracted in {t_extract:.0f} s", flush=True)
         if args.inputs:
-            truth = {key: {name: truth_column(cats, data, name) for name in ("mag_r", "hlr")}
-                     for key, cats, data in (("pool_truth", pool_cats, pool),
-                                             ("test_truth", test_cats, test))}
             with open(args.inputs, "wb") as fh:
-                pickle.dump({"pool": pool, "test": test, **truth}, fh)
+                pickle.dump((pool_cats, pool_imgs, test_cats, test_imgs), fh)
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pool = labelled_inputs(pool_cats, pool_imgs, meta=base.meta,
+                           feature_scale=args.feature_scale)
+    # the held-out fields at the scale the pool was measured at
+    test = labelled_inputs(test_cats, test_imgs, meta=base.meta,
+                           feature_scale=pool.feature_scale)
+    t_extract = time.perf_counter() - t0
+    test_mag = truth_column(test_cats, test)
+    print(f"{len(pool)} pool + {len(test)} test SDSS-like sources "
+          f"({len(pool_cats) + len(test_cats)} fields of {args.field_size} px) simulated or "
+          f"read in {t_sim:.0f} s, extracted in {t_extract:.0f} s at feature_scale "
+          f"{pool.feature_scale:g}", flush=True)
     print(f"base model {base.name}", flush=True)
 
     rows = [{"n_labels": 0, "mode": "released", "seconds": 0.0, "epochs": 0,

@@ -312,8 +312,9 @@ def test_fine_tune_calibrate_keeps_the_weights(user_field, tiny_base, tmp_path):
     assert loaded.meta.recipe["mode"] == "calibrate" and loaded.meta.recipe["epochs_run"] == 0
     changed = {k for k in ModelMeta.__dataclass_fields__
                if getattr(loaded.meta, k) != getattr(base.meta, k)}
+    # feature_scale: the user's pixel scale is not the base's (see test_fine_tune_feature_scale)
     assert changed <= {"threshold", "thresholds", "temperature", "pixel_scale", "name",
-                       "recipe", "metrics"}
+                       "recipe", "metrics", "feature_scale"}
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -343,6 +344,44 @@ def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
         low, high = meta.psf["fwhm_range"][band]
         assert low == pytest.approx(fwhm / 1.15, abs=1e-4)
         assert high == pytest.approx(fwhm * 1.15, abs=1e-4)
+
+
+def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
+    """'auto' measures the features in units of the user's PSF; classify() does the same."""
+    from astro_starglx import StarGalaxyClassifier
+    from astro_starglx.inference import calibrated_proba, predict_logits
+
+    catalog, images = user_field
+    path = fine_tune(catalog, images, output=tmp_path / "psf", base=str(psf_base),
+                     mode="calibrate")
+    meta = load_model(path).meta
+    # the header's PSF (1.6 x CSST's) over the base's nominal 0.15", median over bands
+    ratio = np.median([float(images[b].header["PSFFWHM"]) / 0.15 for b in meta.bands])
+    assert meta.feature_scale == pytest.approx(ratio, rel=5e-3)
+    assert meta.feature_scale > 1.2
+    # classify() measures the features at the model's scale: its p_galaxy is the
+    # model's on labelled_inputs at that scale (the meta's, by default)
+    data = labelled_inputs(catalog, images, meta=meta)
+    assert data.feature_scale == meta.feature_scale
+    unscaled = labelled_inputs(catalog, images, meta=meta, feature_scale=1.0)
+    assert not np.allclose(np.nan_to_num(unscaled.features), np.nan_to_num(data.features))
+    model = load_model(path)
+    expected = calibrated_proba(predict_logits(model.network, data, meta.normalization,
+                                               device="cpu"), meta)[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        out = StarGalaxyClassifier(path, device="cpu").classify(catalog, images)
+    p = np.asarray(out["p_galaxy"].filled(np.nan))[data.row]
+    np.testing.assert_allclose(p, expected, rtol=1e-4, atol=1e-5)
+    # a base without the PSF: the ratio of the pixel scales; at the base's own scale: 1
+    meta = load_model(fine_tune(catalog, images, output=tmp_path / "pix", base=str(tiny_base),
+                                mode="calibrate")).meta
+    assert meta.feature_scale == pytest.approx(USER_PIXEL_SCALE / 0.074, rel=5e-3)
+    same = labelled_inputs(catalog, images, meta=load_model(tiny_base).meta,
+                           pixel_scale=0.074 * 1.05, feature_scale="auto")
+    assert same.feature_scale == 1.0
+    with pytest.raises(ValueError, match="feature_scale must be a finite number > 0"):
+        labelled_inputs(catalog, images, meta=meta, feature_scale="psf")
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -581,6 +581,32 @@ def test_extract_inputs_psf_features():
     assert excess[1::2].min() > excess[0::2].max()
 
 
+def test_extract_inputs_feature_scale():
+    """feature_scale s measures as on an image of pixel_scale / s, PSF FWHMs divided by s."""
+    rng = np.random.default_rng(43)
+    images, xs, ys = two_band_field(rng, n=6)
+    psf = {"g": PSFEstimate(0.3, "argument", band="g"),
+           "r": PSFEstimate(0.4, "argument", band="r")}
+    names = FEATURE_NAMES + PSF_FEATURE_NAMES
+    kw = dict(bands=("g", "r"), size=SIZE, feature_names=names)
+    scaled = extract_inputs(images, xs, ys, pixel_scale=PIXEL_SCALE, feature_scale=2.0,
+                            psf=psf, **kw)
+    halved = {band: PSFEstimate(est.fwhm / 2.0, "argument", band=band)
+              for band, est in psf.items()}
+    expected = extract_inputs(images, xs, ys, pixel_scale=PIXEL_SCALE / 2.0, psf=halved, **kw)
+    np.testing.assert_allclose(scaled.features, expected.features, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(scaled.features[:, :, names.index("psf_fwhm")], [[0.15, 0.2]] * 6)
+    # wider apertures than at feature_scale=1: other concentrations and radii
+    one = extract_inputs(images, xs, ys, pixel_scale=PIXEL_SCALE, psf=psf, **kw)
+    np.testing.assert_array_equal(scaled.stamps, one.stamps)
+    i_conc = names.index("concentration")
+    assert not np.allclose(scaled.features[..., i_conc], one.features[..., i_conc])
+    for bad in (0.0, -1.0, np.nan, "2"):
+        with pytest.raises(ValueError, match="feature_scale must be a finite number > 0"):
+            extract_inputs(images, xs, ys, pixel_scale=PIXEL_SCALE, feature_scale=bad, psf=psf,
+                           **kw)
+
+
 def test_extract_inputs_feature_names_errors():
     rng = np.random.default_rng(42)
     images, xs, ys = two_band_field(rng, n=2)

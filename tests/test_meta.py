@@ -466,3 +466,19 @@ def test_thresholds_refuse_bad_entries(tiny_meta, change):
     binned = {"feature": "mag", "band": "r", "edges": [24.0, 25.0], "values": [0.4, 0.6, 0.8]}
     with pytest.raises(ValueError, match="thresholds must be None or a dict"):
         ModelMeta.from_dict({**tiny_meta, "thresholds": {**binned, **change}})
+
+
+def test_feature_scale_round_trip(tiny_meta):
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert meta.feature_scale == 1.0 and "feature_scale" not in meta.to_dict()
+    scaled = meta.replace(feature_scale=10)
+    assert isinstance(scaled.feature_scale, float)
+    assert scaled.to_dict()["feature_scale"] == 10.0
+    assert ModelMeta.from_json(scaled.to_json()) == scaled
+
+
+@pytest.mark.parametrize("value", [0, -2.0, "2", True, None])
+def test_feature_scale_refuses_non_positive_numbers(tiny_meta, value):
+    tiny_meta["feature_scale"] = value
+    with pytest.raises(ValueError, match="feature_scale must be a finite number > 0"):
+        ModelMeta.from_dict(tiny_meta)
