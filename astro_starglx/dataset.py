@@ -58,7 +58,7 @@ from ._validation import (
 from .csst import CSST_BANDS, CSST_PIXEL_SCALE
 
 __all__ = ["DatasetConfig", "make_dataset", "load_dataset", "SplitData", "simulate_inputs",
-           "detect_sources", "SPLITS", "FEATURE_ARRAYS", "LabelledDatasetConfig",
+           "SPLITS", "FEATURE_ARRAYS", "LabelledDatasetConfig",
            "make_labelled_dataset", "SPLIT_MODES"]
 
 log = logging.getLogger(__name__)
@@ -106,54 +106,6 @@ class SplitData:
 
     def __len__(self):
         return len(self.labels)
-
-
-def detect_sources(images, *, band="r", nsigma=1.5, n_pixels=5, fwhm=2.0):
-    """
-    Detect sources on one band with photutils image segmentation.
-
-    Parameters
-    ----------
-    images : dict
-        ``{band: CCDData}``.
-    band : str, optional
-        Detection band.
-    nsigma : float, optional
-        Per-pixel detection threshold in units of the background noise, on
-        the image smoothed by a Gaussian of ``fwhm`` pixels.
-    n_pixels : int, optional
-        Minimum number of connected pixels.
-    fwhm : float, optional
-        Smoothing kernel FWHM in pixels (about the CSST PSF).
-
-    Returns
-    -------
-    coords : `~astropy.coordinates.SkyCoord`
-        Sky centroids of the detections.
-    """
-    from astropy.convolution import convolve
-    from photutils.segmentation import SourceCatalog, make_2dgaussian_kernel
-    from photutils.segmentation import detect_sources as _detect
-
-    from .background import image_noise
-
-    image = images[band]
-    data = np.asarray(image.data, dtype=float)
-    mask = None if image.mask is None else np.asarray(image.mask, bool)
-    background = np.nanmedian(data if mask is None else data[~mask])
-    data = data - background
-    kernel = make_2dgaussian_kernel(fwhm, size=int(2 * round(1.5 * fwhm) + 1))
-    convolved = convolve(data, kernel, mask=mask)
-    sigma = image_noise(image)
-    # Smoothing lowers the noise by the kernel's effective area.
-    threshold = nsigma * sigma * np.sqrt(np.sum(kernel.array ** 2))
-    segm = _detect(convolved, threshold, n_pixels=n_pixels, mask=mask)
-    if segm is None:
-        from astropy.coordinates import SkyCoord
-
-        return SkyCoord([], [], unit="deg")
-    cat = SourceCatalog(data, segm, convolved_data=convolved, wcs=image.wcs, mask=mask)
-    return cat.sky_centroid
 
 
 def _positive_range(name, value, *, hint=""):
@@ -352,9 +304,10 @@ def simulate_inputs(sim_config, *, seed, field_id, stamp_size, detect, position_
 
     The positions the inputs are cut at are the truth sky positions (moved by
     a Gaussian ``position_jitter`` in pixels, as a real catalog's centroids
-    are) or, with ``detect=True``, photutils detections matched to the truth
-    within ``match_radius`` arcsec (unmatched detections have no label and
-    are dropped).
+    are) or, with ``detect=True``, the detections of
+    `astro_starglx.detection.detect_sources` (what ``classify-tiles`` runs
+    when a tile has no catalog) matched to the truth within ``match_radius``
+    arcsec (unmatched detections have no label and are dropped).
 
     Parameters
     ----------
@@ -396,7 +349,10 @@ def simulate_inputs(sim_config, *, seed, field_id, stamp_size, detect, position_
     images, truth = simulate_field(sim_config, seed=seed)
     true_coords = SkyCoord(truth["ra"], truth["dec"], unit="deg")
     if detect:
-        det = detect_sources(images, band="r" if "r" in images else bands[0])
+        from .detection import detect_sources
+
+        found = detect_sources(images)
+        det = SkyCoord(found["ra"], found["dec"], unit="deg")
         idx, sep, _ = det.match_to_catalog_sky(true_coords) if len(det) else ([], [], [])
         keep = np.asarray(sep.to_value(u.arcsec) < match_radius) if len(det) else []
         # One detection per truth source: the nearest wins.

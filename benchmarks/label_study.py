@@ -184,8 +184,11 @@ def main(argv=None):
           f"{pool.feature_scale:g}", flush=True)
     print(f"base model {base.name}", flush=True)
 
+    # the released model as a user runs it: at its own feature scale
+    released = test if pool.feature_scale == base.meta.feature_scale else labelled_inputs(
+        test_cats, test_imgs, meta=base.meta)
     rows = [{"n_labels": 0, "mode": "released", "seconds": 0.0, "epochs": 0,
-             **score(base, test, test_mag)}]
+             **score(base, released, truth_column(test_cats, released))}]
     for n in args.labels:
         subset = pool.take(stratified_subset(pool.labels, n, args.seed))
         for mode in args.modes:

@@ -205,19 +205,27 @@ def test_psf_models_error(tmp_path):
         ds.make_dataset(tmp_path, n_stars=3, psf_models=())
 
 
-def test_detect_sources_finds_the_bright_sources():
+def test_simulate_inputs_at_detections():
+    """detect=True cuts the stamps at the package's detections, matched to the truth."""
     from astropy.coordinates import SkyCoord
 
-    from astro_starglx.simulate import simulate_field
-
-    images, truth = simulate_field(shape=(96, 96), n_stars=4, n_galaxies=2, bands=("r",),
-                                   mag_range=(19.0, 21.0), seed=5)
-    found = ds.detect_sources(images, band="r")
-    inside = ((truth["x_r"] > 3) & (truth["x_r"] < 92)
-              & (truth["y_r"] > 3) & (truth["y_r"] < 92))
-    true = SkyCoord(truth["ra"][inside], truth["dec"][inside], unit="deg")
-    _, sep, _ = true.match_to_catalog_sky(found)
-    assert np.all(sep.arcsec < 0.3)
+    config = ds.DatasetConfig(n_stars=6, n_galaxies=6, field_size=128, stamp_size=15,
+                              bands=("g", "r"), mag_range=(19.0, 21.5), neighbour_fraction=0.0)
+    sim = config.field_config(n_stars=6, n_galaxies=6)
+    at_truth = ds.simulate_inputs(sim, seed=5, field_id=0, stamp_size=15, detect=False,
+                                  position_jitter=0.0)
+    found = ds.simulate_inputs(sim, seed=5, field_id=0, stamp_size=15, detect=True,
+                               position_jitter=0.0)
+    # bright, isolated sources: (nearly) all detected, each once, within the match radius
+    assert len(at_truth["id"]) - 2 <= len(found["id"]) <= len(at_truth["id"])
+    assert len(set(found["id"])) == len(found["id"])
+    truth = {i: k for k, i in enumerate(at_truth["id"])}
+    k = [truth[i] for i in found["id"]]
+    sep = SkyCoord(found["ra"], found["dec"], unit="deg").separation(
+        SkyCoord(at_truth["ra"][k], at_truth["dec"][k], unit="deg")).arcsec
+    assert np.all(sep < 0.2)
+    np.testing.assert_array_equal(found["labels"], at_truth["labels"][k])
+    assert found["stamps"].shape[1:] == (2, 15, 15)
 
 
 # --------------------------------------------------------------------------
