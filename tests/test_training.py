@@ -284,6 +284,10 @@ def test_new_config_errors_and_run_key():
     assert TrainConfig(checkpoint_minutes=1.0).run_key() == TrainConfig().run_key()
     assert TrainConfig(precision="bf16").run_key() != TrainConfig().run_key()
     assert TrainConfig(features=["mag"]).run_key() != TrainConfig().run_key()
+    assert TrainConfig(threshold_max_mag=25).run_key() == TrainConfig().run_key()
+    for bad in (float("nan"), "25", True):
+        with pytest.raises(ValueError, match="threshold_max_mag must be None or a finite"):
+            TrainConfig(threshold_max_mag=bad)
 
 
 ALL_FEATURES = list(FEATURE_NAMES + PSF_FEATURE_NAMES)
@@ -429,3 +433,52 @@ def test_train_release_on_two_data_sets(tmp_path):
     assert meta.recipe["dataset"] == [{"seed": 11}, {"seed": 12}]
     test = meta.metrics["test"]["all"]
     assert test["n_star"] + test["n_galaxy"] == 32 + 24
+
+
+def test_train_release_threshold_on_bright_validation_sources(tmp_path, monkeypatch):
+    """threshold_max_mag fits the threshold on val sources with mag_r <= it; a finished run
+    re-exports with another value without training again."""
+    from astro_starglx import metrics
+    from astro_starglx.dataset import load_dataset
+    from astro_starglx.inference import calibrated_proba
+    from astro_starglx.weights import load_model
+
+    dataset = write_toy_dataset(tmp_path / "ds", sizes=(96, 64, 32))
+    out = tmp_path / "out"
+    first = training.train_release(dataset, out, config=quick_config(epochs=1),
+                                   device="cpu", progress=False)
+    state = load_model(first).network.state_dict()
+    config = quick_config(epochs=1, threshold_max_mag=23.0)
+    seen = []
+    original = metrics.best_threshold
+
+    def spy(y, p, **kwargs):
+        seen.append(len(y))
+        return original(y, p, **kwargs)
+
+    monkeypatch.setattr(training.metrics, "best_threshold", spy)
+    path = training.train_release(dataset, out, config=config, device="cpu", progress=False)
+    fitted = list(seen)
+    model = load_model(path)
+    # the same network: the run was finished, only the calibration is redone
+    assert all(torch.equal(state[k], v) for k, v in model.network.state_dict().items())
+    assert model.meta.recipe["config"]["threshold_max_mag"] == 23.0
+    val = load_dataset(dataset, "val")
+    p = calibrated_proba(predict_logits(model.network, val, model.meta.normalization,
+                                        device="cpu"), model.meta)[:, 1]
+    bright = np.asarray(val.catalog["mag_r"]) <= 23.0
+    assert 0 < bright.sum() < len(bright)
+    expected = metrics.best_threshold(np.asarray(val.labels)[bright], p[bright],
+                                      criterion="balanced")
+    # the weights are stored in fp16: p moves by ~1e-4
+    assert model.meta.threshold == pytest.approx(expected, abs=2e-3)
+    assert fitted == [bright.sum()]  # fitted on the bright validation sources only
+    with pytest.raises(ValueError, match="no validation star or no galaxy"):
+        training.train_release(dataset, out, config=quick_config(
+            epochs=1, threshold_max_mag=10.0), device="cpu", progress=False)
+    (dataset / "val_catalog.ecsv").unlink()
+    from astropy.table import Table
+    Table({"label": np.where(val.labels == 1, "galaxy", "star")}).write(
+        dataset / "val_catalog.ecsv")
+    with pytest.raises(ValueError, match="needs a mag_r column"):
+        training.train_release(dataset, out, config=config, device="cpu", progress=False)
