@@ -225,7 +225,10 @@ class StarGalaxyClassifier:
         feature_columns : dict or None, optional
             Read the catalog features from table columns instead of measuring
             them on the stamps: ``{feature: "column_{band}"}`` for every
-            feature name in ``meta.feature_names``.
+            feature name in ``meta.feature_names``, measured as the model
+            defines them (`astro_starglx.features`, at its
+            ``meta.feature_scale``: a model fine-tuned on another pixel
+            scale warns, since catalog columns rarely are).
         zeropoints : dict or None, optional
             ``{band: AB zero point}`` of the images (the AB magnitude of one
             image unit); overrides the constructor's ``zeropoints`` and the
@@ -375,6 +378,13 @@ class StarGalaxyClassifier:
             table_features = features_from_table(catalog, bands=meta.bands,
                                                  column_map=feature_columns,
                                                  feature_names=meta.feature_names)
+            if meta.feature_scale != 1.0:
+                msg = (f"model {meta.name!r} reads features measured in apertures "
+                       f"{meta.feature_scale:g} times wider than astro_starglx.features "
+                       "defines (meta.feature_scale, set by fine_tune for your PSF); "
+                       "feature_columns are used as given, so they must be measured so. "
+                       "Leave feature_columns out to measure them on the stamps.")
+                warnings.warn(msg, StarGalaxyWarning, stacklevel=3)
         n_sources = len(catalog)
         proba = np.full((n_sources, len(meta.class_names)), np.nan, dtype=np.float32)
         flags = np.zeros(n_sources, dtype=np.uint16)

@@ -379,6 +379,33 @@ def test_feature_columns_errors(clf, field):
         clf.classify(catalog, images, feature_columns={**columns, "radius": 7})
 
 
+def test_feature_columns_of_a_scaled_model_warn(tiny_weights_file, field, tmp_path):
+    """Catalog columns rarely follow a fine-tuned model's feature_scale: say so."""
+    import warnings
+
+    from astro_starglx.weights import load_model
+
+    model = load_model(tiny_weights_file)
+    path = tmp_path / "scaled.safetensors"
+    save_weights(path, model.network.state_dict(), model.meta.replace(feature_scale=3.0))
+    scaled = StarGalaxyClassifier(path, device="cpu")
+    catalog, images = field
+    catalog = catalog.copy()
+    for name in scaled.meta.feature_names:
+        for band in scaled.meta.bands:
+            catalog[f"{name}_{band}"] = np.full(len(catalog), 0.2)
+    columns = {name: f"{name}_{{band}}" for name in scaled.meta.feature_names}
+    with pytest.warns(StarGalaxyWarning, match=r"3 times wider .* feature_columns are used as "
+                                               r"given"):
+        scaled.classify(catalog, images, feature_columns=columns)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        scaled.classify(catalog, images)
+        StarGalaxyClassifier(tiny_weights_file, device="cpu").classify(
+            catalog, images, feature_columns=columns)
+    assert not [w for w in seen if "feature_columns are used" in str(w.message)]
+
+
 def test_band_without_usable_pixels_flags_its_sources(clf, field):
     """Without an uncertainty this raised, advising an image_sigma= that classify() lacks."""
     catalog, images = field
