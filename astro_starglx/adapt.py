@@ -430,8 +430,13 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
                    "their PSF features assume the model's nominal PSF, which is not your "
                    "survey's. Pass psf={band: fwhm_arcsec} if you know it.")
             warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+    n = len(catalog)
+    psf_fwhm = np.full((n, len(meta.bands)), np.nan, dtype=np.float32)
+    for c, band in enumerate(meta.bands):
+        if band in estimates:
+            psf_fwhm[:, c] = estimates[band].at(x[band], y[band])
     if feature_scale == "auto":
-        feature_scale = _auto_feature_scale(meta, estimates, x, y, pixel_scale)
+        feature_scale = _auto_feature_scale(meta, estimates, psf_fwhm, pixel_scale)
     image_sigma = {band: image_noise(image) for band, image in images.items()
                    if image.uncertainty is None}
     inputs = extract_inputs(images, x, y, bands=meta.bands, size=meta.stamp_size,
@@ -440,30 +445,26 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
                             psf=estimates, feature_scale=feature_scale)
     ref = "r" if "r" in images else next(iter(images))
     flags = inputs.flags | blend_flags(images[ref], x[ref], y[ref], size=meta.stamp_size)
-    n = len(catalog)
-    psf_fwhm = np.full((n, len(meta.bands)), np.nan, dtype=np.float32)
-    for c, band in enumerate(meta.bands):
-        if band in estimates:
-            psf_fwhm[:, c] = estimates[band].at(x[band], y[band])
     return {"stamps": inputs.stamps, "noise": inputs.noise, "features": inputs.features,
             "labels": labels, "flags": flags, "row": np.arange(n, dtype=np.int64),
             "psf_fwhm": psf_fwhm}, feature_scale
 
 
-def _auto_feature_scale(meta, estimates, x, y, pixel_scale):
+def _auto_feature_scale(meta, estimates, psf_fwhm, pixel_scale):
     """
     ``feature_scale="auto"``: 1 at the model's own pixel scale (within 10 %),
-    else the field's PSF FWHM over the model's nominal one (the median over
-    the bands measured), else the ratio of the pixel scales.
+    else the field's PSF FWHM (``psf_fwhm``, per source and model band) over
+    the model's nominal one (the median over the bands measured), else the
+    ratio of the pixel scales.
     """
     ratio = pixel_scale / getattr(meta, "pixel_scale", pixel_scale)
     if abs(ratio - 1.0) <= _SCALE_TOLERANCE:
         return 1.0
     ratios = []
-    for band, est in estimates.items():
-        if est.fell_back or band not in meta.psf["nominal_fwhm"]:
+    for c, band in enumerate(meta.bands):
+        if band not in estimates or estimates[band].fell_back or not len(psf_fwhm):
             continue
-        fwhm = np.nanmedian(est.at(x[band], y[band])) if len(x[band]) else np.nan
+        fwhm = np.nanmedian(psf_fwhm[:, c])
         if np.isfinite(fwhm) and fwhm > 0:
             ratios.append(fwhm / meta.psf["nominal_fwhm"][band])
     scale = float(np.median(ratios)) if ratios else ratio
