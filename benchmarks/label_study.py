@@ -102,7 +102,37 @@ def score(model, test, mag, *, device="cpu"):
     p = calibrated_proba(logits, model.meta)[:, 1]
     # as classify() decides: per-magnitude thresholds where the model has them
     pred = (p >= model.meta.source_thresholds(test.features)).astype(int)
-    y = test.labels.astype(int)
+    return _scores(pred, test.labels.astype(int), mag)
+
+
+def score_classify(model, catalogs, images):
+    """`score` of a released model as a user runs it: ``classify()`` on the held-out fields.
+
+    On another survey's pixels ``classify()`` reads the stamps and measures
+    the features at the model's own pixel scale (it warns that the scale
+    differs), not at the images' scale as `labelled_inputs` does for
+    fine-tuning, so the released model is scored through ``classify()``
+    itself.
+    """
+    import warnings
+
+    from astro_starglx import StarGalaxyClassifier
+
+    clf = StarGalaxyClassifier(model)
+    pred, y, mag = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel-scale and flag warnings, expected here
+        for cat, imgs in zip(catalogs, images):
+            out = clf.classify(cat, imgs)
+            usable = np.isfinite(np.asarray(out["p_galaxy"], dtype=float))
+            pred.append(np.where(np.asarray(out["class"]) == "galaxy", 1, 0)[usable])
+            y.append(np.asarray([str(v) == "galaxy" for v in cat["label"]], dtype=int)[usable])
+            mag.append(np.asarray(cat["mag_r"], dtype=float)[usable])
+    pred, y, mag = (np.concatenate(a) for a in (pred, y, mag))
+    return _scores(pred, y, mag)
+
+
+def _scores(pred, y, mag):
     out = {}
     for key, sel in (("r<21", mag < 21.0), ("all", np.isfinite(mag))):
         ok = pred[sel] == y[sel]
@@ -184,11 +214,9 @@ def main(argv=None):
           f"{pool.feature_scale:g}", flush=True)
     print(f"base model {base.name}", flush=True)
 
-    # the released model as a user runs it: at its own feature scale
-    released = test if pool.feature_scale == base.meta.feature_scale else labelled_inputs(
-        test_cats, test_imgs, meta=base.meta)
+    # the released model as a user runs it, through classify()
     rows = [{"n_labels": 0, "mode": "released", "seconds": 0.0, "epochs": 0,
-             **score(base, released, truth_column(test_cats, released))}]
+             **score_classify(args.base, test_cats, test_imgs)}]
     for n in args.labels:
         subset = pool.take(stratified_subset(pool.labels, n, args.seed))
         for mode in args.modes:
