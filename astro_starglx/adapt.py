@@ -926,7 +926,8 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
         "command": (f"astro_starglx.fine_tune(catalog, images, base={base_label!r}, "
                     f"mode={mode!r}, seed={seed}, epochs={epochs}, lr={lr}, "
                     f"batch_size={batch_size}, val_fraction={val_fraction}, "
-                    f"patience={patience}, refit_normalization={refit_normalization}"
+                    f"patience={patience}, refit_normalization={refit_normalization}, "
+                    f"feature_scale={data.feature_scale:g}"
                     f"{', reinit_input=True' if reinit_input else ''}"
                     f"{'' if magnitude_thresholds else ', magnitude_thresholds=False'})"),
         "data_seed": int(seed),

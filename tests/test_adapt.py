@@ -283,6 +283,8 @@ def test_fine_tune_writes_a_usable_model(fine_tuned, user_field, tiny_base):
     assert meta.bands == base.meta.bands and meta.stamp_size == base.meta.stamp_size
     recipe = meta.recipe
     assert recipe["command"].startswith("astro_starglx.fine_tune(")
+    # "auto" is recorded as the scale it resolved to, so the call reproduces it
+    assert f"feature_scale={meta.feature_scale:g})" in recipe["command"]
     assert recipe["data_seed"] == 1
     assert recipe["base"] == {"name": "tiny", "sha256": base.sha256}
     assert recipe["mode"] == "fine-tune"
