@@ -117,6 +117,7 @@ def score_classify(model, catalogs, images):
     import warnings
 
     from astro_starglx import StarGalaxyClassifier
+    from astro_starglx.adapt import parse_labels
 
     clf = StarGalaxyClassifier(model)
     pred, y, mag = [], [], []
@@ -126,7 +127,7 @@ def score_classify(model, catalogs, images):
             out = clf.classify(cat, imgs)
             usable = np.isfinite(np.asarray(out["p_galaxy"], dtype=float))
             pred.append(np.where(np.asarray(out["class"]) == "galaxy", 1, 0)[usable])
-            y.append(np.asarray([str(v) == "galaxy" for v in cat["label"]], dtype=int)[usable])
+            y.append(parse_labels(cat["label"]).astype(int)[usable])
             mag.append(np.asarray(cat["mag_r"], dtype=float)[usable])
     pred, y, mag = (np.concatenate(a) for a in (pred, y, mag))
     return _scores(pred, y, mag)
@@ -144,6 +145,9 @@ def _scores(pred, y, mag):
 
 
 def main(argv=None):
+    # the CLI's parser of --feature-scale ('auto' or a number, with its error)
+    from astro_starglx.cli import _feature_scale
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 300, 1000, 3000],
                         help="numbers of labels (default: 100 300 1000 3000)")
@@ -164,8 +168,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (default: 2; use 1 on a loaded machine: "
                              "two threads on two busy cores trained 8x slower)")
-    parser.add_argument("--feature-scale", default="auto",
-                        type=lambda v: v if v == "auto" else float(v),
+    parser.add_argument("--feature-scale", default="auto", type=_feature_scale,
                         help="features' angular scale: 'auto' (fine_tune's default: the "
                              "SDSS PSF over the base model's) or a number, 1 = CSST's "
                              "arcsec apertures (default: auto)")
