@@ -511,7 +511,9 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         Arcsec per pixel of your images; ``None`` reads each band's
         celestial WCS (or ``PIXSCALE`` keyword).
     ra_column, dec_column : str, optional
-        Names of the sky position columns.
+        Names of the sky position columns
+        (with the defaults, ``RA``/``DEC`` and the other names of
+        `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
     feature_scale : float, "auto" or None, optional
         The features' angular scale (`~astro_starglx.meta.ModelMeta.feature_scale`):
         None takes the model's (1 for an `InputSpec`); ``"auto"`` (what
@@ -737,7 +739,9 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
         Name of the new model (meta and file name); default
         ``"<base name>-ft"``.
     ra_column, dec_column : str, optional
-        Names of the sky position columns.
+        Names of the sky position columns
+        (with the defaults, ``RA``/``DEC`` and the other names of
+        `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
     progress : bool, optional
         Progress bars while training.
     reinit_input : bool, optional

@@ -209,9 +209,18 @@ class StarGalaxyClassifier:
             bad) and ``uncertainty`` are honoured; the zero point comes from
             ``zeropoints`` or the ``MAGZERO`` header keyword; a ``SATURATE``
             keyword (image units) sets the ``SATURATED`` flag. A band with
-            no usable pixels flags its sources ``BAND_MISSING``.
+            no usable pixels flags its sources ``BAND_MISSING``. A FITS file
+            path or an `astropy.io.fits` HDU may stand for any image (read
+            with `~astro_starglx.csst_io.read_image`: memory-mapped, with
+            CCDData's ``UNCERT``/``MASK`` extensions; CSST L1 files with
+            their ``wht`` and ``flg`` files).
         ra_column, dec_column : str, optional
-            Names of the sky position columns.
+            Names of the sky position columns (degrees, or any angle unit
+            the column carries). With the defaults, a catalog without
+            ``ra``/``dec`` is read from ``RA``/``DEC`` (any case),
+            ``RA_ICRS``/``DE_ICRS``, ``RAJ2000``/``DEJ2000`` or SExtractor's
+            ``ALPHA_J2000``/``DELTA_J2000`` (see
+            `~astro_starglx.inputs.sky_column_names`).
         coord_column : str or None, optional
             Name of a `~astropy.coordinates.SkyCoord` column; ``None`` uses
             one if the table has exactly one.

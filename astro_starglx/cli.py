@@ -365,7 +365,7 @@ def _band_values(specs, option, bands):
 
 
 def _read_images(specs, *, hdu, unit):
-    from astropy.nddata import CCDData
+    from .csst_io import read_image
 
     images = {}
     for spec in specs:
@@ -376,7 +376,7 @@ def _read_images(specs, *, hdu, unit):
         if band in images:
             msg = f"band {band!r} is given twice"
             raise UsageError(msg)
-        images[band] = CCDData.read(path, hdu=hdu, unit=unit)
+        images[band] = read_image(path, hdu=hdu, unit=unit)
     return images
 
 
@@ -618,10 +618,14 @@ def _add_user_data(p, *, required):
                         "(default: header keywords, else measured from the field)")
     p.add_argument("--pixel-scale", type=float, default=None,
                    help="arcsec per pixel of the images (default: from their WCS)")
-    p.add_argument("--hdu", type=int, default=0, help="FITS HDU of the images")
+    p.add_argument("--hdu", type=int, default=None,
+                   help="FITS HDU of the images (default: the first holding an image)")
     p.add_argument("--unit", default=None,
-                   help="image unit, e.g. electron/s (default: the BUNIT header keyword)")
-    p.add_argument("--ra-column", default="ra", help="right ascension column, in degrees")
+                   help="image unit, e.g. electron/s (default: the BUNIT header keyword, "
+                        "else adu)")
+    p.add_argument("--ra-column", default="ra",
+                   help="right ascension column, in degrees (with the default, a catalog "
+                        "without 'ra' is read from RA, RA_ICRS, RAJ2000 or ALPHA_J2000)")
     p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
 
 
@@ -756,10 +760,14 @@ def _add_classify(sub, common):
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")
-    p.add_argument("--hdu", type=int, default=0, help="FITS HDU of the images")
+    p.add_argument("--hdu", type=int, default=None,
+                   help="FITS HDU of the images (default: the first holding an image)")
     p.add_argument("--unit", default=None,
-                   help="image unit, e.g. electron/s (default: the BUNIT header keyword)")
-    p.add_argument("--ra-column", default="ra", help="right ascension column, in degrees")
+                   help="image unit, e.g. electron/s (default: the BUNIT header keyword, "
+                        "else adu)")
+    p.add_argument("--ra-column", default="ra",
+                   help="right ascension column, in degrees (with the default, a catalog "
+                        "without 'ra' is read from RA, RA_ICRS, RAJ2000 or ALPHA_J2000)")
     p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
     p.set_defaults(func=_cmd_classify)
 

@@ -1,5 +1,9 @@
 """
-Read CSST survey-camera L1 images into `~astropy.nddata.CCDData`.
+Read FITS images, CSST survey-camera L1 chips included, into `~astropy.nddata.CCDData`.
+
+`read_image` reads any FITS image (a path, an HDU or an HDU list) the way
+`~astro_starglx.StarGalaxyClassifier.classify` accepts it in place of a
+`~astropy.nddata.CCDData`; CSST L1 files go to `read_csst_l1`.
 
 A CSST L1 single-chip product is three FITS files side by side, told apart
 by a tag in the file name::
@@ -26,7 +30,7 @@ assumes only what every FITS image has, and makes the rest overridable:
   distortion included when present);
 - the zero point is the ``zeropoint=`` argument, else the first of
   ``zeropoint_keywords`` present (by default those of
-  `astro_starglx.inputs.ZEROPOINT_KEYWORDS`: ``MAGZERO``, ``PHOTZP``,
+  `ZEROPOINT_KEYWORDS`: ``MAGZERO``, ``PHOTZP``,
   ``MAGZP``, ``MAGZPT``, ``ZP``); it is stored as ``MAGZERO`` in the returned
   header, which is how `~astro_starglx.StarGalaxyClassifier` reads it;
 - every ``flg`` bit marks a bad pixel unless ``flag_bits`` says which bits
@@ -41,9 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_csst_l1", "csst_l1_paths"]
+__all__ = ["ZEROPOINT_KEYWORDS", "read_image", "read_csst_l1", "csst_l1_paths"]
 
 log = logging.getLogger(__name__)
+
+#: Header keywords searched, in order, for a band's AB zero point.
+ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "MAGZP", "MAGZPT", "ZP")
 
 _TAG = re.compile(r"_img(?=[_.])")
 
@@ -91,7 +98,7 @@ def _image_hdu(hdul, path):
     for hdu in hdul:
         if hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
             return hdu
-    msg = f"{path}: no HDU holds a 2-D image; is this a CSST L1 image file?"
+    msg = f"{path}: no HDU holds a 2-D image (NAXIS = 2)"
     raise ValueError(msg)
 
 
@@ -142,6 +149,135 @@ def _header_unit(bunit, path):
     raise ValueError(msg)
 
 
+_READABLE = "a CCDData/NDData, a FITS file path, or an astropy.io.fits HDU or HDUList"
+
+
+def is_readable(value):
+    """Whether `read_image` reads ``value`` (a path, an image HDU or an HDU list)."""
+    import os
+
+    from astropy.io import fits
+
+    return isinstance(value, (str, os.PathLike, fits.HDUList, fits.PrimaryHDU,
+                              fits.ImageHDU, fits.CompImageHDU))
+
+
+def _pick_hdu(hdul, hdu, what):
+    if hdu is None:
+        return _image_hdu(hdul, what)
+    try:
+        picked = hdul[hdu]
+    except (IndexError, KeyError) as exc:
+        msg = f"{what}: hdu={hdu!r} does not exist (the file has {len(hdul)} HDUs)"
+        raise ValueError(msg) from exc
+    if not (picked.is_image and picked.header.get("NAXIS", 0) == 2):
+        msg = (f"{what}: hdu={hdu!r} holds no 2-D image (a {type(picked).__name__} with "
+               f"NAXIS = {picked.header.get('NAXIS', 0)}); pass the HDU of the image")
+        raise ValueError(msg)
+    return picked
+
+
+def _image_unit(unit, header, what):
+    """``unit``, else BUNIT (``e/s`` read as electron/s), else adu."""
+    from astropy import units as u
+
+    if unit is not None:
+        return u.Unit(unit)
+    if str(header.get("BUNIT", "")).strip():
+        return _header_unit(header["BUNIT"], what)
+    return u.adu
+
+
+def read_image(source, *, hdu=None, unit=None):
+    """
+    Read one band's FITS image into a `~astropy.nddata.CCDData`.
+
+    This is what `~astro_starglx.StarGalaxyClassifier.classify` does with a
+    band given as a file path or an HDU instead of a CCDData.
+
+    Parameters
+    ----------
+    source : path-like, `~astropy.io.fits.HDUList` or image HDU
+        A FITS file, an open HDU list, or one image HDU (primary, image or
+        compressed image). A CSST L1 ``_img_`` file whose ``_wht_`` and
+        ``_flg_`` files lie beside it is read with them by `read_csst_l1`.
+    hdu : int, str or None, optional
+        The HDU holding the image; ``None`` for the first one with a 2-D
+        data array.
+    unit : str, `~astropy.units.Unit` or None, optional
+        Image unit; ``None`` for the ``BUNIT`` keyword, else ``adu`` (the
+        classification reads stamps in noise units and magnitudes through
+        the zero point, so the unit's name does not change the result).
+
+    Returns
+    -------
+    image : `~astropy.nddata.CCDData`
+        From a file: memory-mapped data, with the ``UNCERT`` and ``MASK``
+        extensions that `~astropy.nddata.CCDData.write` writes, when
+        present. The header (the primary header updated by the image HDU's)
+        as ``meta``, so that ``MAGZERO`` and PSF keywords are found; the
+        celestial WCS of that header (None without one).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    ValueError
+        If there is no 2-D image, ``hdu`` does not exist, or ``BUNIT`` is
+        not a unit (pass ``unit=``).
+    TypeError
+        If ``source`` is none of the above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from astropy.io import fits
+    >>> from astro_starglx.csst_io import read_image
+    >>> image = read_image(fits.PrimaryHDU(np.zeros((4, 5), np.float32)))
+    >>> image.shape, str(image.unit)
+    ((4, 5), 'adu')
+    """
+    import os
+
+    from astropy.io import fits
+    from astropy.nddata import CCDData
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    if not is_readable(source):
+        msg = f"source must be a FITS file path or HDU, got {type(source).__name__}"
+        raise TypeError(msg)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            msg = f"{str(path)!r}: the image file does not exist"
+            raise FileNotFoundError(msg)
+        if _TAG.search(path.name) and hdu is None and all(
+                p.is_file() for p in csst_l1_paths(path).values()):
+            return read_csst_l1(path, unit=unit)
+        with fits.open(path, memmap=True) as hdul:
+            picked = _pick_hdu(hdul, hdu, str(path))
+            index = hdul.index_of(picked)
+            primary = hdul[0].header.copy() if index else fits.Header()
+            header = primary.copy()
+            header.update(picked.header)
+        ccd = CCDData.read(path, hdu=index, unit=_image_unit(unit, header, path), memmap=True)
+        skip = {"SIMPLE", "EXTEND", "COMMENT", "HISTORY", "BITPIX", "NAXIS", ""}
+        for key in primary:  # e.g. a zero point or PSF keyword kept in the primary header
+            if key not in skip and key not in ccd.meta:
+                ccd.meta[key] = primary[key]
+        return ccd
+    what = type(source).__name__
+    hdul = source if isinstance(source, fits.HDUList) else fits.HDUList([source])
+    picked = _pick_hdu(hdul, hdu, what)
+    header = hdul[0].header.copy() if hdul.index_of(picked) else fits.Header()
+    header.update(picked.header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header)
+    return CCDData(picked.data, unit=_image_unit(unit, header, what),
+                   wcs=wcs.celestial if wcs.has_celestial else None, meta=header)
+
+
 def read_csst_l1(path, *, weight_path="auto", flag_path="auto", zeropoint=None,
                  flag_bits=None, zeropoint_keywords=None, unit=None):
     """
@@ -165,7 +301,7 @@ def read_csst_l1(path, *, weight_path="auto", flag_path="auto", zeropoint=None,
         notes). Pixels with ``wht <= 0`` or a non-finite value are masked too.
     zeropoint_keywords : sequence of str or None, optional
         Header keywords searched, in order, for the zero point; ``None``
-        for `astro_starglx.inputs.ZEROPOINT_KEYWORDS`.
+        for `ZEROPOINT_KEYWORDS`.
     unit : str, `~astropy.units.Unit` or None, optional
         Image unit; ``None`` for ``BUNIT`` (``e/s`` and ``e-/s`` read as
         electron/s), else ``electron/s``.
@@ -203,8 +339,6 @@ def read_csst_l1(path, *, weight_path="auto", flag_path="auto", zeropoint=None,
     from astropy.io import fits
     from astropy.nddata import CCDData, InverseVariance
     from astropy.wcs import WCS, FITSFixedWarning
-
-    from .inputs import ZEROPOINT_KEYWORDS
 
     path = Path(path)
     if not path.is_file():

@@ -898,7 +898,9 @@ def make_labelled_dataset(catalog, images, output, *, label_column="label", band
     seed : int, optional
         Seed of the split.
     ra_column, dec_column : str, optional
-        Sky position columns.
+        Sky position columns
+        (with the defaults, ``RA``/``DEC`` and the other names of
+        `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
     overwrite : bool, optional
         Replace an existing data set in ``output``.
 

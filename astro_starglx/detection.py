@@ -131,9 +131,10 @@ def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5
     Parameters
     ----------
     images : `~astropy.nddata.CCDData` or mapping
-        One image, or ``{band: CCDData}``; each band needs a celestial WCS.
-        ``mask`` (True = bad) and ``uncertainty`` (inverse variance, variance
-        or standard deviation) are honoured; without an uncertainty the
+        One image, or ``{band: CCDData}`` (a FITS path or HDU may stand for
+        an image); each band needs a celestial WCS. ``mask`` (True = bad)
+        and ``uncertainty`` (inverse variance, variance or standard
+        deviation) are honoured; without an uncertainty the
         noise is a robust estimate over the image. Never modified.
     bands : sequence of str or None, optional
         Bands to stack; ``None`` for all.
@@ -182,7 +183,8 @@ def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5
     Raises
     ------
     TypeError
-        If ``images`` is not an NDData or a mapping of them.
+        If ``images`` is not an NDData (or a FITS path or HDU, read with
+        `~astro_starglx.csst_io.read_image`) or a mapping of them.
     ImportError
         If ``deblend=True`` and scikit-image is not installed.
     ValueError
@@ -204,6 +206,13 @@ def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5
     from photutils.segmentation import SourceCatalog, SourceFinder, make_2dgaussian_kernel
     from scipy import ndimage
 
+    from .csst_io import is_readable, read_image
+
+    if is_readable(images):
+        images = read_image(images)
+    elif hasattr(images, "items"):
+        images = {band: read_image(image) if is_readable(image) else image
+                  for band, image in images.items()}
     if isinstance(images, NDData):
         images = {str((images.meta or {}).get("FILTER", "band")): images}
     elif not hasattr(images, "items"):

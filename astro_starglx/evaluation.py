@@ -383,6 +383,8 @@ def evaluate_catalog(model, catalog, images, *, outdir, label_column="label",
     plots : bool, optional
         Write PNG figures (needs matplotlib).
     ra_column, dec_column : str, optional
+        Sky position columns (with the defaults, ``RA``/``DEC`` and the other
+        names of `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
 
     Returns
     -------

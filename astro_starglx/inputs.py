@@ -37,23 +37,23 @@ from ._validation import (
 )
 from .background import background_noise, image_noise_or_nan
 from .cutouts import cut_band, saturation_level, stamp_origin
+from .csst_io import ZEROPOINT_KEYWORDS, is_readable, read_image
 from .features import FEATURE_NAMES, PSF_FEATURE_NAMES, measure_band, psf_features
 from .flags import ClassFlag
 
 __all__ = [
     "SourceInputs",
-    "ZEROPOINT_KEYWORDS",
     "blend_flags",
     "model_images",
     "extract_inputs",
     "get_zeropoint",
     "pixel_positions",
+    "sky_column_names",
+    "SKY_COLUMN_ALIASES",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Header keywords searched, in order, for a band's AB zero point.
-ZEROPOINT_KEYWORDS = ("MAGZERO", "PHOTZP", "MAGZP", "MAGZPT", "ZP")
 
 _MAG_INDEX = FEATURE_NAMES.index("mag")
 
@@ -128,6 +128,50 @@ def _column_values(catalog, name, *, angle):
             raise ValueError(msg)
         values = u.Quantity(values, unit).to_value(u.deg)
     return np.where(np.isfinite(values), values, np.nan)
+
+
+#: Column pairs taken for ``ra``/``dec`` when a catalog has no ``ra``/``dec``
+#: columns and the defaults were asked for (matched case aside, in this order):
+#: any-case ra/dec, VizieR's ICRS and J2000 names, SExtractor's.
+SKY_COLUMN_ALIASES = (("ra", "dec"), ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
+                      ("alpha_j2000", "delta_j2000"), ("alphawin_j2000", "deltawin_j2000"))
+
+
+def sky_column_names(catalog, ra_column="ra", dec_column="dec"):
+    """
+    The catalog's right ascension and declination column names.
+
+    ``ra_column``/``dec_column`` when the catalog has both. Otherwise, if
+    they are the defaults ``"ra"``/``"dec"``, the first pair of
+    `SKY_COLUMN_ALIASES` that the catalog has (matched case aside: ``RA``/
+    ``DEC``, ``RA_ICRS``/``DE_ICRS``, ``ALPHA_J2000``/``DELTA_J2000``, ...),
+    logged at INFO.
+
+    Returns
+    -------
+    names : tuple of str or None
+        ``(ra_name, dec_name)``, or None if no pair is found.
+
+    Examples
+    --------
+    >>> from astropy.table import Table
+    >>> sky_column_names(Table({"ALPHA_J2000": [150.0], "DELTA_J2000": [2.0]}))
+    ('ALPHA_J2000', 'DELTA_J2000')
+    """
+    names = catalog.colnames
+    if ra_column in names and dec_column in names:
+        return ra_column, dec_column
+    if (ra_column, dec_column) != ("ra", "dec"):
+        return None
+    lower = {}
+    for name in names:
+        lower.setdefault(name.lower(), name)
+    for ra_alias, dec_alias in SKY_COLUMN_ALIASES:
+        if ra_alias in lower and dec_alias in lower:
+            found = lower[ra_alias], lower[dec_alias]
+            log.info("catalog has no 'ra'/'dec' columns: using %r/%r", *found)
+            return found
+    return None
 
 
 def _sky_positions(catalog, ra_column, dec_column):
@@ -256,7 +300,7 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
     check_catalog(catalog)
     has_xy = x_column in catalog.colnames and y_column in catalog.colnames
     use_pixels = shared_grid or (len(images) == 1 and has_xy
-                                 and ra_column not in catalog.colnames)
+                                 and sky_column_names(catalog, ra_column, dec_column) is None)
     if use_pixels:
         if not has_xy:
             msg = (f"shared_grid=True needs pixel columns x_column={x_column!r} and "
@@ -267,7 +311,8 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
         return {b: xs for b in images}, {b: ys for b in images}
     found = _skycoord_column(catalog, coord_column)
     if found is None:
-        if ra_column not in catalog.colnames or dec_column not in catalog.colnames:
+        names = sky_column_names(catalog, ra_column, dec_column)
+        if names is None:
             hint = ""
             if has_xy:
                 hint = (f" The catalog has pixel columns {x_column!r}/{y_column!r}: pass "
@@ -276,7 +321,7 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
                    f"and dec_column={dec_column!r}, or a SkyCoord column (coord_column); "
                    f"available columns: {catalog.colnames}.{hint}")
             raise ValueError(msg)
-        found = _sky_positions(catalog, ra_column, dec_column)
+        found = _sky_positions(catalog, *names)
     coords, finite = found
     for band, image in images.items():
         _check_celestial_wcs(band, image.wcs)
@@ -335,7 +380,7 @@ def get_zeropoint(image, band, zeropoints=None):
     ----------
     image : `~astropy.nddata.NDData`
         The band's image; its ``meta`` (``header`` for CCDData) is searched
-        for the keywords of `ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
+        for the keywords of `~astro_starglx.csst_io.ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
         ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``).
     band : str
         Band name, the key looked up in ``zeropoints``.
@@ -628,6 +673,30 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
     return flags
 
 
+def _filter_band(image, bands):
+    """The model band named by the image's ``FILTER`` keyword (case aside), or None."""
+    value = str((image.meta or {}).get("FILTER", "")).strip()
+    matches = [band for band in bands if band == value] or [
+        band for band in bands if band.lower() == value.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _images_by_filter(images, bands, name):
+    """A list of images as ``{band: image}``, each band named by its ``FILTER`` keyword."""
+    mapped = {}
+    for i, image in enumerate(images):
+        band = _filter_band(image, bands)
+        if band is None or band in mapped:
+            value = (image.meta or {}).get("FILTER")
+            why = (f"its FILTER keyword is {value!r}, which names none of the model's bands "
+                   f"{bands}" if band is None else f"band {band!r} (FILTER) is given twice")
+            msg = (f"{name} is a list, and {name}[{i}] cannot be mapped to a band: {why}; pass "
+                   "a mapping {band: image} instead")
+            raise ValueError(msg)
+        mapped[band] = image
+    return mapped
+
+
 def model_images(images, bands, *, allow_missing, model="the model", name="images"):
     """
     The images of a model's bands, mapped by band name.
@@ -636,7 +705,11 @@ def model_images(images, bands, *, allow_missing, model="the model", name="image
     ----------
     images : `~astropy.nddata.NDData` or mapping
         ``{band: CCDData}``, or one image: the model's only band, or the band
-        named by its ``FILTER`` keyword.
+        named by its ``FILTER`` keyword; a list of images each of whose
+        ``FILTER`` keyword names one of the model's bands (case aside) is
+        mapped by it. A FITS file path or an
+        `astropy.io.fits` HDU (or HDU list) stands for an image anywhere: it
+        is read with `~astro_starglx.csst_io.read_image`.
     bands : sequence of str
         The model's bands, in order.
     allow_missing : bool
@@ -655,17 +728,31 @@ def model_images(images, bands, *, allow_missing, model="the model", name="image
     Raises
     ------
     TypeError
-        If ``images`` is neither an NDData nor a mapping of str to NDData.
+        If ``images`` is neither an NDData (or a path or HDU) nor a mapping
+        of str to those.
     ValueError
         If no band of the model is present, a band is missing from a model
-        that needs all, or a single image's band cannot be told.
+        that needs all, or a single image's band cannot be told; a FITS
+        file or HDU without a 2-D image.
+    FileNotFoundError
+        If a path does not exist.
     """
     from astropy.nddata import NDData
 
     bands = list(bands)
-    hint = "wrap arrays as CCDData(data, unit='electron/s', wcs=WCS(header))"
+    hint = ("wrap arrays as CCDData(data, unit='electron/s', wcs=WCS(header)), or give the "
+            "FITS file's path")
+    if is_readable(images):
+        images = read_image(images)
+    elif isinstance(images, Mapping):
+        images = {band: read_image(image) if is_readable(image) else image
+                  for band, image in images.items()}
+    elif isinstance(images, (list, tuple)) and images and all(
+            isinstance(im, NDData) or is_readable(im) for im in images):
+        images = _images_by_filter([read_image(im) if is_readable(im) else im
+                                    for im in images], bands, name)
     if isinstance(images, NDData):
-        band = bands[0] if len(bands) == 1 else (images.meta or {}).get("FILTER")
+        band = bands[0] if len(bands) == 1 else _filter_band(images, bands)
         if band not in bands:
             msg = (f"{name} is a single image but the model reads bands {bands}; pass a "
                    "mapping {band: CCDData} (or set the image's FILTER keyword to one of "

@@ -118,7 +118,9 @@ def gaia_labels(catalog, *, radius=1.0, parallax_snr=5.0, pm_snr=5.0, max_ruwe=1
     backoff : float, optional
         First wait between retries, seconds.
     ra_column, dec_column : str, optional
-        Sky position columns.
+        Sky position columns
+        (with the defaults, ``RA``/``DEC`` and the other names of
+        `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
 
     Returns
     -------
@@ -268,7 +270,9 @@ def sdss_labels(catalog, *, radius=1.0, qso="star", max_zwarning=0, data_release
     timeout : float, optional
         Timeout of one query, seconds.
     ra_column, dec_column : str, optional
-        Sky position columns.
+        Sky position columns
+        (with the defaults, ``RA``/``DEC`` and the other names of
+        `~astro_starglx.inputs.SKY_COLUMN_ALIASES` are found too).
 
     Returns
     -------
@@ -407,19 +411,20 @@ def _common_options(label_column, chunk_radius, cache, retries, backoff):
 
 def _positions(catalog, ra_column, dec_column):
     """SkyCoord of the rows with finite positions and the (N,) mask of those rows."""
-    from .inputs import _skycoord_column, _sky_positions
+    from .inputs import _skycoord_column, _sky_positions, sky_column_names
 
     found = _skycoord_column(catalog, None)
     if found is not None:
         coords, finite = found
         return coords.icrs, finite
-    for name in (ra_column, dec_column):
-        if name not in catalog.colnames:
-            msg = (f"column {name!r} is not in the catalog (sky positions are needed to "
-                   f"match); available columns: {catalog.colnames}; pass ra_column= and "
-                   "dec_column=")
-            raise ValueError(msg)
-    return _sky_positions(catalog, ra_column, dec_column)
+    names = sky_column_names(catalog, ra_column, dec_column)
+    if names is None:
+        name = ra_column if ra_column not in catalog.colnames else dec_column
+        msg = (f"column {name!r} is not in the catalog (sky positions are needed to "
+               f"match); available columns: {catalog.colnames}; pass ra_column= and "
+               "dec_column=")
+        raise ValueError(msg)
+    return _sky_positions(catalog, *names)
 
 
 def _unit_vectors(ra, dec):

@@ -211,17 +211,12 @@ def _classifier(model, device, batch_size, threshold):
 
 
 def _read_image(path):
-    """A memory-mapped CCDData: CSST L1 (with wht and flg) or a plain FITS image."""
-    from astropy.io import fits
-    from astropy.nddata import CCDData
-
-    from .csst_io import read_csst_l1
+    """A memory-mapped CCDData: CSST L1 (with wht and flg, which must exist) or plain FITS."""
+    from .csst_io import read_csst_l1, read_image
 
     if _is_l1(path):
         return read_csst_l1(path)
-    with fits.open(path, memmap=True) as hdul:
-        has_unit = any("BUNIT" in hdu.header for hdu in hdul[:2])
-    return CCDData.read(path, unit=None if has_unit else "adu", memmap=True)
+    return read_image(path)
 
 
 def _write_table(table, path):

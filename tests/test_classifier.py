@@ -292,6 +292,28 @@ def test_non_finite_coordinates_are_per_source(clf, field):
             np.testing.assert_array_equal(bad[name], before[name])
 
 
+def test_classify_files_lists_and_common_column_names(clf, field, tmp_path):
+    """Paths, HDUs and a FILTER-named list give the CCDData results; so do RA/DEC columns."""
+    from astropy.io import fits
+
+    catalog, images = field
+    ref = clf.classify(catalog, images)
+    paths = {}
+    for band, image in images.items():
+        paths[band] = tmp_path / f"{band}.fits"
+        image.write(paths[band])
+    hdus = {band: fits.open(path) for band, path in paths.items()}
+    upper = catalog.copy()
+    upper.rename_columns(["ra", "dec"], ["RA", "DEC"])
+    for other_catalog, other_images in [(catalog, paths), (catalog, hdus),
+                                        (catalog, list(paths.values())), (upper, images)]:
+        out = clf.classify(other_catalog, other_images)
+        np.testing.assert_allclose(out["p_galaxy"], ref["p_galaxy"], atol=1e-6)
+        assert out.colnames[:len(other_catalog.colnames)] == other_catalog.colnames
+    for hdul in hdus.values():
+        hdul.close()
+
+
 def test_images_type_errors(clf, field):
     catalog, images = field
     with pytest.raises(TypeError, match="images must be a CCDData/NDData or a mapping"):

@@ -134,3 +134,91 @@ def test_read_l1_errors(l1_files, tmp_path):
     fits.PrimaryHDU().writeto(table)
     with pytest.raises(ValueError, match="no HDU holds a 2-D image"):
         read_csst_l1(table, weight_path=None, flag_path=None)
+
+
+# --------------------------------------------------------------------------
+# read_image: any FITS image, as classify() reads a path or HDU
+
+
+def test_read_image_round_trips_ccddata(tmp_path):
+    """What CCDData.write writes comes back: data, WCS, uncertainty, mask, header."""
+    from astropy.nddata import StdDevUncertainty
+
+    from astro_starglx.csst_io import read_image
+
+    rng = np.random.default_rng(1)
+    data = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    mask = np.zeros(SHAPE, bool)
+    mask[3, 4] = True
+    ccd = CCDData(data, unit="electron/s", wcs=WCS(_header()),
+                  uncertainty=StdDevUncertainty(np.full(SHAPE, 2.0, np.float32)), mask=mask,
+                  meta={"MAGZERO": 25.5, "FILTER": "g"})
+    path = tmp_path / "g.fits"
+    ccd.write(path)
+    image = read_image(path)
+    np.testing.assert_array_equal(image.data, data)
+    np.testing.assert_array_equal(image.mask, mask)
+    assert isinstance(image.uncertainty, StdDevUncertainty)
+    np.testing.assert_array_equal(image.uncertainty.array, 2.0)
+    assert str(image.unit) == "electron / s" and image.header["MAGZERO"] == 25.5
+    np.testing.assert_allclose(image.wcs.pixel_to_world_values(3.0, 7.0),
+                               ccd.wcs.pixel_to_world_values(3.0, 7.0))
+    assert read_image(str(path)).shape == SHAPE  # str and Path alike
+
+
+def test_read_image_multi_extension_and_hdus(tmp_path):
+    """Image in extension 1: primary keywords kept; HDU, HDUList, hdu= and unit= work."""
+    from astro_starglx.csst_io import read_image
+
+    data = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
+    primary = fits.PrimaryHDU(header=fits.Header([("MAGZERO", 26.1), ("SEEING", 0.9)]))
+    hdul = fits.HDUList([primary, fits.ImageHDU(data, _header(FILTER="r"))])
+    path = tmp_path / "mef.fits"
+    hdul.writeto(path)
+    for source in (path, hdul):
+        image = read_image(source)
+        np.testing.assert_array_equal(image.data, data)
+        assert image.header["MAGZERO"] == 26.1 and image.header["SEEING"] == 0.9
+        assert image.header["FILTER"] == "r" and str(image.unit) == "adu"
+        assert image.wcs.has_celestial
+    assert read_image(path, hdu=1).header["MAGZERO"] == 26.1
+    one = read_image(fits.ImageHDU(data, _header(BUNIT="e-/s")))
+    assert str(one.unit) == "electron / s" and "MAGZERO" not in one.header
+    assert str(read_image(path, unit="nJy").unit) == "nJy"
+    nowcs = read_image(fits.PrimaryHDU(data))
+    assert nowcs.wcs is None  # classify() then says the band has no WCS
+
+
+def test_read_image_reads_l1_with_companions(l1_files):
+    """An _img_ file whose wht and flg lie beside it is read as CSST L1."""
+    from astro_starglx.csst_io import read_image
+
+    path, data = l1_files
+    image = read_image(path)
+    assert isinstance(image.uncertainty, InverseVariance)
+    assert image.mask[5, 5] and image.header["MAGZERO"] == 25.9
+
+
+def test_read_image_errors(tmp_path):
+    from astro_starglx.csst_io import read_image
+
+    with pytest.raises(FileNotFoundError, match="'nope.fits': the image file does not exist"):
+        read_image("nope.fits")
+    with pytest.raises(TypeError, match="source must be a FITS file path or HDU, got ndarray"):
+        read_image(np.zeros((3, 3)))
+    table = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+        [fits.Column(name="a", format="E", array=np.ones(2))])]).writeto(table)
+    with pytest.raises(ValueError, match="no HDU holds a 2-D image"):
+        read_image(table)
+    with pytest.raises(ValueError, match=r"hdu=5 does not exist \(the file has 2 HDUs\)"):
+        read_image(table, hdu=5)
+    with pytest.raises(ValueError,
+                       match=r"hdu=1 holds no 2-D image \(a BinTableHDU with NAXIS = 2\)"):
+        read_image(table, hdu=1)
+    with pytest.raises(ValueError, match=r"ImageHDU: no HDU holds a 2-D image"):
+        read_image(fits.ImageHDU(np.zeros((2, 3, 4), np.float32)))
+    odd = tmp_path / "odd.fits"
+    fits.writeto(odd, np.zeros(SHAPE, np.float32), _header(BUNIT="furlongs"))
+    with pytest.raises(ValueError, match="BUNIT = 'furlongs' is not a unit .* pass unit="):
+        read_image(odd)

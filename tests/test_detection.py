@@ -133,3 +133,18 @@ def test_inverse_variance_of_each_uncertainty_kind():
     given = InverseVariance(np.array([[4.0, 0.0]], dtype=np.float32))
     np.testing.assert_array_equal(inverse_variance(given), [[4.0, 0.0]])
     assert inverse_variance(None) is None
+
+
+def test_detect_sources_reads_paths(tmp_path):
+    """A band given as a FITS path is read (with its header) and detected alike."""
+    pytest.importorskip("galsim")
+    from astro_starglx.simulate import simulate_field
+
+    images, _ = simulate_field(shape=(96, 96), n_stars=3, n_galaxies=3, bands=("r",),
+                               mag_range=(19, 21), seed=5)
+    path = tmp_path / "r.fits"
+    images["r"].write(path)
+    ref = detect_sources(images)
+    got = detect_sources({"r": path})
+    assert len(got) == len(ref) > 0
+    np.testing.assert_allclose(got["ra"], ref["ra"])

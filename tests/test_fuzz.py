@@ -478,8 +478,11 @@ def _defects(catalog, images, kwargs, draw):
         r"images has bands \['F1'\] but the model .* reads"
     yield "not NDData", (catalog, dict(images, **{band: data}), kwargs), TypeError, \
         rf"images\['{band}'\] must be an astropy CCDData or NDData"
-    yield "images list", (catalog, [im], kwargs), TypeError, \
+    yield "images list", (catalog, [data], kwargs), TypeError, \
         r"images must be a CCDData/NDData or a mapping"
+    unnamed = _replace(images, band, meta={k: v for k, v in im.meta.items() if k != "FILTER"})
+    yield "images list without FILTER", (catalog, [unnamed[band]], kwargs), ValueError, \
+        r"images is a list, and images\[0\] cannot be mapped to a band: its FILTER keyword"
     yield "catalog", ({"ra": [150.0], "dec": [2.0]}, images, kwargs), TypeError, \
         r"catalog must be an astropy Table"
     yield "feature_columns", (catalog, images, dict(kwargs, feature_columns={

@@ -20,7 +20,9 @@ from astro_starglx.inputs import (
     blend_flags,
     extract_inputs,
     get_zeropoint,
+    model_images,
     pixel_positions,
+    sky_column_names,
 )
 from astro_starglx.psf import PSFEstimate
 
@@ -518,6 +520,38 @@ def test_pixel_positions_catalog_and_column_errors():
         positions(Table({"a": [1.0]}), images)
 
 
+@pytest.mark.parametrize(("ra", "dec"), [
+    ("RA", "DEC"), ("Ra", "Dec"), ("RA_ICRS", "DE_ICRS"), ("RAJ2000", "DEJ2000"),
+    ("ALPHA_J2000", "DELTA_J2000")])
+def test_pixel_positions_common_column_names(ra, dec):
+    """With the default names, a catalog's RA/DEC, VizieR or SExtractor columns are found."""
+    images, coords = sky_field()
+    ref = positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images)
+    got = positions(Table({ra: coords.ra.deg, dec: coords.dec.deg, "x": [0.0] * len(coords),
+                           "y": [0.0] * len(coords)}), images)
+    for band in images:
+        np.testing.assert_array_equal(got[0][band], ref[0][band])
+        np.testing.assert_array_equal(got[1][band], ref[1][band])
+    # one image with pixel columns: the sky columns still win
+    one = {"g": images["g"]}
+    got = positions(Table({ra: coords.ra.deg, dec: coords.dec.deg, "x": [0.0] * len(coords),
+                           "y": [0.0] * len(coords)}), one)
+    np.testing.assert_array_equal(got[0]["g"], ref[0]["g"])
+
+
+def test_sky_column_names_order_and_explicit_names():
+    both = Table({"RA": [1.0], "DEC": [2.0], "ALPHA_J2000": [3.0], "DELTA_J2000": [4.0]})
+    assert sky_column_names(both) == ("RA", "DEC")  # the first pair of SKY_COLUMN_ALIASES
+    assert sky_column_names(both, "ALPHA_J2000", "DELTA_J2000") == ("ALPHA_J2000",
+                                                                    "DELTA_J2000")
+    assert sky_column_names(Table({"RA": [1.0], "DE_ICRS": [2.0]})) is None  # no whole pair
+    # explicit names are never replaced by an alias
+    assert sky_column_names(both, "ra_deg", "dec_deg") is None
+    images, _ = sky_field()
+    with pytest.raises(ValueError, match="expected columns ra_column='ra_deg'"):
+        positions(both, images, ra_column="ra_deg", dec_column="dec_deg")
+
+
 def test_pixel_positions_empty_catalog():
     images, _ = sky_field()
     x, y = positions(Table({"ra": np.zeros(0), "dec": np.zeros(0)}), images)
@@ -677,3 +711,34 @@ def test_blend_flags_tiny_odd_images():
     assert flags.shape == (2,)
     assert blend_flags(ccd(np.full((20, 20), np.nan)), np.array([5.0, 8.0]),
                        np.array([5.0, 5.0]), size=SIZE).shape == (2,)
+
+
+# --------------------------------------------------------------------------
+# model_images: paths, HDUs and lists
+
+
+def test_model_images_reads_paths_hdus_and_lists(tmp_path):
+    """A band given as a path or HDU is read; a list is mapped by FILTER (case aside)."""
+    wcs = sky_wcs()
+    data = np.arange(60 * 80, dtype=np.float32).reshape(60, 80)
+    header = wcs.to_header()
+    header["MAGZERO"] = ZP
+    header["FILTER"] = "G"
+    path = tmp_path / "g.fits"
+    fits.writeto(path, data, header)
+    r_hdu = fits.ImageHDU(data + 1, fits.Header(dict(header, FILTER="r")))
+    got = model_images({"g": path, "r": r_hdu}, ["g", "r"], allow_missing=False)
+    assert list(got) == ["g", "r"] and all(isinstance(im, CCDData) for im in got.values())
+    np.testing.assert_array_equal(got["g"].data, data)
+    np.testing.assert_array_equal(got["r"].data, data + 1)
+    listed = model_images([r_hdu, str(path)], ["g", "r"], allow_missing=False)
+    assert list(listed) == ["g", "r"]
+    np.testing.assert_array_equal(listed["g"].data, data)
+    single = model_images(path, ["u", "g"], allow_missing=True)  # one image: its FILTER
+    assert list(single) == ["g"]
+    with pytest.raises(ValueError, match=r"images\[1\] cannot be mapped to a band: its FILTER "
+                                         r"keyword is 'G', which names none of the model's "
+                                         r"bands \['u', 'r'\]"):
+        model_images([r_hdu, path], ["u", "r"], allow_missing=True)
+    with pytest.raises(FileNotFoundError, match="the image file does not exist"):
+        model_images({"g": tmp_path / "none.fits"}, ["g"], allow_missing=False)

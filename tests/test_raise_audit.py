@@ -399,8 +399,13 @@ SITES = {
         T(lambda c, mp: classify(c, images=_image()), ValueError,
           r"images is a single image but the model reads bands \['NUV'.*; pass a mapping"),
     "inputs:model_images:TypeError:{} must be a CCDData/NDData or a mapping":
-        T(lambda c, mp: classify(c, images=[_image()]), TypeError,
+        T(lambda c, mp: classify(c, images=[np.zeros((4, 4))]), TypeError,
           r"images must be a CCDData/NDData or a mapping \{band: CCDData\}, got list"),
+    "inputs:_images_by_filter:ValueError:{} is a list, and {}[{}] cannot be mappe":
+        T(lambda c, mp: classify(c, images=[_image(meta={"FILTER": "r"}),
+                                            _image(meta={"FILTER": "R"})]), ValueError,
+          r"images is a list, and images\[1\] cannot be mapped to a band: band 'r' "
+          r"\(FILTER\) is given twice; pass a mapping"),
     "inputs:model_images:TypeError:{} keys must be band names (str), got {}":
         T(lambda c, mp: classify(c, images={0: _image()}), TypeError,
           r"images keys must be band names \(str\), got 0 of type int"),
