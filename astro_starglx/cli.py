@@ -593,7 +593,7 @@ def _cmd_fine_tune(args):
                      name=args.name, ra_column=args.ra_column, dec_column=args.dec_column,
                      progress=sys.stderr.isatty(), reinit_input=args.reinit_input,
                      magnitude_thresholds=not args.one_threshold,
-                     feature_scale=args.feature_scale)
+                     feature_scale=args.feature_scale, self_training=args.self_training)
     print(path)
     return 0
 
@@ -662,6 +662,11 @@ def _add_fine_tune(sub, common):
     p.add_argument("--reinit-input", action="store_true",
                    help="start the input layer from a random initialisation (fine-tune mode; "
                         "default: the base model's weights)")
+    p.add_argument("--self-training", action="store_true",
+                   help="learn from the catalog's unlabelled rows too (empty or masked "
+                        "label): the sources the first model is sure of become "
+                        "pseudo-labels for a second training (default: unlabelled rows "
+                        "are refused)")
     p.add_argument("--one-threshold", action="store_true",
                    help="one decision threshold for all magnitudes (default: the bright half "
                         "of the validation sources gets its own)")

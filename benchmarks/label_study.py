@@ -12,7 +12,10 @@ and runs `astro_starglx.adapt.fine_tune_inputs` in each mode:
 - ``calibrate``: the released weights, only temperature and threshold refitted;
 - ``fine-tune-reinit`` (not run by default): ``fine-tune`` with
   ``reinit_input=True``, the input layer re-initialised (the SDSS pixels are
-  5.4 times CSST's).
+  5.4 times CSST's);
+- ``self-train`` (not run by default): ``fine-tune`` with
+  ``self_training=True``, given ``--unlabelled`` other pool sources without
+  their labels, as a user's catalog holds many more sources than labels.
 
 Every model (and the released model as it is) is scored on held-out fields
 (other seeds, never labelled): accuracy and star/galaxy recall at r < 21 and
@@ -21,6 +24,7 @@ overall, plus wall time. Run (niced on a shared machine)::
     nice -n 19 python -m benchmarks.label_study [--labels 100 300 1000 3000]
         [--modes fine-tune scratch calibrate] [--n-test 1200] [--field-size 512]
         [--epochs 30] [--feature-scale auto] [--out label-study] [--inputs fields.pkl]
+        [--unlabelled 4000]
 
 The label pool is ``1.05 * max(--labels)`` simulated sources; ``--inputs``
 keeps the simulated pool and held-out fields for another run with other
@@ -28,6 +32,7 @@ keeps the simulated pool and held-out fields for another run with other
 """
 
 import argparse
+import dataclasses
 import json
 import pickle
 import time
@@ -92,7 +97,8 @@ def stratified_subset(labels, n, seed):
 MODES = {"fine-tune": ("fine-tune", {}), "scratch": ("scratch", {}),
          "calibrate": ("calibrate", {}),
          "fine-tune-reinit": ("fine-tune", {"reinit_input": True}),
-         "fine-tune-1thr": ("fine-tune", {"magnitude_thresholds": False})}
+         "fine-tune-1thr": ("fine-tune", {"magnitude_thresholds": False}),
+         "self-train": ("fine-tune", {"self_training": True})}
 
 
 def score(model, test, mag, *, device="cpu"):
@@ -176,6 +182,9 @@ def main(argv=None):
     parser.add_argument("--inputs", default=None,
                         help="pickle of the simulated pool and test fields: read if it "
                              "exists, else written after simulating (default: none)")
+    parser.add_argument("--unlabelled", type=int, default=4000,
+                        help="unlabelled pool sources given to the self-train mode "
+                             "(default: 4000)")
     args = parser.parse_args(argv)
 
     import torch
@@ -221,11 +230,20 @@ def main(argv=None):
     rows = [{"n_labels": 0, "mode": "released", "seconds": 0.0, "epochs": 0,
              **score_classify(args.base, test_cats, test_imgs)}]
     for n in args.labels:
-        subset = pool.take(stratified_subset(pool.labels, n, args.seed))
+        chosen = stratified_subset(pool.labels, n, args.seed)
+        subset = pool.take(chosen)
+        # for self-training: other pool sources, their labels hidden (-1)
+        others = np.setdiff1d(np.arange(len(pool)), chosen)
+        others = np.random.default_rng(args.seed).permutation(others)[:args.unlabelled]
+        with_unlabelled = pool.take(np.concatenate([chosen, others]))
+        hidden = with_unlabelled.labels.copy()
+        hidden[len(chosen):] = -1
+        with_unlabelled = dataclasses.replace(with_unlabelled, labels=hidden)
         for mode in args.modes:
             ft_mode, options = MODES[mode]
             t0 = time.perf_counter()
-            path = fine_tune_inputs(subset, output=out / f"n{n}-{mode}", base=base,
+            data = with_unlabelled if options.get("self_training") else subset
+            path = fine_tune_inputs(data, output=out / f"n{n}-{mode}", base=base,
                                     mode=ft_mode, seed=args.seed, epochs=args.epochs,
                                     device="cpu", name=f"sdss-{mode}-{n}", **options)
             seconds = time.perf_counter() - t0

@@ -116,6 +116,22 @@ def test_parse_labels_errors():
         parse_labels(np.array([1j]))
 
 
+def test_parse_labels_allow_missing():
+    """Masked values, NaN, None and blanks are 'no label' (-1) only when allowed."""
+    column = MaskedColumn(["star", "galaxy", "x", "star"], mask=[False, False, True, False])
+    assert parse_labels(column, allow_missing=True).tolist() == [0, 1, -1, 0]
+    assert parse_labels([0.0, np.nan, 1.0], allow_missing=True).tolist() == [0, -1, 1]
+    assert parse_labels(np.array(["galaxy", None, "star"], dtype=object),
+                        allow_missing=True).tolist() == [1, -1, 0]
+    assert parse_labels(["", " star", "  "], allow_missing=True).tolist() == [-1, 0, -1]
+    with pytest.raises(ValueError, match=r"has 1 masked value.*self_training=True"):
+        parse_labels(column)
+    with pytest.raises(ValueError, match=r"\['QSO'\] in 1 row"):  # other values still fail
+        parse_labels(["QSO", ""], allow_missing=True)
+    with pytest.raises(ValueError, match="allow_missing must be"):
+        parse_labels(["star"], allow_missing="yes")
+
+
 def test_labelled_inputs_label_errors(user_field, tiny_base):
     catalog, images = user_field
     meta = load_model(tiny_base).meta
@@ -335,6 +351,57 @@ def test_fine_tune_scratch_and_sequences(user_field, tiny_base, tmp_path):
     assert any(not torch.equal(state[k], base_state[k]) for k in state)
 
 
+def test_fine_tune_self_training(user_field, tiny_base, tmp_path, monkeypatch):
+    """Unlabelled rows: refused by default; with self_training the sure ones train too."""
+    import astro_starglx.adapt as adapt
+
+    # the tiny random base is sure of nothing: take every unlabelled source
+    monkeypatch.setattr(adapt, "_PSEUDO_CUT", 0.5)
+    catalog, images = user_field
+    partial = catalog.copy()
+    partial["label"] = MaskedColumn(np.asarray(catalog["label"]).astype(str))
+    hidden = np.arange(len(partial)) % 2 == 1
+    partial["label"].mask = hidden
+    with pytest.raises(ValueError, match=r"masked value.*self_training=True"):
+        fine_tune(partial, images, output=tmp_path / "no", base=str(tiny_base), epochs=1)
+    path = fine_tune(partial, images, output=tmp_path / "st", base=str(tiny_base), epochs=2,
+                     batch_size=16, seed=2, self_training=True)
+    recipe = load_model(path).meta.recipe
+    info = recipe["self_training"]
+    assert info["n_unlabelled"] == int(hidden.sum()) and info["cut"] == 0.5
+    assert info["n_star"] + info["n_galaxy"] == info["n_unlabelled"]
+    assert recipe["epochs_run"] == 4  # two epochs, then two on labelled + pseudo-labelled
+    # validation (and the counts of the recipe) hold the labelled rows only
+    assert recipe["n_train"] + recipe["n_val"] + recipe["n_dropped"] == int((~hidden).sum())
+    assert recipe["command"].endswith("self_training=True)")
+    # every row labelled: nothing to pseudo-label, the first model is kept
+    full = fine_tune(catalog, images, output=tmp_path / "full", base=str(tiny_base),
+                     epochs=1, self_training=True)
+    assert load_model(full).meta.recipe["self_training"]["n_unlabelled"] == 0
+
+
+def test_pseudo_labels_are_the_sure_calibrated_classes(user_field, tiny_base):
+    """_pseudo_labelled keeps p <= 0.1 as stars and p >= 0.9 as galaxies, calibrated on val."""
+    from astro_starglx import metrics
+    from astro_starglx.adapt import _PSEUDO_CUT, _pseudo_labelled
+    from astro_starglx.inference import predict_logits
+
+    catalog, images = user_field
+    base = load_model(tiny_base, device="cpu")
+    data = labelled_inputs(catalog, images, meta=base.meta)
+    val, unlabelled = data.take(np.arange(0, len(data), 2)), data.take(np.arange(1, len(data), 2))
+    norm = base.meta.normalization
+    pseudo, info = _pseudo_labelled(base.network, norm, val, unlabelled, device="cpu")
+    temperature = metrics.fit_temperature(predict_logits(base.network, val, norm),
+                                          val.labels.astype(np.int64), bounds=(0.1, 10.0))
+    p = metrics.softmax(predict_logits(base.network, unlabelled, norm),
+                        temperature=temperature)[:, 1]
+    sure = (p <= _PSEUDO_CUT) | (p >= 1 - _PSEUDO_CUT)
+    np.testing.assert_array_equal(pseudo.row, unlabelled.row[sure])
+    np.testing.assert_array_equal(pseudo.labels, (p[sure] >= 0.5).astype(np.int8))
+    assert info["n_star"] == int((p <= _PSEUDO_CUT).sum())
+
+
 def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
     catalog, images = user_field
     path = fine_tune(catalog, images, output=tmp_path, base=str(psf_base), mode="calibrate")
@@ -397,6 +464,8 @@ def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
     ({"reinit_input": "yes"}, "reinit_input must be"),
     ({"magnitude_thresholds": 1}, "magnitude_thresholds must be"),
     ({"reinit_input": True, "mode": "calibrate"}, "applies to mode='fine-tune' only"),
+    ({"self_training": 1}, "self_training must be"),
+    ({"self_training": True, "mode": "calibrate"}, "mode='calibrate' trains nothing"),
 ])
 def test_fine_tune_option_errors(kwargs, match, tmp_path):
     with pytest.raises(ValueError, match=match):
