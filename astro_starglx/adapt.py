@@ -144,8 +144,13 @@ def parse_labels(values, *, column="label", allow_missing=False):
         raise ValueError(msg)
     if arr.dtype.kind == "O":
         if allow_missing:
-            missing |= np.array([v is None for v in arr.tolist()], dtype=bool)
-            arr = np.where(missing, "", arr)
+            values_list = arr.tolist()
+            missing |= np.array([v is None for v in values_list], dtype=bool)
+            numbers = all(isinstance(v, (int, float, np.number)) and not isinstance(v, str)
+                          for v, gone in zip(values_list, missing) if not gone)
+            filler = np.nan if numbers else ""  # None in numbers: NaN, in strings: blank
+            arr = np.array([filler if gone else v for v, gone in zip(values_list, missing)],
+                           dtype=float if numbers else None)
         arr = np.asarray(arr.tolist())
         if arr.ndim != 1:
             msg = f"label column {column!r} must hold one label per row, got nested objects"

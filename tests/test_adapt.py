@@ -124,6 +124,8 @@ def test_parse_labels_allow_missing():
     assert parse_labels(np.array(["galaxy", None, "star"], dtype=object),
                         allow_missing=True).tolist() == [1, -1, 0]
     assert parse_labels(["", " star", "  "], allow_missing=True).tolist() == [-1, 0, -1]
+    assert parse_labels(np.array([0, None, 1], dtype=object),
+                        allow_missing=True).tolist() == [0, -1, 1]
     with pytest.raises(ValueError, match=r"has 1 masked value.*self_training=True"):
         parse_labels(column)
     with pytest.raises(ValueError, match=r"\['QSO'\] in 1 row"):  # other values still fail
