@@ -299,8 +299,8 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
     """
     check_catalog(catalog)
     has_xy = x_column in catalog.colnames and y_column in catalog.colnames
-    use_pixels = shared_grid or (len(images) == 1 and has_xy
-                                 and sky_column_names(catalog, ra_column, dec_column) is None)
+    names = None if shared_grid else sky_column_names(catalog, ra_column, dec_column)
+    use_pixels = shared_grid or (len(images) == 1 and has_xy and names is None)
     if use_pixels:
         if not has_xy:
             msg = (f"shared_grid=True needs pixel columns x_column={x_column!r} and "
@@ -311,7 +311,6 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
         return {b: xs for b in images}, {b: ys for b in images}
     found = _skycoord_column(catalog, coord_column)
     if found is None:
-        names = sky_column_names(catalog, ra_column, dec_column)
         if names is None:
             hint = ""
             if has_xy:
