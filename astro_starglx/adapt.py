@@ -971,31 +971,30 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
     if mode == "calibrate":
         network, normalization = loaded.network, meta.normalization
     else:
-        normalization = meta.normalization
-        if mode == "scratch" or refit_normalization:
-            normalization = compute_normalization(train.features,
-                                                  softening=meta.normalization.softening)
         init_state = ({k: v.detach().clone() for k, v in loaded.network.state_dict().items()}
                       if mode == "fine-tune" else None)
         if reinit_input:
             init_state.update(_input_layer_init(meta.architecture, seed=seed))
-        result = fit(train, val, config=config, output_dir=output, normalization=normalization,
-                     device=device, resume=False, progress=progress, init_state=init_state,
-                     architecture=meta.architecture)
+
+        def train_on(sources):
+            """fit() from ``init_state`` on ``sources``, early-stopped on ``val``."""
+            norm = meta.normalization
+            if mode == "scratch" or refit_normalization:
+                norm = compute_normalization(sources.features,
+                                             softening=meta.normalization.softening)
+            return fit(sources, val, config=config, output_dir=output, normalization=norm,
+                       device=device, resume=False, progress=progress,
+                       init_state=init_state, architecture=meta.architecture), norm
+
+        result, normalization = train_on(train)
         network, history, best_epoch = result.network, result.history, result.best_epoch
         if self_training:
             pseudo, self_info = _pseudo_labelled(network, normalization, val, unlabelled,
                                                  device=device)
             if len(pseudo):  # a second run on the labelled and the pseudo-labelled
-                both = _concatenate(train, pseudo)
-                if mode == "scratch" or refit_normalization:
-                    normalization = compute_normalization(
-                        both.features, softening=meta.normalization.softening)
-                result = fit(both, val, config=config, output_dir=output,
-                             normalization=normalization, device=device, resume=False,
-                             progress=progress, init_state=init_state,
-                             architecture=meta.architecture)
-                network, best_epoch, trained_on = result.network, result.best_epoch, both
+                trained_on = _concatenate(train, pseudo)
+                result, normalization = train_on(trained_on)
+                network, best_epoch = result.network, result.best_epoch
                 history = history + result.history
 
     y_val = val.labels.astype(np.int64)
@@ -1032,7 +1031,7 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=30, lr=None
                                     or (mode == "fine-tune" and refit_normalization)),
         "reinit_input": bool(reinit_input),
         "magnitude_thresholds": bool(magnitude_thresholds),
-        "self_training": self_info if self_training and mode != "calibrate" else None,
+        "self_training": self_info,
         "config": dataclasses.asdict(config),
         "best_epoch": best_epoch, "epochs_run": len(history),
     }

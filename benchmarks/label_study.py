@@ -101,6 +101,16 @@ MODES = {"fine-tune": ("fine-tune", {}), "scratch": ("scratch", {}),
          "self-train": ("fine-tune", {"self_training": True})}
 
 
+def with_hidden_labels(pool, chosen, n_unlabelled, seed):
+    """The ``chosen`` pool sources and ``n_unlabelled`` others, their labels hidden (-1)."""
+    others = np.setdiff1d(np.arange(len(pool)), chosen)
+    others = np.random.default_rng(seed).permutation(others)[:n_unlabelled]
+    data = pool.take(np.concatenate([chosen, others]))
+    hidden = data.labels.copy()
+    hidden[len(chosen):] = -1
+    return dataclasses.replace(data, labels=hidden)
+
+
 def score(model, test, mag, *, device="cpu"):
     from astro_starglx.inference import calibrated_proba, predict_logits
 
@@ -232,17 +242,11 @@ def main(argv=None):
     for n in args.labels:
         chosen = stratified_subset(pool.labels, n, args.seed)
         subset = pool.take(chosen)
-        # for self-training: other pool sources, their labels hidden (-1)
-        others = np.setdiff1d(np.arange(len(pool)), chosen)
-        others = np.random.default_rng(args.seed).permutation(others)[:args.unlabelled]
-        with_unlabelled = pool.take(np.concatenate([chosen, others]))
-        hidden = with_unlabelled.labels.copy()
-        hidden[len(chosen):] = -1
-        with_unlabelled = dataclasses.replace(with_unlabelled, labels=hidden)
         for mode in args.modes:
             ft_mode, options = MODES[mode]
             t0 = time.perf_counter()
-            data = with_unlabelled if options.get("self_training") else subset
+            data = (with_hidden_labels(pool, chosen, args.unlabelled, args.seed)
+                    if options.get("self_training") else subset)
             path = fine_tune_inputs(data, output=out / f"n{n}-{mode}", base=base,
                                     mode=ft_mode, seed=args.seed, epochs=args.epochs,
                                     device="cpu", name=f"sdss-{mode}-{n}", **options)
