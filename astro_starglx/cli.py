@@ -541,7 +541,7 @@ def _cmd_train(args):
     config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed,
                          **_json_config(args.config))
     path = train_release(args.dataset, args.output, config=config, device=args.device,
-                         resume=not args.no_resume, name=args.name,
+                         resume=not args.no_resume, name=args.name, init=args.init,
                          command=" ".join([PROG, *sys.argv[1:]]))
     print(path)
     return 0
@@ -834,6 +834,10 @@ def _add_training(sub, common):
                    help="TrainConfig overrides as a JSON object or JSON file (default: none)")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh instead of resuming from a checkpoint")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="continue training this model (registry name or .safetensors "
+                        "file; use a smaller lr, e.g. --config '{\"lr\": 5e-4}') "
+                        "(default: random weights)")
     p.add_argument("--name", default=None,
                    help="model name in the weights meta and file name (default: the "
                         "architecture name)")

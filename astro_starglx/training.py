@@ -556,7 +556,7 @@ def _psf_validity(info, train, feature_names):
 
 
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,
-                  progress=True, name=None):
+                  progress=True, name=None, init=None):
     """
     The release recipe: train on a data set, calibrate, test, export weights.
 
@@ -586,6 +586,14 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     name : str or None, optional
         The model's name in its meta and file name (e.g. ``"rbim-lite-v2"``);
         default the model family, with the mode of an ablation appended.
+    init : str, path-like or None, optional
+        Continue training a model instead of starting from a random
+        initialisation: a registry name (e.g. ``"rbim-lite-v5"``) or a
+        ``.safetensors`` file whose weights and input normalisation are the
+        starting point. Its bands, stamp size, pixel scale, features and
+        architecture must be those of ``dataset`` and ``config``. The
+        recipe records its name and sha256. Use a smaller ``config.lr``
+        than for a fresh start (e.g. 5e-4), so that it keeps what it learned.
 
     Returns
     -------
@@ -604,8 +612,14 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     test = load_dataset(dataset, "test")
     info = train.info
     feature_names, (train, val, test) = _select_features(config, info, (train, val, test))
+    architecture = config.architecture(n_bands=len(info["bands"]), n_features=len(feature_names))
+    start = _init_model(init, info=info, feature_names=feature_names,
+                        architecture=architecture, device=device)
     result = fit(train, val, config=config, output_dir=output, device=device, resume=resume,
-                 progress=progress)
+                 progress=progress,
+                 normalization=None if start is None else start.meta.normalization,
+                 init_state=None if start is None else start.network.state_dict(),
+                 architecture=architecture)
     network = result.network
     val_logits = predict_logits(network, val, result.normalization, device=device)
     y_val = np.asarray(val.labels)
@@ -619,9 +633,10 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
         # the prior p_galaxy assumes: a class-balanced loss weighs each class alike
         star_fraction=0.5 if config.class_balance else float(np.mean(y_val == 0)),
         allow_missing_bands=config.band_dropout > 0,
-        architecture=config.architecture(n_bands=len(info["bands"]),
-                                         n_features=len(feature_names)),
+        architecture=architecture,
         recipe={"command": command or "astro-starglx train", "data_seed": info["seed"],
+                "init": None if start is None else {"name": start.name,
+                                                    "sha256": start.sha256},
                 "dataset": info.get("config"),
                 "dataset_max_fields": info.get("max_fields"),
                 "config": dataclasses.asdict(config),
@@ -645,6 +660,31 @@ def train_release(dataset, output, *, config=None, device=None, resume=True, com
     (output / "metrics.json").write_text(json.dumps(meta.metrics, indent=2))
     log.info("wrote %s", path)
     return path
+
+
+def _init_model(init, *, info, feature_names, architecture, device):
+    """The model `train_release` continues from (``init``), checked against the data."""
+    if init is None:
+        return None
+    from .weights import load_model
+
+    start = load_model(init, device=device)
+    meta = start.meta
+    wanted = {"bands": tuple(info["bands"]), "stamp_size": int(info["stamp_size"]),
+              "feature_names": tuple(feature_names), "architecture": architecture}
+    have = {"bands": tuple(meta.bands), "stamp_size": int(meta.stamp_size),
+            "feature_names": tuple(meta.feature_names), "architecture": meta.architecture}
+    for key, value in wanted.items():
+        if have[key] != value:
+            msg = (f"init={init!r} has {key} {have[key]!r} but the data set and config give "
+                   f"{value!r}; continue a model trained on data of the same kind (and "
+                   "config.model), or leave init out to start afresh")
+            raise ValueError(msg)
+    if not math.isclose(meta.pixel_scale, float(info["pixel_scale"]), rel_tol=1e-3):
+        msg = (f"init={init!r} reads pixels of {meta.pixel_scale} arcsec but the data set's "
+               f"are {info['pixel_scale']}; use fine_tune for another pixel scale")
+        raise ValueError(msg)
+    return start
 
 
 def _threshold_sources(val, max_mag):

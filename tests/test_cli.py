@@ -116,6 +116,29 @@ def test_parser_defaults():
     assert args.zeropoint is None and args.psf is None
 
 
+def test_train_passes_init_and_config(monkeypatch, tmp_path, capsys):
+    from astro_starglx import training
+
+    calls = []
+
+    def fake_train_release(dataset, output, **kwargs):
+        calls.append((dataset, output, kwargs))
+        return tmp_path / "out.safetensors"
+
+    monkeypatch.setattr(training, "train_release", fake_train_release)
+    argv = ["train", "a", "b", "run", "--init", "rbim-lite-v5", "--epochs", "3",
+            "--config", '{"lr": 5e-4}']
+    monkeypatch.setattr("sys.argv", ["astro-starglx", *argv])  # the recipe's command
+    assert main(argv) == 0
+    (dataset, output, kwargs), = calls
+    assert dataset == ["a", "b"] and output == "run"
+    assert kwargs["init"] == "rbim-lite-v5"
+    assert kwargs["config"].lr == 5e-4 and kwargs["config"].epochs == 3
+    assert "--init rbim-lite-v5" in kwargs["command"]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "out.safetensors")
+    assert build_parser().parse_args(["train", "data", "run"]).init is None
+
+
 # -- weights --------------------------------------------------------------------------
 
 

@@ -385,6 +385,54 @@ def test_train_release_records_the_feature_subset(tmp_path, features):
         assert meta.psf is None
 
 
+def test_train_release_continues_from_init(tmp_path):
+    """init= starts from a model's weights and normalisation, and the recipe names it."""
+    from astro_starglx.weights import load_model
+
+    dataset = write_toy_dataset(tmp_path / "ds")
+    first = training.train_release(dataset, tmp_path / "a", config=quick_config(epochs=1),
+                                   device="cpu", progress=False)
+    start = load_model(first, device="cpu")
+    # a learning rate too small to move the weights: the result is the start
+    again = training.train_release(dataset, tmp_path / "b", device="cpu", progress=False,
+                                   config=quick_config(epochs=1, lr=1e-12,
+                                                       weight_decay=0.0),
+                                   init=first, name="continued")
+    result = load_model(again, device="cpu")
+    assert result.meta.recipe["init"] == {"name": start.name, "sha256": start.sha256}
+    for key in ("feature_mean", "feature_std"):
+        np.testing.assert_array_equal(getattr(result.meta.normalization, key),
+                                      getattr(start.meta.normalization, key))
+    before, after = start.network.state_dict(), result.network.state_dict()
+    weights = [k for k, v in before.items() if k.endswith("weight") and v.ndim > 1]
+    assert weights
+    for key in weights:  # fp16 files: equal to their precision
+        torch.testing.assert_close(after[key], before[key], rtol=1e-3, atol=1e-4)
+    # a fresh start with the same seed does not give those weights
+    fresh = load_model(training.train_release(
+        dataset, tmp_path / "c", device="cpu", progress=False,
+        config=quick_config(epochs=1, lr=1e-12, weight_decay=0.0, seed=4)), device="cpu")
+    assert not any(torch.allclose(fresh.network.state_dict()[k], before[k])
+                   for k in weights)
+    assert fresh.meta.recipe["init"] is None
+
+
+def test_train_release_refuses_an_init_of_another_kind(tmp_path):
+    dataset = write_toy_dataset(tmp_path / "ds")
+    first = training.train_release(dataset, tmp_path / "a", progress=False, device="cpu",
+                                   config=quick_config(epochs=1, features=("mag", "radius")))
+    with pytest.raises(ValueError, match=r"init=.* has feature_names .*leave init out"):
+        training.train_release(dataset, tmp_path / "b", config=quick_config(epochs=1),
+                               device="cpu", progress=False, init=first)
+    info = json.loads((dataset / "dataset.json").read_text())
+    info["pixel_scale"] = 0.396
+    (dataset / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="pixels of 0.074 arcsec.*fine_tune"):
+        training.train_release(dataset, tmp_path / "c", progress=False, device="cpu",
+                               config=quick_config(epochs=1, features=("mag", "radius")),
+                               init=first)
+
+
 def test_load_dataset_concatenates_several_sets(tmp_path):
     from astro_starglx.dataset import load_dataset
 
