@@ -158,6 +158,14 @@ def sky_column_names(catalog, ra_column="ra", dec_column="dec"):
     >>> sky_column_names(Table({"ALPHA_J2000": [150.0], "DELTA_J2000": [2.0]}))
     ('ALPHA_J2000', 'DELTA_J2000')
     """
+    found = _find_sky_columns(catalog, ra_column, dec_column)
+    if found is not None and found != (ra_column, dec_column):
+        log.info("catalog has no 'ra'/'dec' columns: using %r/%r", *found)
+    return found
+
+
+def _find_sky_columns(catalog, ra_column, dec_column):
+    """`sky_column_names` without its log line."""
     names = catalog.colnames
     if ra_column in names and dec_column in names:
         return ra_column, dec_column
@@ -168,9 +176,7 @@ def sky_column_names(catalog, ra_column="ra", dec_column="dec"):
         lower.setdefault(name.lower(), name)
     for ra_alias, dec_alias in SKY_COLUMN_ALIASES:
         if ra_alias in lower and dec_alias in lower:
-            found = lower[ra_alias], lower[dec_alias]
-            log.info("catalog has no 'ra'/'dec' columns: using %r/%r", *found)
-            return found
+            return lower[ra_alias], lower[dec_alias]
     return None
 
 
@@ -299,7 +305,7 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
     """
     check_catalog(catalog)
     has_xy = x_column in catalog.colnames and y_column in catalog.colnames
-    names = None if shared_grid else sky_column_names(catalog, ra_column, dec_column)
+    names = None if shared_grid else _find_sky_columns(catalog, ra_column, dec_column)
     use_pixels = shared_grid or (len(images) == 1 and has_xy and names is None)
     if use_pixels:
         if not has_xy:
@@ -320,7 +326,7 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
                    f"and dec_column={dec_column!r}, or a SkyCoord column (coord_column); "
                    f"available columns: {catalog.colnames}.{hint}")
             raise ValueError(msg)
-        found = _sky_positions(catalog, *names)
+        found = _sky_positions(catalog, *sky_column_names(catalog, ra_column, dec_column))
     coords, finite = found
     for band, image in images.items():
         _check_celestial_wcs(band, image.wcs)

@@ -1,5 +1,6 @@
 """Tests of the input extraction: positions, zero points, stamps, noise and features."""
 
+import logging
 import re
 
 import numpy as np
@@ -550,6 +551,21 @@ def test_sky_column_names_order_and_explicit_names():
     images, _ = sky_field()
     with pytest.raises(ValueError, match="expected columns ra_column='ra_deg'"):
         positions(both, images, ra_column="ra_deg", dec_column="dec_deg")
+
+
+def test_sky_column_alias_logged_once_and_only_when_used(caplog):
+    images, coords = sky_field()
+    caplog.set_level(logging.INFO, logger="astro_starglx.inputs")
+    positions(Table({"RA": coords.ra.deg, "DEC": coords.dec.deg}), images)
+    assert [r.getMessage() for r in caplog.records].count(
+        "catalog has no 'ra'/'dec' columns: using 'RA'/'DEC'") == 1
+    caplog.clear()
+    # a SkyCoord column is used: the RA/DEC columns are not, and not logged
+    got = positions(Table({"RA": coords.ra.deg + 1.0, "DEC": coords.dec.deg,
+                           "coord": coords}), images)
+    assert not caplog.records
+    ref = positions(Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images)
+    np.testing.assert_array_equal(got[0]["g"], ref[0]["g"])
 
 
 def test_pixel_positions_empty_catalog():
