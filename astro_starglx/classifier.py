@@ -75,7 +75,8 @@ class StarGalaxyClassifier:
         with ``meta.threshold`` for sources without a measured magnitude).
     zeropoints : dict or None, optional
         ``{band: zero point}`` AB magnitude of one image unit; overrides the
-        images' ``MAGZERO`` header keywords.
+        images' ``MAGZERO`` header keywords (and the zero point of images
+        in a flux density unit such as nJy or nanomaggy).
     progress : bool, optional
         Show a progress bar over batches.
     symmetrize : {"canonical", "d4", "flips", "none"} or bool, optional
@@ -241,7 +242,9 @@ class StarGalaxyClassifier:
         zeropoints : dict or None, optional
             ``{band: AB zero point}`` of the images (the AB magnitude of one
             image unit); overrides the constructor's ``zeropoints`` and the
-            ``MAGZERO`` header keywords.
+            ``MAGZERO`` header keywords. Images in a flux density unit
+            (``nJy``, ``uJy``, ``nanomaggy``) without those keywords need
+            none.
         psf : float, Quantity, array, PSF model or dict, optional
             The PSF per band for PSF-aware models: a FWHM in arcsec (or an
             angle Quantity), a PSF image, or a photutils ``ImagePSF``; one

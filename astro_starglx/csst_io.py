@@ -133,13 +133,15 @@ def _companion(value, default, name):
 
 
 def _header_unit(bunit, path):
-    """The BUNIT keyword as a unit; ``e/s`` and ``e-/s`` (electrons) are understood."""
+    """The BUNIT keyword as a unit; ``e/s``, ``e-/s`` and ``nanomaggies`` are understood."""
     from astropy import units as u
 
     if bunit is None or not str(bunit).strip():
         return u.electron / u.s
     text = str(bunit).strip()
-    for candidate in (text, re.sub(r"(?i)\be-?(?=\s*(/|$))|electrons", "electron", text)):
+    electrons = re.sub(r"(?i)\be-?(?=\s*(/|$))|electrons", "electron", text)
+    # SDSS writes "nanomaggies" in some products; astropy knows the singular
+    for candidate in (text, re.sub(r"(?i)maggies\b", "maggy", electrons)):
         try:
             return u.Unit(candidate)
         except ValueError:

@@ -49,6 +49,7 @@ __all__ = [
     "get_zeropoint",
     "pixel_positions",
     "sky_column_names",
+    "unit_zeropoint",
     "SKY_COLUMN_ALIASES",
 ]
 
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 
 
 _MAG_INDEX = FEATURE_NAMES.index("mag")
+
+# The AB magnitude system's zero-magnitude flux density (Oke & Gunn 1983).
+_AB_FLUX_JY = 3631.0
 
 
 @dataclass(frozen=True)
@@ -360,12 +364,57 @@ def _find_zeropoint(image, band, zeropoints):
                 source = f"header keyword {keyword} of band {band!r}"
                 break
     if source is None:
+        unit = getattr(image, "unit", None)
+        value = unit_zeropoint(unit)
+        if value is not None:
+            source = f"the unit {unit} of band {band!r}"
+    if source is None:
         msg = (f"no photometric zero point for band {band!r}: magnitude features need one. "
                f"Pass zeropoints={{{band!r}: value}} (the AB magnitude of a source of one image "
-               f"unit in total) or set the MAGZERO keyword in the image header "
-               f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too)")
+               f"unit in total), set the MAGZERO keyword in the image header "
+               f"({', '.join(ZEROPOINT_KEYWORDS[1:])} are read too), or give an image "
+               "calibrated in a flux density unit (e.g. nJy or nanomaggy)")
         raise ValueError(msg)
     return as_zeropoint(source, value, band)
+
+
+def unit_zeropoint(unit):
+    """
+    The AB zero point of an image calibrated in a flux density unit.
+
+    ``-2.5 log10(1 unit / 3631 Jy)``: 31.4 for nJy, 23.9 for uJy, 22.5 for
+    SDSS's nanomaggy. Astropy's ``zero_point_flux`` equivalency relates
+    maggies to janskys.
+
+    Parameters
+    ----------
+    unit : str, `~astropy.units.UnitBase` or None
+        An image's unit.
+
+    Returns
+    -------
+    zeropoint : float or None
+        None for a unit that is not a spectral flux density (``adu``,
+        ``electron/s``, a surface brightness such as ``MJy/sr``), or None.
+
+    Examples
+    --------
+    >>> from astro_starglx.inputs import unit_zeropoint
+    >>> round(unit_zeropoint("nJy"), 3), round(unit_zeropoint("nanomaggy"), 3)
+    (31.4, 22.5)
+    >>> unit_zeropoint("electron/s") is None
+    True
+    """
+    if unit is None:
+        return None
+    try:
+        jansky = (1.0 * u.Unit(unit)).to_value(
+            u.Jy, equivalencies=u.zero_point_flux(_AB_FLUX_JY * u.Jy))
+    except (u.UnitsError, ValueError, TypeError):
+        return None
+    if not (math.isfinite(jansky) and jansky > 0):
+        return None
+    return -2.5 * math.log10(jansky / _AB_FLUX_JY)
 
 
 def _check_zeropoints(zeropoints, band):
@@ -386,11 +435,14 @@ def get_zeropoint(image, band, zeropoints=None):
     image : `~astropy.nddata.NDData`
         The band's image; its ``meta`` (``header`` for CCDData) is searched
         for the keywords of `~astro_starglx.csst_io.ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
-        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``).
+        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``). Without one, an image
+        whose ``unit`` is a flux density (``nJy``, ``uJy``, ``nanomaggy``)
+        gives the zero point of that unit (`unit_zeropoint`).
     band : str
         Band name, the key looked up in ``zeropoints``.
     zeropoints : mapping, optional
-        ``{band: zero point}``; takes precedence over the header.
+        ``{band: zero point}``; takes precedence over the header and the
+        unit.
 
     Returns
     -------

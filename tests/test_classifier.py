@@ -175,6 +175,18 @@ def test_zeropoint_and_unit_invariance(clf, field):
                                clf.predict_proba(catalog, images), atol=2e-4)
 
 
+def test_images_calibrated_in_njy_need_no_zeropoint(clf, field):
+    """Images in nJy (no MAGZERO) classify as the same sky in counts with its zero point."""
+    catalog, images = field
+    to_njy = 10 ** (-0.4 * (ZP - 31.4000656))  # one image unit in nJy
+    njy = {b: CCDData(im.data * to_njy, unit="nJy", wcs=im.wcs,
+                      uncertainty=InverseVariance(im.uncertainty.array / to_njy**2))
+           for b, im in images.items()}
+    assert all("MAGZERO" not in im.meta for im in njy.values())
+    np.testing.assert_allclose(clf.predict_proba(catalog, njy),
+                               clf.predict_proba(catalog, images), atol=2e-4)
+
+
 def test_noise_from_uncertainty_or_image(clf, field):
     """Without uncertainty the noise is estimated robustly: same classes."""
     catalog, images = field

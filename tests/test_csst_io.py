@@ -4,6 +4,7 @@ import mmap
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, InverseVariance
 from astropy.wcs import WCS
@@ -185,6 +186,9 @@ def test_read_image_multi_extension_and_hdus(tmp_path):
     one = read_image(fits.ImageHDU(data, _header(BUNIT="e-/s")))
     assert str(one.unit) == "electron / s" and "MAGZERO" not in one.header
     assert str(read_image(path, unit="nJy").unit) == "nJy"
+    # an SDSS-like frame: nanomaggies (plural) read as astropy's nanomaggy
+    sdss = read_image(fits.ImageHDU(data, _header(BUNIT="nanomaggies")))
+    assert sdss.unit == u.nmgy
     nowcs = read_image(fits.PrimaryHDU(data))
     assert nowcs.wcs is None  # classify() then says the band has no WCS
 

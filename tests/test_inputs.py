@@ -24,6 +24,7 @@ from astro_starglx.inputs import (
     model_images,
     pixel_positions,
     sky_column_names,
+    unit_zeropoint,
 )
 from astro_starglx.psf import PSFEstimate
 
@@ -50,6 +51,28 @@ def test_get_zeropoint_sources():
                                  meta={"MAGZPT": 26.0, "ZP": 24.0}), "g") == 26.0
     assert get_zeropoint(CCDData(np.zeros((3, 3)), unit="adu",
                                  meta={"MAGZP": 27.0, "MAGZPT": 26.0}), "g") == 27.0
+
+
+@pytest.mark.parametrize(("unit", "expected"), [
+    ("nJy", 31.4), ("uJy", 23.9), ("Jy", 8.9), ("nanomaggy", 22.5), (u.mgy, 0.0),
+    ("erg / (s cm2 Hz)", -48.6)])
+def test_get_zeropoint_from_a_flux_density_unit(unit, expected):
+    """An image calibrated in a flux density unit carries its AB zero point."""
+    image = CCDData(np.zeros((3, 3)), unit=unit)
+    assert get_zeropoint(image, "g") == pytest.approx(expected, abs=1e-3)
+    assert unit_zeropoint(unit) == pytest.approx(expected, abs=1e-3)
+    # a header keyword and the argument still take precedence
+    keyed = CCDData(np.zeros((3, 3)), unit=unit, meta={"MAGZERO": 25.0})
+    assert get_zeropoint(keyed, "g") == 25.0
+    assert get_zeropoint(image, "g", {"g": 26.0}) == 26.0
+
+
+@pytest.mark.parametrize("unit", ["adu", "electron / s", "MJy / sr", "", None])
+def test_no_zeropoint_from_other_units(unit):
+    assert unit_zeropoint(unit) is None
+    image = NDData(np.zeros((3, 3)), unit=unit)
+    with pytest.raises(ValueError, match="flux density unit"):
+        get_zeropoint(image, "g")
 
 
 def test_get_zeropoint_errors():
