@@ -452,7 +452,7 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
     estimates = {}
     if meta.psf is not None and len(catalog):
-        from .psf import resolve_psf
+        from .psf import header_disagreement, resolve_psf
 
         estimates = resolve_psf(images, {band: (x[band], y[band]) for band in images},
                                 psf=psf, pixel_scale=pixel_scale,
@@ -463,6 +463,9 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
                    "their PSF features assume the model's nominal PSF, which is not your "
                    "survey's. Pass psf={band: fwhm_arcsec} if you know it.")
             warnings.warn(msg, AstropyUserWarning, stacklevel=4)
+        disagreement = header_disagreement(estimates)
+        if disagreement:
+            warnings.warn(disagreement, AstropyUserWarning, stacklevel=4)
     n = len(catalog)
     psf_fwhm = np.full((n, len(meta.bands)), np.nan, dtype=np.float32)
     for c, band in enumerate(meta.bands):

@@ -471,6 +471,11 @@ class StarGalaxyClassifier:
                    f"the model {self.loaded.name!r} assumed its nominal PSF there and flagged "
                    "every source OUT_OF_RANGE. Pass psf={band: fwhm_arcsec} if you know it.")
             warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
+        from .psf import header_disagreement
+
+        disagreement = header_disagreement(estimates)
+        if disagreement:
+            warnings.warn(disagreement, StarGalaxyWarning, stacklevel=4)
         for band, est in estimates.items():
             low, high = meta.psf["fwhm_range"][band]
             fwhm = est.at(x[band], y[band])

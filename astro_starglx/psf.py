@@ -8,7 +8,10 @@ band it is taken, in this order, from
    angular or pixel `~astropy.units.Quantity`, a 2-D PSF image or an image
    PSF model such as `photutils.psf.ImagePSF`;
 2. the image header (`psf_from_header`): the keywords of
-   `PSF_HEADER_KEYWORDS`;
+   `PSF_HEADER_KEYWORDS`, checked against the field's own stars: a header
+   value more than `HEADER_TOLERANCE` (20 %) off the measured FWHM is
+   reported and not used (a seeing monitor's value, or a FWHM in other
+   units than assumed);
 3. the field's own point sources (`measure_psf`): the stellar locus of the
    bright, isolated catalog sources and a joint fit of their profiles;
 4. the model's nominal PSF when fewer than ``min_stars`` usable stars are
@@ -28,18 +31,20 @@ import math
 import numbers
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ._validation import check_bool, check_count, check_real
 
 __all__ = [
+    "HEADER_TOLERANCE",
     "PSF_HEADER_KEYWORDS",
     "PSF_SOURCES",
     "PSFEstimate",
     "measure_psf",
     "psf_from_argument",
+    "header_disagreement",
     "psf_from_header",
     "resolve_psf",
 ]
@@ -61,6 +66,14 @@ PSF_HEADER_KEYWORDS = (
     ("SEEING", "arcsec"),
     ("FWHM", "pixel"),
 )
+
+#: A header FWHM more than this fraction away from the one measured on the
+#: field's own stars is not used (`resolve_psf`). The measurement's median
+#: error is 1-2 % (docs/psf.rst), while header values are often the
+#: atmospheric seeing (a guider's or a seeing monitor's, narrower than the
+#: delivered PSF) or in other units than assumed (FWHM in arcsec, not
+#: pixels); the models were trained on measured PSFs.
+HEADER_TOLERANCE = 0.2
 
 _SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _PIXEL_UNITS = ("pix", "pixel", "pixels", "px")
@@ -107,6 +120,10 @@ class PSFEstimate:
     detail : str
         Provenance in words: the header keyword, the argument's type, or the
         measurement's summary.
+    header_fwhm : float or None
+        The FWHM a header keyword stated, arcsec, when it disagreed with
+        the field's own stars by more than `HEADER_TOLERANCE` and the
+        measurement was used instead (`resolve_psf`); else `None`.
     """
 
     fwhm: float
@@ -118,6 +135,7 @@ class PSFEstimate:
     band: str | None = None
     scatter: float | None = None
     detail: str = ""
+    header_fwhm: float | None = None
 
     def __post_init__(self):
         check_real("fwhm", self.fwhm, low=0.0, low_open=True, hint="; give it in arcsec")
@@ -168,7 +186,7 @@ class PSFEstimate:
         for key in ("plane", "shape"):
             if record[key] is not None:
                 record[key] = [v.item() if hasattr(v, "item") else v for v in record[key]]
-        for key in ("fwhm", "scatter"):
+        for key in ("fwhm", "scatter", "header_fwhm"):
             if record[key] is not None:
                 record[key] = float(record[key])
         record["n_stars"] = int(record["n_stars"])
@@ -950,9 +968,15 @@ def _image_pixel_scale(image, band, pixel_scale):
 
 
 def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
-                min_stars=5, spatial=True, max_candidates=300, snr_min=10.0):
+                min_stars=5, spatial=True, max_candidates=300, snr_min=10.0,
+                check_header=True):
     """
     The PSF of every band: argument, else header, else measured, else nominal.
+
+    A header's PSF is checked against the field's own stars: where the
+    measurement succeeds and differs from it by more than
+    `HEADER_TOLERANCE` (20 %), the measurement is used, and the estimate
+    keeps the header's value in ``header_fwhm`` (callers warn).
 
     Parameters
     ----------
@@ -976,12 +1000,15 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
         measurement's starting scale.
     min_stars, spatial, max_candidates, snr_min
         Passed to `measure_psf`.
+    check_header : bool, optional
+        Measure the bands whose header states a PSF too, and check the
+        header against it (for bands with ``positions``).
 
     Returns
     -------
     estimates : dict of str to `PSFEstimate`
-        In the order of ``images``. Estimates with ``fell_back=True`` are the
-        caller's to report (once per call).
+        In the order of ``images``. Estimates with ``fell_back=True`` or a
+        ``header_fwhm`` are the caller's to report (once per call).
 
     Raises
     ------
@@ -1013,10 +1040,11 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
             continue
         header = getattr(image, "meta", None)
         estimate = psf_from_header(header, pixel_scale=scale, band=band)
-        if estimate is not None:
+        has_positions = isinstance(positions, Mapping) and band in positions
+        if estimate is not None and not (check_header and has_positions):
             estimates[band] = estimate
             continue
-        if not isinstance(positions, Mapping) or band not in positions:
+        if not has_positions:
             msg = (f"positions has no entry for band {band!r}, needed to measure its PSF; "
                    f"pass positions={{{band!r}: (x, y)}} or psf={{{band!r}: fwhm_arcsec}}")
             raise ValueError(msg)
@@ -1026,7 +1054,7 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
             saturation = float(saturation) if float(saturation) > 0 else None
         except (TypeError, ValueError):
             saturation = None
-        estimates[band] = measure_psf(
+        measured = measure_psf(
             image.data, x, y, pixel_scale=scale,
             nominal_fwhm=_positive(f"nominal_fwhm[{band!r}]", _per_band(nominal_fwhm, band),
                                    hint="; give it in arcsec"),
@@ -1034,4 +1062,42 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
             saturation=saturation,
             min_stars=min_stars, spatial=spatial, max_candidates=max_candidates,
             snr_min=snr_min, band=band)
+        estimates[band] = (measured if estimate is None
+                           else _checked_header(estimate, measured))
     return estimates
+
+
+def header_disagreement(estimates):
+    """
+    One sentence naming the bands whose header PSF was not used, or None.
+
+    Parameters
+    ----------
+    estimates : mapping of str to `PSFEstimate`
+        From `resolve_psf`.
+
+    Returns
+    -------
+    message : str or None
+        For the caller's warning (once per call).
+    """
+    ignored = [f"{band} {est.header_fwhm:.3f} against {est.fwhm:.3f}"
+               for band, est in estimates.items() if est.header_fwhm is not None]
+    if not ignored:
+        return None
+    return (f"The header's PSF FWHM differs by more than {HEADER_TOLERANCE:.0%} from the one "
+            f"measured on the field's own stars (arcsec: {'; '.join(ignored)}), so the "
+            "measured PSF was used; pass psf={band: fwhm_arcsec} to impose a value.")
+
+
+def _checked_header(header, measured):
+    """The header's estimate, or the measured one where they disagree (`HEADER_TOLERANCE`)."""
+    if measured.fell_back or abs(measured.fwhm / header.fwhm - 1.0) <= HEADER_TOLERANCE:
+        return header
+    log.info("band %s: the header's PSF (%s, %.3f arcsec) is %.0f %% off the %.3f arcsec "
+             "measured on %d stars; using the measurement", header.band, header.detail,
+             header.fwhm, 100.0 * (header.fwhm / measured.fwhm - 1.0), measured.fwhm,
+             measured.n_stars)
+    return replace(measured, header_fwhm=header.fwhm,
+                   detail=f"{measured.detail}; header {header.detail} = {header.fwhm:.3f} "
+                          "arcsec disagreed, not used")

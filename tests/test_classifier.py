@@ -672,6 +672,31 @@ def test_psf_measured_without_header_keywords(psf_clf, sim_field):
     assert "PSFFWHM" in images["r"].meta and "PSFFWHM" not in bare["r"].meta
 
 
+def test_header_psf_that_disagrees_with_the_stars_is_not_used(psf_clf, sim_field):
+    """PSFFWHM keywords twice the true FWHM: the measured PSF is used, with one warning."""
+    catalog, images = sim_field
+    doubled = {band: CCDData(im.data, unit=im.unit, wcs=im.wcs, mask=im.mask,
+                             uncertainty=im.uncertainty,
+                             meta={**im.meta, "PSFFWHM": 2.0 * im.meta["PSFFWHM"]})
+               for band, im in images.items()}
+    out, messages = classify_recording(psf_clf, catalog, doubled)
+    psf = out.meta["astro_starglx"]["psf"]
+    checked = [band for band, record in psf.items() if record["source"] == "measured"]
+    assert checked  # the field has enough stars in some bands
+    for band, record in psf.items():
+        true = images[band].meta["PSFFWHM"]
+        if band in checked:
+            assert record["fwhm"] == pytest.approx(true, rel=0.1)
+            assert record["header_fwhm"] == pytest.approx(2.0 * true)
+        else:  # too few stars to check: the header
+            assert record["source"] == "header" and record["header_fwhm"] is None
+    found = [m for m in messages if "differs by more than 20%" in m]
+    assert len(found) == 1 and all(f"{band} " in found[0] for band in checked)
+    # the same classes as with the true header values
+    good, _ = classify_recording(psf_clf, catalog, images)
+    np.testing.assert_allclose(out["p_galaxy"], good["p_galaxy"], atol=0.1)
+
+
 def test_psf_fallback_warns_once_and_flags(psf_clf, sim_field):
     """Three sources give too few stars: nominal PSF, one warning, every source flagged."""
     catalog, images = sim_field

@@ -15,6 +15,7 @@ from scipy.special import j1
 from astro_starglx.psf import (
     PSF_HEADER_KEYWORDS,
     PSFEstimate,
+    header_disagreement,
     measure_psf,
     psf_from_argument,
     psf_from_header,
@@ -281,7 +282,7 @@ def test_resolve_psf_order(field):
     image, x, y, true = field
     header = fits.Header({"PIXSCALE": SCALE})
     with_header = header.copy()
-    with_header["PSFFWHM"] = (0.3, "[arcsec]")
+    with_header["PSFFWHM"] = (1.1 * true, "[arcsec]")  # within HEADER_TOLERANCE
     images = {
         "g": CCDData(image, unit="electron/s", meta=header,
                      uncertainty=StdDevUncertainty(np.ones(image.shape))),
@@ -292,8 +293,10 @@ def test_resolve_psf_order(field):
     out = resolve_psf(images, positions, psf={"i": 0.12}, nominal_fwhm=0.15)
     assert list(out) == ["g", "r", "i"]
     assert out["g"].source == "measured" and out["g"].fwhm == pytest.approx(true, rel=0.03)
-    assert out["r"].source == "header" and out["r"].fwhm == 0.3
+    assert out["r"].source == "header" and out["r"].fwhm == 1.1 * true
+    assert out["r"].header_fwhm is None
     assert out["i"].source == "argument" and out["i"].fwhm == 0.12
+    assert header_disagreement(out) is None
     # one value for all bands overrides headers and measurement
     out = resolve_psf(images, positions, psf=0.2 * u.arcsec, nominal_fwhm=0.15)
     assert {e.source for e in out.values()} == {"argument"}
@@ -303,6 +306,35 @@ def test_resolve_psf_order(field):
     out = resolve_psf(few, {"g": ([30.0], [30.0])}, nominal_fwhm={"g": 0.16})
     assert out["g"].fell_back and out["g"].fwhm == 0.16
     assert json.loads(json.dumps({b: e.to_dict() for b, e in out.items()}))["g"]["fell_back"]
+
+
+@pytest.mark.parametrize("factor", [0.7, 1.3, 3.0])
+def test_resolve_psf_does_not_use_a_header_that_disagrees_with_the_stars(field, factor):
+    """A header FWHM > 20 % off the stars' (a seeing monitor's, or another unit) is not used."""
+    image, x, y, true = field
+    header = fits.Header({"PIXSCALE": SCALE, "SEEING": factor * true})
+    images = {"r": CCDData(image, unit="electron/s", meta=header)}
+    out = resolve_psf(images, {"r": (x, y)}, nominal_fwhm=0.15)
+    est = out["r"]
+    assert est.source == "measured" and est.fwhm == pytest.approx(true, rel=0.03)
+    assert est.header_fwhm == pytest.approx(factor * true)
+    assert "SEEING" in est.detail and "not used" in est.detail
+    record = json.loads(json.dumps(est.to_dict()))
+    assert record["header_fwhm"] == pytest.approx(factor * true)
+    message = header_disagreement(out)
+    assert message.startswith("The header's PSF FWHM differs by more than 20%")
+    assert f"r {factor * true:.3f} against {est.fwhm:.3f}" in message
+    # without the check, or without positions to measure, the header is used as it is
+    for kwargs in ({"check_header": False}, {}):
+        positions = {"r": (x, y)} if kwargs else {}
+        est = resolve_psf(images, positions, nominal_fwhm=0.15, **kwargs)["r"]
+        assert est.source == "header" and est.fwhm == pytest.approx(factor * true)
+        assert est.header_fwhm is None
+    # too few stars to check: the header is used
+    few = {"r": CCDData(np.random.default_rng(1).normal(0, 1, (64, 64)), unit="adu",
+                        meta=header)}
+    est = resolve_psf(few, {"r": ([30.0], [30.0])}, nominal_fwhm=0.15)["r"]
+    assert est.source == "header" and not est.fell_back
 
 
 def test_resolve_psf_pixel_scale_from_wcs(field):
