@@ -219,9 +219,9 @@ class StarGalaxyClassifier:
             Names of the sky position columns (degrees, or any angle unit
             the column carries). With the defaults, a catalog without
             ``ra``/``dec`` is read from ``RA``/``DEC`` (any case),
-            ``RA_ICRS``/``DE_ICRS``, ``RAJ2000``/``DEJ2000`` or SExtractor's
-            ``ALPHA_J2000``/``DELTA_J2000`` (see
-            `~astro_starglx.inputs.sky_column_names`).
+            ``RA_deg``/``DEC_deg``, ``RA_ICRS``/``DE_ICRS``,
+            ``RAJ2000``/``DEJ2000`` or SExtractor's ``ALPHA_J2000``/
+            ``DELTA_J2000`` (all pairs: `~astro_starglx.inputs.SKY_COLUMN_ALIASES`).
         coord_column : str or None, optional
             Name of a `~astropy.coordinates.SkyCoord` column; ``None`` uses
             one if the table has exactly one.

@@ -625,7 +625,8 @@ def _add_user_data(p, *, required):
                         "else adu)")
     p.add_argument("--ra-column", default="ra",
                    help="right ascension column, in degrees (with the default, a catalog "
-                        "without 'ra' is read from RA, RA_ICRS, RAJ2000 or ALPHA_J2000)")
+                        "without 'ra' is read from RA, RA_deg, RA_ICRS, RAJ2000, ALPHA_J2000 or "
+                        "X_WORLD)")
     p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
 
 
@@ -772,7 +773,8 @@ def _add_classify(sub, common):
                         "else adu)")
     p.add_argument("--ra-column", default="ra",
                    help="right ascension column, in degrees (with the default, a catalog "
-                        "without 'ra' is read from RA, RA_ICRS, RAJ2000 or ALPHA_J2000)")
+                        "without 'ra' is read from RA, RA_deg, RA_ICRS, RAJ2000, ALPHA_J2000 or "
+                        "X_WORLD)")
     p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
     p.set_defaults(func=_cmd_classify)
 

@@ -136,9 +136,12 @@ def _column_values(catalog, name, *, angle):
 
 #: Column pairs taken for ``ra``/``dec`` when a catalog has no ``ra``/``dec``
 #: columns and the defaults were asked for (matched case aside, in this order):
-#: any-case ra/dec, VizieR's ICRS and J2000 names, SExtractor's.
-SKY_COLUMN_ALIASES = (("ra", "dec"), ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
-                      ("alpha_j2000", "delta_j2000"), ("alphawin_j2000", "deltawin_j2000"))
+#: any-case ra/dec, names with the unit or the equinox, VizieR's ICRS and J2000
+#: names, SExtractor's (``X_WORLD``/``Y_WORLD`` are RA/Dec with a celestial WCS).
+SKY_COLUMN_ALIASES = (("ra", "dec"), ("ra_deg", "dec_deg"), ("ra_j2000", "dec_j2000"),
+                      ("ra_icrs", "de_icrs"), ("raj2000", "dej2000"),
+                      ("alpha_j2000", "delta_j2000"), ("alphawin_j2000", "deltawin_j2000"),
+                      ("x_world", "y_world"))
 
 
 def sky_column_names(catalog, ra_column="ra", dec_column="dec"):

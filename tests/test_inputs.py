@@ -545,8 +545,9 @@ def test_pixel_positions_catalog_and_column_errors():
 
 
 @pytest.mark.parametrize(("ra", "dec"), [
-    ("RA", "DEC"), ("Ra", "Dec"), ("RA_ICRS", "DE_ICRS"), ("RAJ2000", "DEJ2000"),
-    ("ALPHA_J2000", "DELTA_J2000")])
+    ("RA", "DEC"), ("Ra", "Dec"), ("RA_deg", "DEC_deg"), ("RA_J2000", "DEC_J2000"),
+    ("RA_ICRS", "DE_ICRS"), ("RAJ2000", "DEJ2000"), ("ALPHA_J2000", "DELTA_J2000"),
+    ("X_WORLD", "Y_WORLD")])
 def test_pixel_positions_common_column_names(ra, dec):
     """With the default names, a catalog's RA/DEC, VizieR or SExtractor columns are found."""
     images, coords = sky_field()
