@@ -411,8 +411,11 @@ def unit_zeropoint(unit):
     if unit is None:
         return None
     try:
-        jansky = (1.0 * u.Unit(unit)).to_value(
-            u.Jy, equivalencies=u.zero_point_flux(_AB_FLUX_JY * u.Jy))
+        unit = u.Unit(unit)
+        if isinstance(unit, u.FunctionUnitBase):  # mag(AB), dex: not a linear flux
+            return None
+        jansky = (1.0 * unit).to_value(u.Jy,
+                                       equivalencies=u.zero_point_flux(_AB_FLUX_JY * u.Jy))
     except (u.UnitsError, ValueError, TypeError):
         return None
     if not (math.isfinite(jansky) and jansky > 0):

@@ -67,7 +67,8 @@ def test_get_zeropoint_from_a_flux_density_unit(unit, expected):
     assert get_zeropoint(image, "g", {"g": 26.0}) == 26.0
 
 
-@pytest.mark.parametrize("unit", ["adu", "electron / s", "MJy / sr", "", None])
+@pytest.mark.parametrize("unit", ["adu", "electron / s", "MJy / sr", "", None, u.ABmag,
+                                  "Jy / beam", "erg / (s cm2 Angstrom)"])
 def test_no_zeropoint_from_other_units(unit):
     assert unit_zeropoint(unit) is None
     image = NDData(np.zeros((3, 3)), unit=unit)
