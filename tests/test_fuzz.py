@@ -588,10 +588,10 @@ def _assert_same(a, b, *, atol=1e-5, ignore=0):
     np.testing.assert_array_equal(fa & ~np.uint16(ignore), fb & ~np.uint16(ignore))
 
 
-def _rebuild(image, *, data=None, uncertainty=False, meta=None):
+def _rebuild(image, *, data=None, uncertainty=False, meta=None, unit=None):
     return NDData(image.data if data is None else data, mask=image.mask,
                   uncertainty=image.uncertainty if uncertainty is False else uncertainty,
-                  wcs=image.wcs, meta=dict(image.meta) if meta is None else meta)
+                  wcs=image.wcs, meta=dict(image.meta) if meta is None else meta, unit=unit)
 
 
 @settings(FAST, max_examples=50)
@@ -629,21 +629,44 @@ def test_flux_scale_and_byte_order_invariance(classifier, scenario, log_k, swap)
     images = band_mapping(images)
     kwargs = {key: value for key, value in kwargs.items() if key != "zeropoints"}
     k = 10.0**log_k
+    ref = classify_recorded(classifier(), catalog, images, **kwargs)
+    out = classify_recorded(classifier(), catalog, _scaled(images, k, swap=swap), **kwargs)
+    _assert_same(out, ref, atol=2e-3)
+
+
+def _scaled(images, k, *, swap=False, unit=None):
+    """Data x k (one value or one per band), the zero point + 2.5 log10 k (or ``unit``
+    and no MAGZERO), SATURATE x k."""
     scaled = {}
     for band, im in images.items():
-        data = np.asarray(im.data, dtype=np.float64) * k
+        factor = k[band] if isinstance(k, dict) else k
+        data = np.asarray(im.data, dtype=np.float64) * factor
         if swap:
             data = data.astype(data.dtype.newbyteorder())
-        meta = dict(im.meta, MAGZERO=im.meta["MAGZERO"] + 2.5 * math.log10(k))
+        meta = dict(im.meta, MAGZERO=im.meta["MAGZERO"] + 2.5 * math.log10(factor))
+        if unit is not None:
+            del meta["MAGZERO"]
         if "SATURATE" in meta:
-            meta["SATURATE"] *= k
+            meta["SATURATE"] *= factor
         unc = im.uncertainty
         if unc is not None:
             power = {StdDevUncertainty: 1, VarianceUncertainty: 2, InverseVariance: -2}
-            unc = type(unc)(np.asarray(unc.array, dtype=np.float64) * k ** power[type(unc)])
-        scaled[band] = _rebuild(im, data=data, uncertainty=unc, meta=meta)
+            unc = type(unc)(np.asarray(unc.array, dtype=np.float64) * factor ** power[type(unc)])
+        scaled[band] = _rebuild(im, data=data, uncertainty=unc, meta=meta, unit=unit)
+    return scaled
+
+
+@settings(FAST, max_examples=30)
+@given(scenario=scenarios(tame=True), unit=st.sampled_from(["nJy", "uJy", "nanomaggy"]))
+def test_images_in_a_flux_density_unit_need_no_zero_point(classifier, scenario, unit):
+    """Calibrated images (nJy, uJy, nanomaggy) without MAGZERO: the same answers."""
+    catalog, images, kwargs, _ = scenario
+    images = band_mapping(images)
+    kwargs = {key: value for key, value in kwargs.items() if key != "zeropoints"}
+    unit_zp = {"nJy": 31.4000656, "uJy": 23.9000656, "nanomaggy": 22.5}[unit]
+    k = {band: 10.0 ** (-0.4 * (im.meta["MAGZERO"] - unit_zp)) for band, im in images.items()}
     ref = classify_recorded(classifier(), catalog, images, **kwargs)
-    out = classify_recorded(classifier(), catalog, scaled, **kwargs)
+    out = classify_recorded(classifier(), catalog, _scaled(images, k, unit=unit), **kwargs)
     _assert_same(out, ref, atol=2e-3)
 
 
