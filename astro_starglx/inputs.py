@@ -397,8 +397,9 @@ def unit_zeropoint(unit):
     Returns
     -------
     zeropoint : float or None
-        None for a unit that is not a spectral flux density (``adu``,
-        ``electron/s``, a surface brightness such as ``MJy/sr``), or None.
+        None for ``unit=None`` and for a unit that is not a linear spectral
+        flux density (``adu``, ``electron/s``, ``mag(AB)``, a surface
+        brightness such as ``MJy/sr``).
 
     Examples
     --------

@@ -974,9 +974,10 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
     The PSF of every band: argument, else header, else measured, else nominal.
 
     A header's PSF is checked against the field's own stars: where the
-    measurement succeeds and differs from it by more than
-    `HEADER_TOLERANCE` (20 %), the measurement is used, and the estimate
-    keeps the header's value in ``header_fwhm`` (callers warn).
+    measurement uses at least ``2 * min_stars`` stars and differs from it
+    by more than `HEADER_TOLERANCE` (20 %), the measurement is used, and
+    the estimate keeps the header's value in ``header_fwhm`` (callers
+    warn).
 
     Parameters
     ----------
@@ -1002,7 +1003,8 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
         Passed to `measure_psf`.
     check_header : bool, optional
         Measure the bands whose header states a PSF too, and check the
-        header against it (for bands with ``positions``).
+        header against it (for bands with ``positions``); False trusts the
+        header.
 
     Returns
     -------
@@ -1016,6 +1018,7 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
         For invalid ``images``, ``psf`` or ``positions`` (naming the band and
         the fix).
     """
+    check_bool("check_header", check_header)
     if not isinstance(images, Mapping) or not images:
         msg = (f"images must be a non-empty mapping {{band: NDData}}, got "
                f"{type(images).__name__}; e.g. images={{'r': ccd}}")
@@ -1063,7 +1066,7 @@ def resolve_psf(images, positions, *, psf=None, pixel_scale=None, nominal_fwhm,
             min_stars=min_stars, spatial=spatial, max_candidates=max_candidates,
             snr_min=snr_min, band=band)
         estimates[band] = (measured if estimate is None
-                           else _checked_header(estimate, measured))
+                           else _checked_header(estimate, measured, min_stars))
     return estimates
 
 
@@ -1090,9 +1093,10 @@ def header_disagreement(estimates):
             "measured PSF was used; pass psf={band: fwhm_arcsec} to impose a value.")
 
 
-def _checked_header(header, measured):
+def _checked_header(header, measured, min_stars):
     """The header's estimate, or the measured one where they disagree (`HEADER_TOLERANCE`)."""
-    if measured.fell_back or abs(measured.fwhm / header.fwhm - 1.0) <= HEADER_TOLERANCE:
+    if (measured.fell_back or measured.n_stars < 2 * min_stars
+            or abs(measured.fwhm / header.fwhm - 1.0) <= HEADER_TOLERANCE):
         return header
     log.info("band %s: the header's PSF (%s, %.3f arcsec) is %.0f %% off the %.3f arcsec "
              "measured on %d stars; using the measurement", header.band, header.detail,
