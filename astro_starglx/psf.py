@@ -139,6 +139,9 @@ class PSFEstimate:
 
     def __post_init__(self):
         check_real("fwhm", self.fwhm, low=0.0, low_open=True, hint="; give it in arcsec")
+        if self.header_fwhm is not None:
+            check_real("header_fwhm", self.header_fwhm, low=0.0, low_open=True,
+                       hint="; give it in arcsec, or None")
         if self.source not in PSF_SOURCES:
             msg = f"source must be one of {PSF_SOURCES}, got {self.source!r}"
             raise ValueError(msg)

@@ -335,6 +335,8 @@ def test_resolve_psf_does_not_use_a_header_that_disagrees_with_the_stars(field, 
                         meta=header)}
     est = resolve_psf(few, {"r": ([30.0], [30.0])}, nominal_fwhm=0.15)["r"]
     assert est.source == "header" and not est.fell_back
+    with pytest.raises(ValueError, match="header_fwhm must be"):
+        PSFEstimate(0.15, "measured", header_fwhm=-1.0)
     with pytest.raises(ValueError, match="check_header must be True or False"):
         resolve_psf(images, {"r": (x, y)}, nominal_fwhm=0.15, check_header="no")
 
