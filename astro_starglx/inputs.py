@@ -366,6 +366,11 @@ def _find_zeropoint(image, band, zeropoints):
                 value = meta[keys[keyword]]
                 source = f"header keyword {keyword} of band {band!r}"
                 break
+        else:
+            if "FLUXMAG0" in keys:  # the flux of magnitude 0 (HSC / LSST calexps)
+                raw = meta[keys["FLUXMAG0"]]
+                value = _fluxmag0_zeropoint(raw)
+                source = f"header keyword FLUXMAG0 = {raw!r} of band {band!r} (2.5 log10 of it)"
     if source is None:
         unit = getattr(image, "unit", None)
         value = unit_zeropoint(unit)
@@ -379,6 +384,14 @@ def _find_zeropoint(image, band, zeropoints):
                "calibrated in a flux density unit (e.g. nJy or nanomaggy)")
         raise ValueError(msg)
     return as_zeropoint(source, value, band)
+
+
+def _fluxmag0_zeropoint(value):
+    """``2.5 log10(FLUXMAG0)``; NaN (which `as_zeropoint` refuses) unless a positive number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        return math.nan
+    return 2.5 * math.log10(value) if math.isfinite(value) and value > 0 else math.nan
 
 
 def unit_zeropoint(unit):
@@ -442,9 +455,11 @@ def get_zeropoint(image, band, zeropoints=None):
     image : `~astropy.nddata.NDData`
         The band's image; its ``meta`` (``header`` for CCDData) is searched
         for the keywords of `~astro_starglx.csst_io.ZEROPOINT_KEYWORDS`, in order (``MAGZERO``,
-        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``). Without one, an image
-        whose ``unit`` is a flux density (``nJy``, ``uJy``, ``nanomaggy``)
-        gives the zero point of that unit (`unit_zeropoint`).
+        ``PHOTZP``, ``MAGZP``, ``MAGZPT``, ``ZP``), then for ``FLUXMAG0``
+        (the flux of a magnitude-0 source, as in HSC and LSST calexps:
+        ``zp = 2.5 log10(FLUXMAG0)``). Without those, an image whose
+        ``unit`` is a flux density (``nJy``, ``uJy``, ``nanomaggy``) gives
+        the zero point of that unit (`unit_zeropoint`).
     band : str
         Band name, the key looked up in ``zeropoints``.
     zeropoints : mapping, optional

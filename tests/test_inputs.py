@@ -76,6 +76,18 @@ def test_no_zeropoint_from_other_units(unit):
         get_zeropoint(image, "g")
 
 
+def test_get_zeropoint_from_fluxmag0():
+    """HSC/LSST calexps state the flux of magnitude 0: zp = 2.5 log10(FLUXMAG0)."""
+    image = CCDData(np.zeros((3, 3)), unit="adu", meta={"FLUXMAG0": 10.0 ** 11.2})
+    assert get_zeropoint(image, "i") == pytest.approx(28.0)
+    both = CCDData(np.zeros((3, 3)), unit="adu", meta={"FLUXMAG0": 1e11, "MAGZERO": 27.0})
+    assert get_zeropoint(both, "i") == 27.0  # the zero-point keywords first
+    for bad in (-1.0, 0, "n/a", True, np.nan):
+        image = CCDData(np.zeros((3, 3)), unit="adu", meta={"FLUXMAG0": bad})
+        with pytest.raises(ValueError, match=r"header keyword FLUXMAG0 = .* must be a finite"):
+            get_zeropoint(image, "i")
+
+
 def test_get_zeropoint_errors():
     image = CCDData(np.zeros((3, 3)), unit="adu")
     with pytest.raises(ValueError, match=r"magnitude features need one.*zeropoints=\{'g': value\}"
