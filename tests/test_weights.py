@@ -89,7 +89,7 @@ def served(isolated_registry, weights_server, monkeypatch):
 
 def test_shipped_registry_entries_are_valid():
     registry = json.loads(weights._REGISTRY_PATH.read_text())
-    assert registry["default"] == "rbim-lite-v5"
+    assert registry["default"] == "rbim-lite-v10"
     entries = list_weights()
     assert [w.name for w in entries] == sorted(registry["models"])
     for entry in entries:

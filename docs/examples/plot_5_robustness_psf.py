@@ -9,7 +9,7 @@ relative to it. Here the same sky is simulated with the PSF core from 0.8 to
 1.8 times the nominal CSST width, the PSF keywords are removed from the
 headers (as on images without them, so the PSF-aware model must measure it),
 and each field is classified by the compact model that does not know the PSF
-(``rbim-lite``) and by the PSF-aware default (``rbim-lite-v5``).
+(``rbim-lite``) and by the PSF-aware default (``rbim-lite-v10``).
 
 The model card's robustness table has the same comparison over more
 conditions and larger fields.
@@ -28,7 +28,7 @@ from astro_starglx.simulate import simulate_field
 
 PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSF_FWHM", "PSFR80", "PSFSCALE")
 scales = [0.8, 1.0, 1.2, 1.4, 1.6, 1.8]
-models = {name: StarGalaxyClassifier(name) for name in ("rbim-lite", "rbim-lite-v5")}
+models = {name: StarGalaxyClassifier(name) for name in ("rbim-lite", "rbim-lite-v10")}
 
 
 def without_psf_keywords(images):
