@@ -598,6 +598,20 @@ def _cmd_fine_tune(args):
     return 0
 
 
+def _add_image_options(p):
+    """How the images and the catalog's positions are read (classify and your own data)."""
+    p.add_argument("--hdu", type=int, default=None,
+                   help="FITS HDU of the images (default: the first holding an image)")
+    p.add_argument("--unit", default=None,
+                   help="image unit, e.g. electron/s (default: the BUNIT header keyword, "
+                        "else adu)")
+    p.add_argument("--ra-column", default="ra",
+                   help="right ascension column, in degrees (with the default, a catalog "
+                        "without 'ra' is read from RA, RA_deg, RA_ICRS, RAJ2000, ALPHA_J2000 or "
+                        "X_WORLD)")
+    p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
+
+
 def _add_user_data(p, *, required):
     """``--catalog``, ``--image`` and what reading them takes (as ``classify``'s)."""
     p.add_argument("--catalog", required=required, default=None,
@@ -618,16 +632,7 @@ def _add_user_data(p, *, required):
                         "(default: header keywords, else measured from the field)")
     p.add_argument("--pixel-scale", type=float, default=None,
                    help="arcsec per pixel of the images (default: from their WCS)")
-    p.add_argument("--hdu", type=int, default=None,
-                   help="FITS HDU of the images (default: the first holding an image)")
-    p.add_argument("--unit", default=None,
-                   help="image unit, e.g. electron/s (default: the BUNIT header keyword, "
-                        "else adu)")
-    p.add_argument("--ra-column", default="ra",
-                   help="right ascension column, in degrees (with the default, a catalog "
-                        "without 'ra' is read from RA, RA_deg, RA_ICRS, RAJ2000, ALPHA_J2000 or "
-                        "X_WORLD)")
-    p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
+    _add_image_options(p)
 
 
 def _add_fine_tune(sub, common):
@@ -766,16 +771,7 @@ def _add_classify(sub, common):
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")
-    p.add_argument("--hdu", type=int, default=None,
-                   help="FITS HDU of the images (default: the first holding an image)")
-    p.add_argument("--unit", default=None,
-                   help="image unit, e.g. electron/s (default: the BUNIT header keyword, "
-                        "else adu)")
-    p.add_argument("--ra-column", default="ra",
-                   help="right ascension column, in degrees (with the default, a catalog "
-                        "without 'ra' is read from RA, RA_deg, RA_ICRS, RAJ2000, ALPHA_J2000 or "
-                        "X_WORLD)")
-    p.add_argument("--dec-column", default="dec", help="declination column, in degrees")
+    _add_image_options(p)
     p.set_defaults(func=_cmd_classify)
 
 
