@@ -166,9 +166,14 @@ def sky_column_names(catalog, ra_column="ra", dec_column="dec"):
     ('ALPHA_J2000', 'DELTA_J2000')
     """
     found = _find_sky_columns(catalog, ra_column, dec_column)
-    if found is not None and found != (ra_column, dec_column):
-        log.info("catalog has no 'ra'/'dec' columns: using %r/%r", *found)
+    _log_alias(found, ra_column, dec_column)
     return found
+
+
+def _log_alias(names, ra_column, dec_column):
+    """Log that the sky columns ``names`` stand in for ``ra_column``/``dec_column``."""
+    if names is not None and names != (ra_column, dec_column):
+        log.info("catalog has no 'ra'/'dec' columns: using %r/%r", *names)
 
 
 def _find_sky_columns(catalog, ra_column, dec_column):
@@ -333,7 +338,8 @@ def pixel_positions(catalog, images, *, ra_column, dec_column, coord_column, x_c
                    f"and dec_column={dec_column!r}, or a SkyCoord column (coord_column); "
                    f"available columns: {catalog.colnames}.{hint}")
             raise ValueError(msg)
-        found = _sky_positions(catalog, *sky_column_names(catalog, ra_column, dec_column))
+        _log_alias(names, ra_column, dec_column)  # only where those columns are used
+        found = _sky_positions(catalog, *names)
     coords, finite = found
     for band, image in images.items():
         _check_celestial_wcs(band, image.wcs)
