@@ -40,10 +40,21 @@ OUTPUT_COLUMNS = ("p_star", "p_galaxy", "class", "class_flags")
 #: trains with all 8 orientations, so the pose costs no accuracy).
 SYMMETRIZE_DEFAULT = "canonical"
 
-#: Batches whose inputs (cutouts, features, normalisation) a worker thread
-#: prepares ahead of the one the network is running on: memory holds at most
+#: Batches whose inputs (cutouts, features, normalisation) worker threads
+#: prepare ahead of the one the caller is consuming: memory holds at most
 #: this many + 1 batches of inputs, whatever the catalog length.
 PREFETCH_BATCHES = 2
+
+#: Threads that each classify whole batches (inputs, then the network on
+#: ``1 / CPU_BATCH_WORKERS`` of torch's threads) when the network runs on the
+#: CPU. Measured on this project's 2-core AVX2 machine (``rbim-lite-v10``,
+#: 10,000 sources of ``benchmarks.bench_classify``'s 4096^2 7-band field,
+#: median of 4 interleaved runs): 2,924 objects/s with 2, against 2,590 with
+#: 1 (one thread preparing inputs while the caller runs the network on the
+#: other core, the path taken off the CPU): the network on one thread is
+#: slower than the inputs, so that core was the bottleneck. 1 takes that path
+#: on the CPU too.
+CPU_BATCH_WORKERS = 2
 
 
 class StarGalaxyWarning(AstropyUserWarning):
@@ -431,16 +442,27 @@ class StarGalaxyClassifier:
 
         slices = [slice(start, start + self.batch_size)
                   for start in range(0, n_sources, self.batch_size)]
-        # The producer thread keeps one core busy with numpy, the network the
-        # others (one fewer torch thread), so that the two overlap instead of
-        # taking turns. The results do not depend on it. closing(): an error
-        # here stops and joins the producer at once.
-        with closing(_prefetch(produce, slices, depth=PREFETCH_BATCHES)) as batches, \
-                torch_threads(reserve=1 if len(slices) > 1 else 0):
-            for sl, (prepared, off, batch_flags, thresholds) in tqdm(
+        # On the CPU, CPU_BATCH_WORKERS threads each take a whole batch, inputs
+        # and network (the network on their share of torch's threads), so that
+        # every core is busy all the time; elsewhere one thread prepares the
+        # next batches while the accelerator runs the network (one torch
+        # thread fewer). The results do not depend on either. closing(): an
+        # error here stops and joins the workers at once.
+        on_cpu = predict.device.type == "cpu" and len(slices) > 1 and CPU_BATCH_WORKERS > 1
+        workers = CPU_BATCH_WORKERS if on_cpu else 1
+
+        def work(sl):
+            prepared, *rest = produce(sl)
+            return (predict.proba(*prepared) if on_cpu else prepared), *rest
+
+        threads = (torch_threads(share=workers) if on_cpu
+                   else torch_threads(reserve=1 if len(slices) > 1 else 0))
+        with closing(_prefetch(work, slices, depth=PREFETCH_BATCHES, workers=workers)) \
+                as batches, threads:
+            for sl, (done, off, batch_flags, thresholds) in tqdm(
                     zip(slices, batches), total=len(slices), disable=not self.progress,
                     unit="batch", desc="astro_starglx"):
-                proba[sl] = predict.proba(*prepared)
+                proba[sl] = done if on_cpu else predict.proba(*done)
                 proba[sl][off] = np.nan
                 flags[sl] |= batch_flags
                 source_threshold[sl] = thresholds
@@ -569,15 +591,15 @@ class StarGalaxyClassifier:
         return result
 
 
-def _prefetch(produce, items, *, depth):
+def _prefetch(produce, items, *, depth, workers=1):
     """
     ``produce(item)`` for every item, in order, computed ``depth`` items ahead.
 
-    One worker thread runs ``produce`` while the caller consumes the results:
-    at most ``depth`` results wait, so memory stays bounded. An exception of
-    ``produce`` is raised in the caller, unchanged, when its item is reached;
-    on any exit the pending items are cancelled and the worker is joined, so
-    no thread outlives the call.
+    ``workers`` threads run ``produce`` while the caller consumes the
+    results: at most ``depth`` results wait, so memory stays bounded. An
+    exception of ``produce`` is raised in the caller, unchanged, when its item
+    is reached; on any exit the pending items are cancelled and the workers
+    are joined, so no thread outlives the call.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -585,7 +607,8 @@ def _prefetch(produce, items, *, depth):
     if len(items) <= 1:
         yield from map(produce, items)
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astro_starglx-inputs")
+    depth = max(depth, workers)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="astro_starglx-inputs")
     queue = deque()
     try:
         for item in items:

@@ -898,7 +898,7 @@ def _save(path, meta):
 
 
 def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monkeypatch):
-    """Inputs prepared in a worker thread, one torch thread fewer: the same bits."""
+    """Batches in two worker threads, or inputs in one: the same bits as the serial path."""
     import contextlib
 
     import astro_starglx.classifier as classifier
@@ -912,13 +912,17 @@ def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monk
     threads = torch.get_num_threads()
     threaded = clf.classify(catalog, images)
     assert torch.get_num_threads() == threads
+    monkeypatch.setattr(classifier, "CPU_BATCH_WORKERS", 1)
+    one_worker = clf.classify(catalog, images)  # inputs in a thread, network in the caller
+    assert torch.get_num_threads() == threads
     monkeypatch.setattr(classifier, "_prefetch",
-                        lambda produce, items, depth: (produce(item) for item in items))
-    monkeypatch.setattr(inference, "torch_threads", lambda reserve: contextlib.nullcontext())
+                        lambda produce, items, **_: (produce(item) for item in items))
+    monkeypatch.setattr(inference, "torch_threads", lambda **_: contextlib.nullcontext())
     serial = clf.classify(catalog, images)
     for name in ("p_star", "p_galaxy", "class", "class_flags"):
         np.testing.assert_array_equal(threaded[name], serial[name])
-    assert threaded.meta == serial.meta
+        np.testing.assert_array_equal(one_worker[name], serial[name])
+    assert threaded.meta == serial.meta == one_worker.meta
 
 
 def test_error_in_the_worker_thread_reaches_the_caller(clf, field, monkeypatch):
@@ -966,6 +970,25 @@ def test_prefetch_is_ordered_bounded_and_joined():
     assert len(produced) <= 3
     assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
     assert list(_prefetch(produce, [7], depth=2)) == [70]
+
+
+def test_prefetch_with_two_workers_keeps_the_order():
+    import threading
+    import time
+
+    from astro_starglx.classifier import _prefetch
+
+    names = set()
+
+    def produce(item):
+        names.add(threading.current_thread().name)
+        time.sleep(0.02 * (item % 3 == 0))  # some items finish out of order
+        return item * 10
+
+    assert list(_prefetch(produce, list(range(12)), depth=1, workers=2)) == \
+        [10 * k for k in range(12)]
+    assert len(names) == 2 and all(n.startswith("astro_starglx-inputs") for n in names)
+    assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
 
 
 def test_error_in_the_network_stops_the_worker_thread(clf, field, monkeypatch):

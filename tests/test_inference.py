@@ -113,6 +113,23 @@ def test_to_device_and_predict_batch_on_cpu(tiny):
     np.testing.assert_array_equal(logits, expected)
 
 
+def test_predict_batch_chunks_on_cpu(tiny, monkeypatch):
+    """A batch larger than CPU_FORWARD_CHUNK runs in chunks, with the same logits."""
+    import astro_starglx.inference as inference
+
+    network, meta = tiny
+    x_image, x_catalog = prepare_inputs(*raw_inputs(11, seed=1), meta.normalization)
+    whole = predict_batch(network, x_image, x_catalog, device=torch.device("cpu"))
+    calls = []
+    real_forward = network.forward
+    monkeypatch.setattr(network, "forward", lambda *a: calls.append(len(a[0])) or real_forward(*a))
+    monkeypatch.setattr(inference, "CPU_FORWARD_CHUNK", 4)
+    chunked = predict_batch(network, x_image, x_catalog, device=torch.device("cpu"))
+    assert calls == [4, 4, 3]
+    assert chunked.shape == (11, 2) and chunked.dtype == np.float32
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------- probabilities
 
 
@@ -366,3 +383,20 @@ def test_torch_threads_reserves_and_restores():
         assert torch.get_num_threads() == 1
         raise KeyError("restored on errors too")
     assert torch.get_num_threads() == before
+
+
+def test_torch_threads_shares_among_callers():
+    from astro_starglx.inference import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(5)
+    try:
+        with torch_threads(share=2):
+            assert torch.get_num_threads() == 2
+        with torch_threads(reserve=1, share=2):
+            assert torch.get_num_threads() == 2
+        with torch_threads(share=8):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 5
+    finally:
+        torch.set_num_threads(before)
