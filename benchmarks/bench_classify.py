@@ -13,7 +13,10 @@ and (c) once per ``--symmetrize`` option (``canonical`` and ``none``: one
 forward per stamp; ``flips``: 4; ``d4``: 8). Run::
 
     python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
-        [--symmetrize canonical none flips d4]
+        [--symmetrize canonical none flips d4] [--cpu-workers N] [--forward-chunk N]
+
+``--cpu-workers 1 --forward-chunk 100000`` times the CPU path as it was
+before batch workers and forward chunks.
 
 Not part of the test suite (no timing assertions in tests).
 """
@@ -26,7 +29,7 @@ from astropy.nddata import CCDData, InverseVariance
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from astro_starglx import StarGalaxyClassifier
+from astro_starglx import StarGalaxyClassifier, classifier, inference
 from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
 from astro_starglx.background import image_noise
 from astro_starglx.inputs import extract_inputs, pixel_positions
@@ -76,7 +79,17 @@ def main():
     parser.add_argument("--symmetrize", nargs="+", default=["canonical", "none"],
                         help="symmetrize options to time (default: canonical none; also "
                              "flips, d4)")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="classifier.CPU_BATCH_WORKERS for this run (default: the "
+                             "package's; 1 = one input thread, the network in the caller)")
+    parser.add_argument("--forward-chunk", type=int, default=None,
+                        help="inference.CPU_FORWARD_CHUNK for this run (default: the "
+                             "package's; a large number = whole batches)")
     args = parser.parse_args()
+    if args.cpu_workers is not None:
+        classifier.CPU_BATCH_WORKERS = args.cpu_workers
+    if args.forward_chunk is not None:
+        inference.CPU_FORWARD_CHUNK = args.forward_chunk
 
     t0 = time.perf_counter()
     catalog, images = make_field(args.n, args.size)
