@@ -446,8 +446,13 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
     source), and the feature scale used (``"auto"`` resolved on this field).
     """
     from .background import image_noise
-    from .inputs import blend_flags, extract_inputs, pixel_positions
+    from .inputs import blend_flags, extract_inputs, match_band_keys, pixel_positions
 
+    # keyed like the images may be (e.g. 'HSC-R'): the same names as they map to
+    if isinstance(zeropoints, Mapping):
+        zeropoints = match_band_keys(zeropoints, meta.bands, "zeropoints")
+    if isinstance(psf, Mapping):
+        psf = match_band_keys(psf, meta.bands, "psf")
     x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
     estimates = {}

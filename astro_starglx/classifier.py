@@ -22,7 +22,8 @@ from .background import image_noise_or_nan
 from .cutouts import saturation_level
 from .features import features_from_table
 from .flags import ClassFlag
-from .inputs import blend_flags, extract_inputs, get_zeropoint, model_images, pixel_positions
+from .inputs import (blend_flags, extract_inputs, get_zeropoint, match_band_keys, model_images,
+                     pixel_positions)
 
 __all__ = ["StarGalaxyClassifier", "StarGalaxyWarning", "OUTPUT_COLUMNS"]
 
@@ -390,6 +391,11 @@ class StarGalaxyClassifier:
             zeropoints = {**(self.zeropoints or {}), **zeropoints}
         else:
             zeropoints = self.zeropoints
+        # keyed like the images may be (e.g. 'HSC-R'): the same names as they map to
+        if zeropoints is not None:
+            zeropoints = match_band_keys(zeropoints, meta.bands, "zeropoints")
+        if isinstance(psf, Mapping):
+            psf = match_band_keys(psf, meta.bands, "psf")
         for band, image in images.items():  # checked whatever the catalog's length
             get_zeropoint(image, band, zeropoints)
             saturation_level(image, f"images[{band!r}]")

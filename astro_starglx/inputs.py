@@ -16,6 +16,7 @@ The arguments are validated here, once; the cores of the modules below
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ from .flags import ClassFlag
 __all__ = [
     "SourceInputs",
     "blend_flags",
+    "match_band",
+    "match_band_keys",
     "model_images",
     "extract_inputs",
     "get_zeropoint",
@@ -758,12 +761,86 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
     return flags
 
 
+def match_band(name, bands):
+    """
+    The model band that a band name from a user's data stands for.
+
+    Survey files name their filters in many ways: ``r``, ``R``, ``HSC-R2``,
+    ``SDSS_r``, ``z-band``, DECam's ``"DECam r SDSS c0002 6415.0 1480.0"``.
+    The first rule that gives exactly one band is used: the name itself; the
+    name with case ignored; a word of the name (the runs of letters between
+    other characters) with case ignored.
+
+    Parameters
+    ----------
+    name : str
+        An image mapping's key or a ``FILTER`` keyword's value.
+    bands : sequence of str
+        The model's bands.
+
+    Returns
+    -------
+    band : str or None
+        One of ``bands``, or `None` when no rule gives exactly one.
+
+    Examples
+    --------
+    >>> match_band("HSC-I2", ("g", "r", "i"))
+    'i'
+    >>> match_band("DECam r SDSS c0002 6415.0 1480.0", ("g", "r", "i"))
+    'r'
+    """
+    name = str(name).strip()
+    if name in bands:
+        return name
+    for words in ([name], re.findall(r"[A-Za-z]+", name)):
+        found = {band for band in bands for word in words if band.lower() == word.lower()}
+        if len(found) == 1:
+            return found.pop()
+    return None
+
+
+def match_band_keys(mapping, bands, name):
+    """
+    ``mapping`` with its keys renamed to the model's bands (`match_band`).
+
+    Keys that are a band already keep it; another key takes the band it
+    matches unless that band is a key too. Keys that match no band are kept
+    as they are (callers report them).
+
+    Raises
+    ------
+    ValueError
+        If two keys match the same band, naming both.
+    """
+    bands = list(bands)
+    out = {key: value for key, value in mapping.items() if key in bands}
+    taken_by = {}
+    for key, value in mapping.items():
+        if key in bands or not isinstance(key, str):
+            out.setdefault(key, value)
+            continue
+        band = match_band(key, bands)
+        if band is None:
+            out[key] = value
+        elif band in out and band not in taken_by:
+            log.info("%s: key %r is taken as band %r, which is given too: ignored", name,
+                     key, band)
+        elif band in taken_by:
+            msg = (f"{name} has keys {taken_by[band]!r} and {key!r} that both name band "
+                   f"{band!r}; keep one of them")
+            raise ValueError(msg)
+        else:
+            log.info("%s: key %r taken as the model's band %r", name, key, band)
+            out[band] = value
+            taken_by[band] = key
+    return out
+
+
 def _filter_band(image, bands):
-    """The model band named by the image's ``FILTER`` keyword (case aside), or None."""
+    """The model band named by the image's ``FILTER`` keyword (`match_band`), or None."""
     value = str((image.meta or {}).get("FILTER", "")).strip()
-    matches = [band for band in bands if band == value] or [
-        band for band in bands if band.lower() == value.lower()]
-    return matches[0] if len(matches) == 1 else None
+    return match_band(value, bands) if value else None
 
 
 def _images_by_filter(images, bands, name):
@@ -830,8 +907,8 @@ def model_images(images, bands, *, allow_missing, model="the model", name="image
     if is_readable(images):
         images = read_image(images)
     elif isinstance(images, Mapping):
-        images = {band: read_image(image) if is_readable(image) else image
-                  for band, image in images.items()}
+        images = match_band_keys({band: read_image(image) if is_readable(image) else image
+                                  for band, image in images.items()}, bands, name)
     elif isinstance(images, (list, tuple)) and images and all(
             isinstance(im, NDData) or is_readable(im) for im in images):
         images = _images_by_filter([read_image(im) if is_readable(im) else im
@@ -861,8 +938,6 @@ def model_images(images, bands, *, allow_missing, model="the model", name="image
     present = [band for band in bands if band in images]
     missing = [band for band in bands if band not in images]
     unknown = sorted(set(images) - set(bands))
-    if unknown:
-        log.info("%s: ignoring bands the model does not read: %s", name, unknown)
     if not present:
         msg = (f"{name} has bands {sorted(images)} but the model {model!r} reads {bands}; "
                "name the mapping's keys after the model's bands")
@@ -872,4 +947,6 @@ def model_images(images, bands, *, allow_missing, model="the model", name="image
                f"{bands}); add them to the mapping, or use (or fine-tune) a model that "
                "allows missing bands")
         raise ValueError(msg)
+    if unknown:
+        log.info("%s: ignoring bands the model does not read: %s", name, unknown)
     return {band: images[band] for band in present}

@@ -326,6 +326,28 @@ def test_classify_files_lists_and_common_column_names(clf, field, tmp_path):
         hdul.close()
 
 
+def test_survey_band_names(clf, field):
+    """Images keyed (or FILTER-named) as surveys name bands give the same result; zero
+    points keyed the same way follow them."""
+    catalog, images = field
+    ref = clf.classify(catalog, images)
+    survey = {f"CSST-{band.upper()}": CCDData(im.data, unit=im.unit, wcs=im.wcs,
+                                              uncertainty=im.uncertainty)
+              for band, im in images.items()}  # no MAGZERO: the zero points come below
+    zps = {key: ZP for key in survey}
+    out = clf.classify(catalog, survey, zeropoints=zps)
+    np.testing.assert_allclose(out["p_galaxy"], ref["p_galaxy"], atol=1e-6)
+    listed = []
+    for band, im in images.items():
+        meta = dict(im.meta, FILTER=f"SDSS {band} filter, c0002")
+        listed.append(CCDData(im.data, unit=im.unit, wcs=im.wcs, meta=meta,
+                              uncertainty=im.uncertainty))
+    out = clf.classify(catalog, listed)
+    np.testing.assert_allclose(out["p_galaxy"], ref["p_galaxy"], atol=1e-6)
+    with pytest.raises(ValueError, match="has keys 'R' and 'HSC-R' that both name band 'r'"):
+        clf.classify(catalog, {"R": images["r"], "HSC-R": images["r"]})
+
+
 def test_images_type_errors(clf, field):
     catalog, images = field
     with pytest.raises(TypeError, match="images must be a CCDData/NDData or a mapping"):

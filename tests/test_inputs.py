@@ -16,11 +16,14 @@ from synthetic_sources import PIXEL_SCALE, SIZE, ZP, ccd, make_field
 
 from astro_starglx.features import FEATURE_NAMES, PSF_FEATURE_NAMES, psf_features
 from astro_starglx.flags import ClassFlag
+from astro_starglx.csst import CSST_BANDS
 from astro_starglx.inputs import (
     SourceInputs,
     blend_flags,
     extract_inputs,
     get_zeropoint,
+    match_band,
+    match_band_keys,
     model_images,
     pixel_positions,
     sky_column_names,
@@ -768,6 +771,25 @@ def test_blend_flags_tiny_odd_images():
 
 # --------------------------------------------------------------------------
 # model_images: paths, HDUs and lists
+
+
+@pytest.mark.parametrize("name, band", [
+    ("r", "r"), ("R", "r"), ("HSC-R2", "r"), ("SDSS_r", "r"), ("z-band", "z"),
+    ("DECam r SDSS c0002 6415.0 1480.0", "r"), ("GALEX NUV", "NUV"), ("nuv", "NUV"),
+    ("H", None), ("gr", None), ("g+r", None), ("", None)])
+def test_match_band_survey_names(name, band):
+    assert match_band(name, CSST_BANDS) == band
+
+
+def test_match_band_keys():
+    bands = ["g", "r"]
+    assert match_band_keys({"G": 1, "r": 2, "Ks": 3}, bands, "x") == {"r": 2, "g": 1, "Ks": 3}
+    # the exact key wins; the alias is dropped
+    assert match_band_keys({"R": 1, "r": 2}, bands, "x") == {"r": 2}
+    with pytest.raises(ValueError, match="x has keys 'HSC-G' and 'G' that both name band 'g'"):
+        match_band_keys({"HSC-G": 1, "G": 2}, bands, "x")
+    # a model whose bands differ only in case: the case-blind rule names neither
+    assert match_band_keys({"HSC-U": 1}, ["U", "u"], "x") == {"HSC-U": 1}
 
 
 def test_model_images_reads_paths_hdus_and_lists(tmp_path):
