@@ -12,9 +12,10 @@ import math
 import numpy as np
 from astropy.stats import mad_std, sigma_clip
 
-from ._validation import as_per_source, as_stamps
+from ._validation import as_per_source, as_stamps, check_real
 
-__all__ = ["estimate_background_noise", "image_noise", "image_noise_or_nan"]
+__all__ = ["estimate_background_noise", "image_noise", "image_noise_or_nan",
+           "point_source_depth", "point_source_depths"]
 
 
 # --------------------------------------------------------------------------
@@ -252,3 +253,95 @@ def _image_noise(image):
     kept = sigma_clip(values, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False,
                       axis=None)
     return float(mad_std(kept)), values.size
+
+
+#: Noise-equivalent area of a Gaussian PSF in units of its FWHM squared:
+#: ``4 pi sigma**2 = pi / (2 ln 2) FWHM**2`` (the NEA of PSF-fitting photometry
+#: on a sky-limited image; King 1983, as in LSST's m5 formula).
+GAUSSIAN_NEA = math.pi / (2.0 * math.log(2.0))
+
+
+def point_source_depth(image, *, fwhm, zeropoint, snr=5.0):
+    """
+    The point-source depth of an image: the AB magnitude at which PSF
+    photometry of a point source on its sky noise reaches ``snr``.
+
+    ``zeropoint - 2.5 log10(snr * sigma * sqrt(GAUSSIAN_NEA) * fwhm)``, with
+    ``sigma`` the image's per-pixel noise (`image_noise`, measured on the
+    pixels) and ``fwhm`` the PSF FWHM in pixels: the sky-limited depth of a
+    Gaussian PSF of that width. A PSF with wings has a larger
+    noise-equivalent area; used on two images alike (as the classifier's
+    depth matching does), that shared convention cancels.
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.NDData` or array_like
+        The image (``mask`` True marks bad pixels).
+    fwhm : float
+        PSF FWHM in pixels.
+    zeropoint : float
+        AB magnitude of a source of one image unit.
+    snr : float, optional
+        Signal-to-noise ratio of the depth (5: the usual "5-sigma depth").
+
+    Returns
+    -------
+    depth : float
+        AB magnitude; NaN when the image has too few usable pixels to
+        measure its noise, or no noise at all.
+
+    Raises
+    ------
+    ValueError
+        If ``fwhm``, ``zeropoint`` or ``snr`` is not finite, or ``fwhm`` or
+        ``snr`` is not positive; if the image is not 2-D.
+    """
+    fwhm = check_real("fwhm", fwhm, low=0.0, low_open=True, hint=" (pixels)")
+    zeropoint = check_real("zeropoint", zeropoint, hint=" (AB magnitude of one image unit)")
+    snr = check_real("snr", snr, low=0.0, low_open=True, hint="; e.g. snr=5")
+    sigma = _image_noise(image)[0]
+    if not (sigma > 0):  # NaN (too few pixels) or a noiseless image
+        return math.nan
+    return float(zeropoint - 2.5 * math.log10(snr * sigma * math.sqrt(GAUSSIAN_NEA) * fwhm))
+
+
+def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints):
+    """
+    `point_source_depth` of every band whose PSF is known, at the sources' PSF.
+
+    Parameters
+    ----------
+    images : mapping of str to `~astropy.nddata.NDData`
+        ``{band: image}``.
+    psf : mapping of str to `~astro_starglx.psf.PSFEstimate`
+        The PSF per band (FWHM in arcsec at ``pixel_scale``); bands whose
+        estimate fell back to the nominal PSF are left out.
+    positions : mapping of str to tuple of array-like
+        ``{band: (x, y)}`` pixel positions of the sources: the PSF's FWHM
+        is its median over them (a PSF that varies across the image).
+    pixel_scale : float
+        Arcsec per pixel of the PSF estimates.
+    zeropoints : mapping of str to float
+        ``{band: AB zero point}``.
+
+    Returns
+    -------
+    depths : dict of str to float
+        ``{band: AB magnitude}`` for the bands measured.
+    """
+    pixel_scale = check_real("pixel_scale", pixel_scale, low=0.0, low_open=True,
+                             hint=" (arcsec per pixel)")
+    depths = {}
+    for band, image in images.items():
+        est = psf.get(band)
+        if est is None or est.fell_back or band not in positions:
+            continue
+        fwhm = np.asarray(est.at(*positions[band]), dtype=float)
+        fwhm = fwhm[np.isfinite(fwhm)]
+        if not fwhm.size:
+            continue
+        depth = point_source_depth(image, fwhm=float(np.median(fwhm)) / pixel_scale,
+                                   zeropoint=zeropoints[band])
+        if math.isfinite(depth):
+            depths[band] = round(depth, 4)
+    return depths

@@ -401,10 +401,15 @@ def _cmd_classify(args):
                                progress=sys.stderr.isatty())
     result = clf.classify(catalog, images, ra_column=args.ra_column,
                           dec_column=args.dec_column, zeropoints=zeropoints, psf=psf,
+                          match_depth=_MATCH_DEPTH[args.match_depth],
                           overwrite=args.replace_columns)
     _write_atomic(result, output, overwrite=True)
     print(f"wrote {len(result)} rows to {output}")
     return 0
+
+
+#: ``--match-depth`` choices -> `StarGalaxyClassifier.classify`'s ``match_depth``.
+_MATCH_DEPTH = {"auto": None, "on": True, "off": False}
 
 
 # --------------------------------------------------------------------------- classify-tiles
@@ -768,6 +773,9 @@ def _add_classify(sub, common):
                    help="PSF FWHM in arcsec for PSF-aware models: BAND=FWHM, repeatable, "
                         "or one FWHM for every band (default: header keywords, else "
                         "measured from the field's point sources)")
+    p.add_argument("--match-depth", choices=list(_MATCH_DEPTH), default="auto",
+                   help="shift the magnitudes to the model's depth (classify's match_depth): "
+                        "auto = on another survey's pixel scale")
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")

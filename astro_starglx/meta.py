@@ -210,6 +210,13 @@ class ModelMeta:
         another survey (`astro_starglx.fine_tune`) measures its features in
         units of its PSF, so that they mean what the base model learnt:
         ``feature_scale`` is that survey's PSF FWHM over the base model's.
+    depth : dict or None
+        ``{band: AB magnitude}``: the 5-sigma point-source depth of the
+        training data's nominal field in each band, measured as
+        `~astro_starglx.background.point_source_depth` measures an image.
+        On images of another pixel scale, `~StarGalaxyClassifier.classify`
+        shifts the magnitudes by the difference of the depths (its
+        ``match_depth``). None: not recorded (no depth matching).
     extra : dict
         Keys this version does not know, kept so that files round-trip.
     """
@@ -231,6 +238,7 @@ class ModelMeta:
     thresholds: dict | None = None
     star_fraction: float | None = None
     feature_scale: float = 1.0
+    depth: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -294,7 +302,7 @@ class ModelMeta:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("extra", "normalization")}
         out["normalization"] = self.normalization.to_dict()
-        for key in ("psf", "thresholds", "star_fraction"):  # unset: as before it existed
+        for key in ("psf", "thresholds", "star_fraction", "depth"):  # unset: as before it existed
             if out[key] is None:
                 del out[key]
         if out["feature_scale"] == 1.0:
@@ -531,8 +539,15 @@ def _validated_values(meta, problems):
         feature_scale = float(feature_scale)
     else:
         bad("feature_scale", "a finite number > 0 (1: the features as defined)")
+    depth = meta.get("depth")
+    if depth is not None:
+        if (isinstance(depth, dict) and depth and set(depth) <= set(bands or ())
+                and all(_is_number(v) for v in depth.values())):
+            depth = {band: float(depth[band]) for band in (bands or ()) if band in depth}
+        else:
+            bad("depth", "None or a non-empty dict {band: AB magnitude} of the model's bands")
     return {"psf": psf, "thresholds": thresholds, "star_fraction": star_fraction,
-            "feature_scale": feature_scale,
+            "feature_scale": feature_scale, "depth": depth,
             "bands": bands, "stamp_size": size, "pixel_scale": meta["pixel_scale"],
             "feature_names": features, "normalization": normalization, "architecture": arch,
             "threshold": meta["threshold"], "recipe": recipe, "name": name,

@@ -18,7 +18,7 @@ from . import weights as _weights
 from .weights import (DEFAULT, _entry_to_weights, _read_registry, _sha256,
                       read_meta)
 
-__all__ = ["register_weights"]
+__all__ = ["register_weights", "simulated_depth", "with_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,99 @@ def register_weights(path, *, bundled, registry_path=None, name=None, default=Fa
     return weights
 
 
+def simulated_depth(meta, *, n_fields=2, size=2048, seed=0):
+    """
+    The ``depth`` meta of a model trained on the simulator's CSST-like fields.
+
+    The 5-sigma point-source depth per band of ``n_fields`` nominal
+    simulated fields (`~astro_starglx.simulate.SimConfig` defaults at the
+    model's bands and pixel scale), measured as
+    `~astro_starglx.StarGalaxyClassifier.classify` measures a user's images
+    for ``match_depth``: the PSF from each field's own point sources, the
+    noise from its pixels (`~astro_starglx.background.point_source_depths`);
+    the median over the fields. Needs the ``sim`` extra (GalSim).
+
+    Parameters
+    ----------
+    meta : `~astro_starglx.meta.ModelMeta`
+        The model's meta (PSF-aware: ``meta.psf`` gives the nominal PSF).
+    n_fields, size, seed : int, optional
+        Number of fields, their side in pixels and the first field's seed.
+
+    Returns
+    -------
+    depth : dict of str to float
+        ``{band: AB magnitude}``, rounded to 0.001 mag.
+    """
+    import numpy as np
+
+    from .background import point_source_depths
+    from .inputs import get_zeropoint, pixel_positions
+    from .psf import resolve_psf
+    from .simulate import SimConfig, simulate_field
+
+    if meta.psf is None:
+        msg = f"model {meta.name!r} does not read the PSF; depth matching needs a PSF-aware model"
+        raise ValueError(msg)
+    found = {}
+    for k in range(n_fields):
+        config = SimConfig(shape=(size, size), bands=tuple(meta.bands),
+                           pixel_scale=float(meta.pixel_scale))
+        images, truth = simulate_field(config, seed=seed + k)
+        x, y = pixel_positions(truth, images, ra_column="ra", dec_column="dec",
+                               coord_column=None, x_column="x", y_column="y",
+                               shared_grid=False)
+        positions = {band: (x[band], y[band]) for band in images}
+        estimates = resolve_psf(images, positions, pixel_scale=meta.pixel_scale,
+                                nominal_fwhm=meta.psf["nominal_fwhm"])
+        depths = point_source_depths(images, estimates, positions,
+                                     pixel_scale=meta.pixel_scale,
+                                     zeropoints={band: get_zeropoint(image, band)
+                                                 for band, image in images.items()})
+        for band, depth in depths.items():
+            found.setdefault(band, []).append(depth)
+    return {band: round(float(np.median(found[band])), 3) for band in meta.bands
+            if band in found}
+
+
+def with_depth(path, output, *, name, n_fields=2, size=2048, seed=0):
+    """
+    A copy of a weights file whose meta records `simulated_depth` (release step).
+
+    The tensors are unchanged (so are the probabilities on the model's own
+    pixel scale); the meta gets ``depth``, the new ``name`` and, in its
+    recipe, the call that measured the depth and the file it came from.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The source ``.safetensors`` file.
+    output : str or os.PathLike
+        The new file.
+    name : str
+        The new model's name.
+    n_fields, size, seed : int, optional
+        Passed to `simulated_depth`.
+
+    Returns
+    -------
+    output : `~pathlib.Path`
+    """
+    from .weights import load_model, save_weights
+
+    loaded = load_model(Path(path), device="cpu")
+    depth = simulated_depth(loaded.meta, n_fields=n_fields, size=size, seed=seed)
+    recipe = {**loaded.meta.recipe,
+              "depth": (f"astro_starglx.release.simulated_depth(meta, n_fields={n_fields}, "
+                        f"size={size}, seed={seed})"),
+              "derived_from": {"name": loaded.name, "sha256": loaded.sha256}}
+    meta = loaded.meta.replace(name=name, depth=depth, recipe=recipe)
+    output = Path(output)
+    save_weights(output, loaded.network.state_dict(), meta)
+    log.info("wrote %s: %s with depth %s", output, name, depth)
+    return output
+
+
 def main(argv=None):
     """``python -m astro_starglx.release FILE [--bundled] [--name NAME]``."""
     parser = argparse.ArgumentParser(prog="python -m astro_starglx.release",
@@ -111,7 +204,14 @@ def main(argv=None):
     parser.add_argument("--name", default=None, help="registry name (default: meta name)")
     parser.add_argument("--default", action="store_true",
                         help="make it the default model (default: keep the current one)")
+    parser.add_argument("--with-depth", metavar="OUTPUT", default=None,
+                        help="first write FILE's tensors with the depth of simulated nominal "
+                             "fields in the meta to OUTPUT (named --name), and register that")
     args = parser.parse_args(argv)
+    if args.with_depth:
+        if not args.name:
+            parser.error("--with-depth needs --name (the new model's name)")
+        args.file = with_depth(args.file, args.with_depth, name=args.name)
     entry = register_weights(args.file, bundled=args.bundled, name=args.name,
                              default=args.default)
     print(f"registered {entry.name} ({entry.filename}, sha256 {entry.sha256})")

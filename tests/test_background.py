@@ -6,7 +6,8 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std, sigma_clip
 from synthetic_sources import PIXEL_SCALE, SIZE, ccd, make_field
 
-from astro_starglx.background import background_noise, estimate_background_noise, image_noise
+from astro_starglx.background import (GAUSSIAN_NEA, background_noise, estimate_background_noise,
+                                      image_noise, point_source_depth, point_source_depths)
 from astro_starglx.features import FEATURE_NAMES
 from astro_starglx.inputs import extract_inputs
 
@@ -124,3 +125,50 @@ def test_background_noise_is_the_core():
         core = background_noise(stamps, sig_stamps, None if sigma is None else np.full(6, sigma))
         for a, b in zip(core, public):
             np.testing.assert_array_equal(a, b)
+
+
+def test_point_source_depth_formula_and_edges():
+    rng = np.random.default_rng(3)
+    data = rng.normal(0.0, 2.0, (300, 300))
+    sigma = image_noise(data)
+    assert sigma == pytest.approx(2.0, rel=0.02)
+    depth = point_source_depth(data, fwhm=3.0, zeropoint=25.0)
+    assert depth == pytest.approx(25.0 - 2.5 * np.log10(5 * sigma * np.sqrt(GAUSSIAN_NEA) * 3.0))
+    # twice the noise or twice the PSF width: 0.75 mag shallower; S/N 10: 0.75 mag too
+    shallower = pytest.approx(depth - 0.7526, abs=1e-3)
+    assert point_source_depth(2 * data, fwhm=3.0, zeropoint=25.0) == shallower
+    assert point_source_depth(data, fwhm=6.0, zeropoint=25.0) == shallower
+    assert point_source_depth(data, fwhm=3.0, zeropoint=25.0, snr=10) == pytest.approx(
+        depth - 0.7526, abs=1e-3)
+    # Gaussian noise: 5 sigma PSF photometry of a Gaussian PSF, checked by simulation
+    yy, xx = np.mgrid[:31, :31] - 15.0
+    s = 3.0 / 2.3548
+    psf = np.exp(-(xx**2 + yy**2) / (2 * s * s))
+    psf /= psf.sum()
+    flux = 10 ** (-0.4 * (depth - 25.0))
+    fits = [np.sum(psf * (flux * psf + rng.normal(0, sigma, psf.shape))) / np.sum(psf**2)
+            for _ in range(2000)]
+    assert np.mean(fits) / np.std(fits) == pytest.approx(5.0, rel=0.05)
+    assert np.isnan(point_source_depth(np.zeros((50, 50)), fwhm=2.0, zeropoint=25.0))
+    assert np.isnan(point_source_depth(np.full((3, 3), 1.0), fwhm=2.0, zeropoint=25.0))
+    with pytest.raises(ValueError, match="fwhm"):
+        point_source_depth(data, fwhm=0.0, zeropoint=25.0)
+    with pytest.raises(ValueError, match="zeropoint"):
+        point_source_depth(data, fwhm=2.0, zeropoint=np.nan)
+
+
+def test_point_source_depths_per_band():
+    from astro_starglx.psf import PSFEstimate
+
+    rng = np.random.default_rng(4)
+    images = {b: CCDData(rng.normal(0, k + 1.0, (200, 200)), unit="electron/s")
+              for k, b in enumerate("gri")}
+    psf = {"g": PSFEstimate(fwhm=0.148, source="argument"),
+           "r": PSFEstimate(fwhm=0.148, source="nominal", fell_back=True)}
+    positions = {b: (np.array([10.0, 50.0]), np.array([20.0, 60.0])) for b in "gri"}
+    depths = point_source_depths(images, psf, positions, pixel_scale=0.074,
+                                 zeropoints={b: 25.0 for b in "gri"})
+    # i has no PSF and r's fell back: only g, at a FWHM of 2 pixels
+    assert list(depths) == ["g"]
+    assert depths["g"] == pytest.approx(point_source_depth(images["g"], fwhm=2.0,
+                                                           zeropoint=25.0), abs=1e-4)

@@ -591,7 +591,7 @@ PSF_FEATURES = ["mag", "mag_err", "concentration", "radius", "ellipticity", "psf
 PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSFR80")
 
 
-def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf"):
+def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf", depth=None):
     """Tiny random-init weights of a PSF-aware model (8 features, ``meta.psf`` set)."""
     from conftest import TINY_ARCHITECTURE, make_tiny_meta, seeded_state_dict
 
@@ -604,6 +604,8 @@ def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf"):
     meta["normalization"]["feature_std"] = [[1.0] * n_features for _ in range(n_bands)]
     meta["psf"] = {"nominal_fwhm": {band: 0.13 for band in CSST_BANDS},
                    "fwhm_range": {band: list(fwhm_range) for band in CSST_BANDS}}
+    if depth is not None:
+        meta["depth"] = depth
     save_weights(path, seeded_state_dict(meta), meta)
     return path
 
@@ -1033,3 +1035,75 @@ def test_error_in_the_network_stops_the_worker_thread(clf, field, monkeypatch):
         clf.classify(catalog, images)
     assert torch.get_num_threads() == threads
     assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
+
+
+# --------------------------------------------------------------------------
+# depth matching (match_depth)
+
+def rescaled(catalog, images, factor):
+    """The field with every WCS's pixel scale times ``factor`` (same pixels), and a
+    catalog whose sky positions stay on the same pixels."""
+    import copy
+
+    ref = images["r"].wcs
+    x, y = ref.world_to_pixel(SkyCoord(catalog["ra"], catalog["dec"], unit="deg"))
+    out = {}
+    for band, im in images.items():
+        wcs = copy.deepcopy(im.wcs)
+        if wcs.wcs.has_cd():
+            wcs.wcs.cd = wcs.wcs.cd * factor
+        else:
+            wcs.wcs.cdelt = wcs.wcs.cdelt * factor
+        out[band] = CCDData(im.data, unit=im.unit, wcs=wcs, mask=im.mask,
+                            uncertainty=im.uncertainty, meta=im.meta)
+    sky = out["r"].wcs.pixel_to_world(x, y)
+    return Table({"ra": sky.ra.deg, "dec": sky.dec.deg}), out
+
+
+def test_match_depth(tmp_path, sim_field):
+    from astro_starglx.background import point_source_depth
+
+    catalog, images = sim_field
+    depth = {band: 27.0 + 0.1 * k for k, band in enumerate(CSST_BANDS)}
+    clf = StarGalaxyClassifier(psf_model_file(tmp_path / "d.safetensors", depth=depth),
+                               device="cpu", batch_size=16)
+    plain = StarGalaxyClassifier(psf_model_file(tmp_path / "p.safetensors"), device="cpu",
+                                 batch_size=16)
+    # on the model's pixel scale nothing is shifted unless asked
+    out, _ = classify_recording(clf, catalog, images)
+    assert "depth" not in out.meta["astro_starglx"]
+    unshifted = classify_recording(plain, catalog, images)[0]["p_galaxy"]
+    np.testing.assert_array_equal(out["p_galaxy"], unshifted)
+    out, _ = classify_recording(clf, catalog, images, match_depth=True)
+    record = out.meta["astro_starglx"]["depth"]
+    psf = out.meta["astro_starglx"]["psf"]
+    zps = {band: images[band].meta["MAGZERO"] for band in CSST_BANDS}
+    for band, measured in record["image_depth"].items():
+        assert record["model_depth"][band] == depth[band]
+        # the header's uniform PSF, in pixels, and the image's own noise
+        assert measured == pytest.approx(point_source_depth(
+            images[band], fwhm=psf[band]["fwhm"] / 0.074, zeropoint=zps[band]), abs=1e-3)
+    assert set(record["image_depth"]) == set(CSST_BANDS)
+    offset = record["magnitude_offset"]
+    assert offset == pytest.approx(np.median([depth[b] - record["image_depth"][b]
+                                              for b in CSST_BANDS]), abs=1e-3)
+    # exactly a shift of every zero point by one offset
+    shifted, _ = classify_recording(clf, catalog, images, match_depth=False,
+                                    zeropoints={b: zp + offset for b, zp in zps.items()})
+    np.testing.assert_allclose(out["p_galaxy"], shifted["p_galaxy"], atol=2e-6)
+    assert np.any(np.abs(out["p_galaxy"] - unshifted) > 1e-4)
+    # another survey's pixels: on by default, and the warning says so
+    coarse_catalog, coarse = rescaled(catalog, images, 0.2 / 0.074)
+    out, messages = classify_recording(clf, coarse_catalog, coarse)
+    coarse_offset = out.meta["astro_starglx"]["depth"]["magnitude_offset"]
+    assert coarse_offset == pytest.approx(offset, abs=1e-3)
+    assert any("shifted to the model's depth" in m for m in messages)
+    out, messages = classify_recording(clf, coarse_catalog, coarse, match_depth=False)
+    assert "depth" not in out.meta["astro_starglx"]
+    assert not any("shifted to the model's depth" in m for m in messages)
+    # a model that records no depth: nothing to match, said when asked for
+    out, messages = classify_recording(plain, catalog, images, match_depth=True)
+    assert "depth" not in out.meta["astro_starglx"]
+    assert any("records no training depth" in m for m in messages)
+    with pytest.raises(ValueError, match="match_depth must be True or False"):
+        clf.classify(catalog, images, match_depth="yes")

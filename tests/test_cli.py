@@ -260,6 +260,7 @@ def test_existing_output_columns_need_replace_columns(tmp_path, tiny_weights_fil
 
 
 @pytest.mark.filterwarnings("ignore:the model .* does not read the PSF")
+@pytest.mark.filterwarnings("ignore:the model .* records no training depth")
 def test_zeropoint_and_psf_reach_classify(tmp_path, tiny_weights_file, monkeypatch):
     from astro_starglx.classifier import StarGalaxyClassifier
 
@@ -280,6 +281,11 @@ def test_zeropoint_and_psf_reach_classify(tmp_path, tiny_weights_file, monkeypat
     assert main(["classify", catalog, *specs, "-o", str(tmp_path / "out2.ecsv"),
                  "--model", str(tiny_weights_file)]) == 0
     assert seen["zeropoints"] is None and seen["psf"] is None
+    assert seen["match_depth"] is None  # --match-depth auto
+    for choice, value in (("on", True), ("off", False)):
+        assert main(["classify", catalog, *specs, "-o", str(tmp_path / f"{choice}.ecsv"),
+                     "--model", str(tiny_weights_file), "--match-depth", choice]) == 0
+        assert seen["match_depth"] is value
 
 
 @pytest.mark.parametrize("option, values, match", [

@@ -482,3 +482,15 @@ def test_feature_scale_refuses_non_positive_numbers(tiny_meta, value):
     tiny_meta["feature_scale"] = value
     with pytest.raises(ValueError, match="feature_scale must be a finite number > 0"):
         ModelMeta.from_dict(tiny_meta)
+
+
+def test_depth_round_trip_and_validation(tiny_meta):
+    meta = ModelMeta.from_dict(tiny_meta)
+    assert meta.depth is None and "depth" not in meta.to_dict()
+    recorded = meta.replace(depth={"r": 26.5, "g": 26.8})
+    # stored in the model's band order, as floats
+    assert list(recorded.depth) == ["g", "r"]
+    assert ModelMeta.from_json(recorded.to_json()).depth == {"g": 26.8, "r": 26.5}
+    for bad in ({"K": 25.0}, {"r": float("nan")}, {}, [26.0], {"r": "26"}):
+        with pytest.raises(ValueError, match="depth must be None or a non-empty dict|strict JSON"):
+            ModelMeta.from_dict(dict(tiny_meta, depth=bad))

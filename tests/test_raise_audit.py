@@ -406,6 +406,9 @@ SITES = {
                                             _image(meta={"FILTER": "R"})]), ValueError,
           r"images is a list, and images\[1\] cannot be mapped to a band: band 'r' "
           r"\(FILTER\) is given twice; pass a mapping"),
+    "inputs:match_band_keys:ValueError:{} has keys {} and {} that both name ban":
+        T(lambda c, mp: classify(c, images={"R": _image(), "HSC-R": _image()}), ValueError,
+          r"images has keys 'R' and 'HSC-R' that both name band 'r'; keep one of them"),
     "inputs:model_images:TypeError:{} keys must be band names (str), got {}":
         T(lambda c, mp: classify(c, images={0: _image()}), TypeError,
           r"images keys must be band names \(str\), got 0 of type int"),

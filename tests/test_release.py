@@ -12,7 +12,7 @@ import torch
 
 from astro_starglx import weights
 from astro_starglx.meta import ModelMeta
-from astro_starglx.release import main, register_weights
+from astro_starglx.release import main, register_weights, simulated_depth, with_depth
 from astro_starglx.weights import (Weights, get_weights, list_weights, load_model, read_meta,
                                    save_weights)
 
@@ -144,3 +144,44 @@ def test_module_entry_point(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "usage: python -m astro_starglx.release" in out
     assert "--bundled" in out and "--name" in out
+
+
+def psf_aware_meta(tiny_meta):
+    """``tiny_meta`` as a PSF-aware model (8 features, ``psf`` set)."""
+    from conftest import TINY_ARCHITECTURE
+
+    from astro_starglx.csst import CSST_BANDS
+
+    names = ["mag", "mag_err", "concentration", "radius", "ellipticity", "psf_fwhm",
+             "radius_excess", "concentration_excess"]
+    meta = dict(tiny_meta, feature_names=names,
+                architecture=dict(TINY_ARCHITECTURE, n_features=len(names)),
+                psf={"nominal_fwhm": {b: 0.13 for b in CSST_BANDS},
+                     "fwhm_range": {b: [0.05, 0.5] for b in CSST_BANDS}})
+    meta["normalization"] = dict(meta["normalization"],
+                                 feature_mean=[[0.0] * len(names)] * len(CSST_BANDS),
+                                 feature_std=[[1.0] * len(names)] * len(CSST_BANDS))
+    return meta
+
+
+def test_with_depth_adds_the_simulated_depth(registry_path, tmp_path, tiny_meta, capsys):
+    pytest.importorskip("galsim")
+    meta = psf_aware_meta(tiny_meta)
+    source = tmp_path / "psf.safetensors"
+    save_weights(source, seeded_state_dict(meta), meta)
+    out = with_depth(source, tmp_path / "deep.safetensors", name="tiny-deep", size=384)
+    before, after = load_model(source), load_model(out)
+    assert after.name == "tiny-deep" and after.meta.depth is not None
+    assert list(after.meta.depth) == list(meta["bands"])
+    # the simulator's nominal CSST depths are 24-27 mag (design: 24.4-26.3)
+    assert all(23.5 < d < 28.0 for d in after.meta.depth.values())
+    assert after.meta.depth == simulated_depth(before.meta, size=384)
+    assert after.meta.recipe["derived_from"] == {"name": before.name, "sha256": before.sha256}
+    assert "simulated_depth(meta, n_fields=2, size=384, seed=0)" in after.meta.recipe["depth"]
+    for key, tensor in before.network.state_dict().items():
+        assert torch.equal(tensor, after.network.state_dict()[key])
+    with pytest.raises(ValueError, match="does not read the PSF"):
+        simulated_depth(ModelMeta.from_dict(tiny_meta))
+    with pytest.raises(SystemExit):
+        main([str(source), "--with-depth", str(tmp_path / "x.safetensors")])
+    assert "--with-depth needs --name" in capsys.readouterr().err

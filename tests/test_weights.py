@@ -89,7 +89,7 @@ def served(isolated_registry, weights_server, monkeypatch):
 
 def test_shipped_registry_entries_are_valid():
     registry = json.loads(weights._REGISTRY_PATH.read_text())
-    assert registry["default"] == "rbim-lite-v10"
+    assert registry["default"] == "rbim-lite-v12"
     entries = list_weights()
     assert [w.name for w in entries] == sorted(registry["models"])
     for entry in entries:
@@ -639,3 +639,14 @@ def test_weights_module_imports_no_astropy():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & {"astropy", "photutils"}
+
+
+def test_default_is_v10s_network_with_its_depth():
+    """rbim-lite-v12 is rbim-lite-v10's network; only the meta's depth (and name) differ."""
+    v10, v12 = load_model("rbim-lite-v10"), load_model("rbim-lite-v12")
+    assert v12.meta.recipe["derived_from"] == {"name": "rbim-lite-v10", "sha256": v10.sha256}
+    assert v10.meta.depth is None and set(v12.meta.depth) == set(v12.meta.bands)
+    for key, tensor in v10.network.state_dict().items():
+        assert torch.equal(tensor, v12.network.state_dict()[key])
+    assert v12.meta.replace(name=v10.meta.name, depth=None,
+                            recipe=v10.meta.recipe) == v10.meta
