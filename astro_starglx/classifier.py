@@ -287,13 +287,13 @@ class StarGalaxyClassifier:
             bands', so colours are kept). On another survey's pixels, a
             source's magnitude then goes with the signal-to-noise and size
             the model learnt for it: without any labels, on SDSS-like fields
-            this took the accuracy at r < 21 from 79 % to 94 % (see "Use
+            this took the accuracy at r < 21 from 78 % to 93 % (see "Use
             astro_starglx on your own survey" in the docs). ``None``
             (default): on when the images' pixel scale is not the model's;
             ``True``: always; ``False``: never. Needs a PSF-aware model
             that records ``meta.depth``. The shift is reported in the
             result's meta (``depth``). A model fine-tuned on your survey
-            needs none.
+            needs none (`~astro_starglx.fine_tune` records no depth).
         overwrite : bool, optional
             Replace output columns that already exist in ``catalog``.
 

@@ -682,9 +682,10 @@ def _add_fine_tune(sub, common):
                    help="one decision threshold for all magnitudes (default: the bright half "
                         "of the validation sources gets its own)")
     p.add_argument("--feature-scale", default="auto", type=_feature_scale,
-                   help="angular scale of the catalog features: 'auto' measures them in "
-                        "units of your PSF where your pixel scale is not the base model's, "
-                        "a number sets it, 1 keeps the base model's arcsec apertures")
+                   help="angular scale of the catalog features: 'auto' makes the apertures "
+                        "as many of your pixels wide as of the base model's (your pixel scale "
+                        "over its), a number sets it, 1 keeps the base model's arcsec "
+                        "apertures")
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.set_defaults(func=_cmd_fine_tune)
 

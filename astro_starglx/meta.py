@@ -207,9 +207,11 @@ class ModelMeta:
         ``feature_scale`` times wider (in arcsec) and the angular features
         (``radius``, ``psf_fwhm`` and ``radius_excess``) are divided by it.
         1 for every model trained on CSST's pixels; a model fine-tuned on
-        another survey (`astro_starglx.fine_tune`) measures its features in
-        units of its PSF, so that they mean what the base model learnt:
-        ``feature_scale`` is that survey's PSF FWHM over the base model's.
+        another survey (`astro_starglx.fine_tune`) measures its features on
+        as many of that survey's pixels as the base model's apertures held
+        of its own, like the stamps: ``feature_scale`` is that survey's pixel
+        scale over the base model's (earlier fine-tuned files: its PSF FWHM
+        over the base model's; either is read as recorded).
     depth : dict or None
         ``{band: AB magnitude}``: the 5-sigma point-source depth of the
         training data's nominal field in each band, measured as

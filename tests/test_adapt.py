@@ -62,6 +62,7 @@ def psf_base(tmp_path_factory):
                                             meta["normalization"]["feature_std"]]
     meta["psf"] = {"nominal_fwhm": {b: 0.15 for b in meta["bands"]},
                    "fwhm_range": {b: [0.1, 0.3] for b in meta["bands"]}}
+    meta["depth"] = {b: 26.0 for b in meta["bands"]}  # its training data's, not the user's
     save_weights(path, seeded_state_dict(meta), meta)
     return path
 
@@ -408,6 +409,7 @@ def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
     catalog, images = user_field
     path = fine_tune(catalog, images, output=tmp_path, base=str(psf_base), mode="calibrate")
     meta = load_model(path).meta
+    assert load_model(psf_base).meta.depth is not None and meta.depth is None
     for band in meta.bands:
         # the simulator states its (1.6x nominal) PSF in the header; resolve_psf reads it
         fwhm = float(images[band].header["PSFFWHM"])
@@ -418,7 +420,8 @@ def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
 
 
 def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
-    """'auto' measures the features in units of the user's PSF; classify() does the same."""
+    """'auto' measures the features on as many of the user's pixels as the model's;
+    classify() does the same."""
     from astro_starglx import StarGalaxyClassifier
     from astro_starglx.inference import calibrated_proba, predict_logits
 
@@ -426,9 +429,8 @@ def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
     path = fine_tune(catalog, images, output=tmp_path / "psf", base=str(psf_base),
                      mode="calibrate")
     meta = load_model(path).meta
-    # the header's PSF (1.6 x CSST's) over the base's nominal 0.15", median over bands
-    ratio = np.median([float(images[b].header["PSFFWHM"]) / 0.15 for b in meta.bands])
-    assert meta.feature_scale == pytest.approx(ratio, rel=5e-3)
+    # the user's pixel scale over the base's, whatever the PSF
+    assert meta.feature_scale == pytest.approx(USER_PIXEL_SCALE / 0.074, rel=5e-3)
     assert meta.feature_scale > 1.2
     # classify() measures the features at the model's scale: its p_galaxy is the
     # model's on labelled_inputs at that scale (the meta's, by default)
@@ -444,7 +446,7 @@ def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
         out = StarGalaxyClassifier(path, device="cpu").classify(catalog, images)
     p = np.asarray(out["p_galaxy"].filled(np.nan))[data.row]
     np.testing.assert_allclose(p, expected, rtol=1e-4, atol=1e-5)
-    # a base without the PSF: the ratio of the pixel scales; at the base's own scale: 1
+    # a base without the PSF alike; at the base's own scale: 1
     meta = load_model(fine_tune(catalog, images, output=tmp_path / "pix", base=str(tiny_base),
                                 mode="calibrate")).meta
     assert meta.feature_scale == pytest.approx(USER_PIXEL_SCALE / 0.074, rel=5e-3)
