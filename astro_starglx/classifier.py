@@ -289,11 +289,15 @@ class StarGalaxyClassifier:
             the model learnt for it: without any labels, on SDSS-like fields
             this took the accuracy at r < 21 from 78 % to 93 % (see "Use
             astro_starglx on your own survey" in the docs). ``None``
-            (default): on when the images' pixel scale is not the model's;
+            (default): on when the images' pixel scale is not that of the
+            pixel frame the model's features are measured on
+            (``meta.pixel_scale / meta.feature_scale``: its own pixels, or
+            for a model fine-tuned on another survey, the base model's);
             ``True``: always; ``False``: never. Needs a PSF-aware model
-            that records ``meta.depth``. The shift is reported in the
-            result's meta (``depth``). A model fine-tuned on your survey
-            needs none (`~astro_starglx.fine_tune` records no depth).
+            that records ``meta.depth`` (`~astro_starglx.fine_tune` keeps
+            the base's where it matched the depth, so that its model sees
+            the magnitudes it was fine-tuned on). The shift is reported in
+            the result's meta (``depth``).
         overwrite : bool, optional
             Replace output columns that already exist in ``catalog``.
 
@@ -519,8 +523,11 @@ class StarGalaxyClassifier:
             msg = (f"the model {self.loaded.name!r} records no training depth (meta.depth, "
                    "PSF-aware models only), so match_depth=True is ignored")
             warnings.warn(msg, StarGalaxyWarning, stacklevel=5)
+        # the pixel frame the features are measured on: the model's own pixels,
+        # or (fine-tuned on another survey) the base's that its feature_scale keeps
+        frame = meta.pixel_scale / meta.feature_scale
         if not self._depth_matching(match_depth) or not estimates or (
-                match_depth is None and not _foreign_scales(images, meta)):
+                match_depth is None and not _foreign_scales(images, frame)):
             return zeropoints, {}
         from .background import point_source_depths
 
@@ -691,12 +698,12 @@ def _prefetch(produce, items, *, depth, workers=1):
         pool.shutdown(wait=True)
 
 
-def _foreign_scales(images, meta, *, tolerance=PIXEL_SCALE_TOLERANCE):
-    """``{band: arcsec per pixel}`` of the images whose WCS scale is not the model's."""
+def _foreign_scales(images, expected, *, tolerance=PIXEL_SCALE_TOLERANCE):
+    """``{band: arcsec per pixel}`` of the images whose WCS scale is not ``expected``."""
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    expected = float(meta.pixel_scale)
+    expected = float(expected)
     off = {}
     for band, image in images.items():
         if not isinstance(image.wcs, WCS) or not image.wcs.has_celestial:
@@ -710,7 +717,7 @@ def _foreign_scales(images, meta, *, tolerance=PIXEL_SCALE_TOLERANCE):
 def _warn_pixel_scale(images, meta, name, *, depth_matched=False,
                       tolerance=PIXEL_SCALE_TOLERANCE):
     """One warning if a band's pixel scale is far from the model's."""
-    off = _foreign_scales(images, meta, tolerance=tolerance)
+    off = _foreign_scales(images, meta.pixel_scale, tolerance=tolerance)
     if off:
         matched = (" The magnitudes are shifted to the model's depth (match_depth; the "
                    "result's meta['astro_starglx']['depth']), which recovers much of the "

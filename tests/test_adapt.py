@@ -409,7 +409,25 @@ def test_fine_tune_psf_aware_base(user_field, psf_base, tmp_path):
     catalog, images = user_field
     path = fine_tune(catalog, images, output=tmp_path, base=str(psf_base), mode="calibrate")
     meta = load_model(path).meta
-    assert load_model(psf_base).meta.depth is not None and meta.depth is None
+    # another pixel scale (feature_scale 'auto' = 1.35): the depth was matched, and the
+    # new model keeps the base's depth so that classify() matches it alike
+    base_meta = load_model(psf_base).meta
+    assert meta.feature_scale > 1.2 and meta.depth == base_meta.depth
+    offset = meta.recipe["magnitude_offset"]
+    data = labelled_inputs(catalog, images, meta=base_meta, feature_scale="auto")
+    assert data.magnitude_offset == (pytest.approx(offset, abs=1e-4),)
+    plain = labelled_inputs(catalog, images, meta=base_meta, feature_scale="auto",
+                            match_depth=False)
+    assert plain.magnitude_offset is None
+    mag = list(base_meta.feature_names).index("mag")
+    shift = data.features[:, :, mag] - plain.features[:, :, mag]
+    np.testing.assert_allclose(shift[np.isfinite(shift)], offset, atol=1e-3)
+    # measured on the images' own frame: nothing to match, no depth recorded
+    same = load_model(fine_tune(catalog, images, output=tmp_path / "one", base=str(psf_base),
+                                mode="calibrate", feature_scale=1.0)).meta
+    assert same.depth is None and same.recipe["magnitude_offset"] is None
+    with pytest.raises(ValueError, match="match_depth must be True or False"):
+        labelled_inputs(catalog, images, meta=base_meta, match_depth="yes")
     for band in meta.bands:
         # the simulator states its (1.6x nominal) PSF in the header; resolve_psf reads it
         fwhm = float(images[band].header["PSFFWHM"])
