@@ -465,9 +465,15 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
     if meta.psf is not None and len(catalog):
         from .psf import header_disagreement, resolve_psf
 
+        # The model's nominal PSF in its own pixels, as classify() starts from it:
+        # on another survey's pixels its FWHM in arcsec is a fraction of a pixel
+        # (0.13" at 0.396"/px), too small to start the star selection from. (A
+        # data set's InputSpec states its nominal PSF for these images already.)
+        ratio = pixel_scale / getattr(meta, "pixel_scale", pixel_scale)
         estimates = resolve_psf(images, {band: (x[band], y[band]) for band in images},
                                 psf=psf, pixel_scale=pixel_scale,
-                                nominal_fwhm=meta.psf["nominal_fwhm"])
+                                nominal_fwhm={band: fwhm * ratio for band, fwhm
+                                              in meta.psf["nominal_fwhm"].items()})
         fell_back = [band for band, est in estimates.items() if est.fell_back]
         if fell_back:
             msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "

@@ -450,7 +450,7 @@ class StarGalaxyClassifier:
         source_threshold = np.full(n_sources, float(meta.threshold))
         if n_sources == 0:
             return proba, flags, {}, source_threshold
-        estimates, flags[:] = self._conditions(images, x, y, psf)
+        estimates, flags[:], psf_out = self._conditions(images, x, y, psf)
         zeropoints, depth = self._match_depth(images, x, y, estimates, zeropoints, match_depth)
         # Whole-image noise is computed once per call, not once per batch.
         # NaN for a band with too few usable pixels: stamps measure their own.
@@ -506,6 +506,12 @@ class StarGalaxyClassifier:
                       if estimates else {})
         if depth:
             conditions["depth"] = depth
+        # call-level conditions, reported once (the summary warning, the meta)
+        missing = [band for band in meta.bands if band not in images]
+        if missing:
+            conditions["bands_missing"] = missing
+        if psf_out:
+            conditions["psf_out_of_range"] = psf_out
         return proba, flags, conditions, source_threshold
 
     def _depth_matching(self, match_depth):
@@ -546,7 +552,10 @@ class StarGalaxyClassifier:
                          "magnitude_offset": round(offset, 4)}
 
     def _conditions(self, images, x, y, psf):
-        """PSF estimates per band, and the BLENDED / OUT_OF_RANGE bits of every source."""
+        """
+        PSF estimates per band, the BLENDED / OUT_OF_RANGE bits of every
+        source, and the bands whose PSF puts every source out of range.
+        """
         from concurrent.futures import ThreadPoolExecutor
 
         meta = self.meta
@@ -560,7 +569,7 @@ class StarGalaxyClassifier:
             estimates = self._psf_estimates(images, x, y, psf)
             flags = blended.result()
         if not estimates:
-            return {}, flags
+            return {}, flags, []
         fell_back = [band for band, est in estimates.items() if est.fell_back]
         if fell_back:
             msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "
@@ -572,12 +581,15 @@ class StarGalaxyClassifier:
         disagreement = header_disagreement(estimates)
         if disagreement:
             warnings.warn(disagreement, StarGalaxyWarning, stacklevel=4)
+        everywhere = []
         for band, est in estimates.items():
             low, high = meta.psf["fwhm_range"][band]
             fwhm = est.at(x[band], y[band])
-            out = est.fell_back | (fwhm < low) | (fwhm > high)
-            flags[np.broadcast_to(out, flags.shape)] |= np.uint16(ClassFlag.OUT_OF_RANGE)
-        return estimates, flags
+            out = np.broadcast_to(est.fell_back | (fwhm < low) | (fwhm > high), flags.shape)
+            flags[out] |= np.uint16(ClassFlag.OUT_OF_RANGE)
+            if out.all():
+                everywhere.append(band)
+        return estimates, flags, everywhere
 
     def _psf_estimates(self, images, x, y, psf):
         """`~astro_starglx.psf.resolve_psf` for a PSF-aware model; {} for the others."""
@@ -662,7 +674,7 @@ class StarGalaxyClassifier:
             "symmetrize": self.symmetrize,
             **conditions,
         }
-        _warn_flags(flags, bad, library)
+        _warn_flags(flags, bad, library, conditions)
         return result
 
 
@@ -731,15 +743,34 @@ def _warn_pixel_scale(images, meta, name, *, depth_matched=False,
         warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
 
 
-def _warn_flags(flags, unclassified, library=None):
-    """The call's one summary warning: flag counts, then the libraries' warnings."""
-    parts = []
-    if flags.any():
-        counts = {flag.name: int(np.count_nonzero(flags & flag.value)) for flag in ClassFlag}
+def _warn_flags(flags, unclassified, library=None, conditions=None):
+    """
+    The call's one summary warning: the call-level conditions that flag
+    every source (bands not given, a band's PSF out of the model's range),
+    once, then the counts of the other flags, then the libraries' warnings.
+    """
+    conditions = conditions or {}
+    parts, everyone = [], 0
+    if conditions.get("bands_missing"):
+        everyone |= ClassFlag.BAND_MISSING
+        parts.append(f"Bands {conditions['bands_missing']} are not in images: the model sees "
+                     "them as dropped bands (every source carries BAND_MISSING).")
+    if conditions.get("psf_out_of_range"):
+        everyone |= ClassFlag.OUT_OF_RANGE
+        parts.append(f"The PSF of band(s) {conditions['psf_out_of_range']} is outside the "
+                     "model's validity range (meta.psf['fwhm_range']) or was not measured: "
+                     "every source carries OUT_OF_RANGE.")
+    rest = flags & np.uint16(~int(everyone) & 0xFFFF)
+    if rest.any():
+        counts = {flag.name: int(np.count_nonzero(rest & flag.value)) for flag in ClassFlag}
         summary = ", ".join(f"{name} {n}" for name, n in counts.items() if n)
-        parts.append(f"{int(np.count_nonzero(flags))} of {len(flags)} sources flagged "
-                     f"({summary}); {int(unclassified.sum())} have no usable pixels and masked "
+        parts.append(f"{int(np.count_nonzero(rest))} of {len(flags)} sources flagged "
+                     f"{'for other problems ' if everyone else ''}({summary}); "
+                     f"{int(unclassified.sum())} have no usable pixels and masked "
                      "probabilities. See the class_flags column and astro_starglx.ClassFlag.")
+    elif unclassified.any():
+        parts.append(f"{int(unclassified.sum())} of {len(flags)} sources have no usable pixels "
+                     "and masked probabilities.")
     if library is not None and library.records:
         parts.append(library.summary())
     if parts:

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from astropy.nddata import CCDData
 from astropy.table import MaskedColumn, Table
 from astropy.utils.exceptions import AstropyUserWarning
 
@@ -661,3 +662,29 @@ def test_fine_tune_inputs_reuses_one_extraction(user_field, tiny_base, tmp_path)
                               "bands": ("r",)})
     with pytest.raises(ValueError, match="data holds bands"):
         fine_tune_inputs(other, output=tmp_path / "y", base=loaded)
+
+
+def test_psf_measured_on_another_surveys_pixels(psf_base):
+    """Without PSF keywords, the PSF of an SDSS-like field (0.396"/px, ~1.4" seeing) is
+    measured in every band, the star selection starting from the base model's nominal
+    PSF in its own pixels (not its 0.15" in arcsec, a fraction of an SDSS pixel)."""
+    pytest.importorskip("galsim")
+    from astro_starglx.simulate import SimConfig, simulate_field
+
+    config = SimConfig.preset("sdss", shape=(384, 384), n_stars=70, n_galaxies=30,
+                              mag_range=(16.0, 20.0))
+    images, truth = simulate_field(config, seed=5)
+    truth_fwhm = {band: float(im.meta["PSFFWHM"]) for band, im in images.items()}
+    bare = {band: CCDData(im.data, unit=im.unit, wcs=im.wcs, mask=im.mask,
+                          uncertainty=im.uncertainty,
+                          meta={k: v for k, v in im.meta.items()
+                                if k not in ("PSFFWHM", "SEEING", "FWHM", "PSFR80")})
+            for band, im in images.items()}
+    catalog = Table({"ra": truth["ra"], "dec": truth["dec"], "label": truth["label"]})
+    meta = load_model(psf_base).meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AstropyUserWarning)  # no band falls back
+        data = labelled_inputs(catalog, bare, meta=meta, feature_scale=1.0)
+    for band, fwhm in truth_fwhm.items():
+        measured = np.nanmedian(data.psf_fwhm[:, list(meta.bands).index(band)])
+        assert measured == pytest.approx(fwhm, rel=0.1), band

@@ -364,9 +364,15 @@ def test_single_image_without_band(clf, field):
     with pytest.raises(ValueError, match=r"single image but the model reads bands"):
         clf.classify(catalog, lone)
     lone.meta["FILTER"] = "r"
-    with pytest.warns(StarGalaxyWarning, match="BAND_MISSING"):
+    with pytest.warns(StarGalaxyWarning, match=r"Bands \['NUV', 'u', 'g', 'i', 'z', 'y'\] are "
+                                               "not in images.*every source carries "
+                                               "BAND_MISSING") as record:
         out = clf.classify(catalog, lone)
     assert len(out) == len(catalog)
+    assert out.meta["astro_starglx"]["bands_missing"] == ["NUV", "u", "g", "i", "z", "y"]
+    assert np.all(np.asarray(out["class_flags"]) & ClassFlag.BAND_MISSING)
+    # said once, not counted again among the per-source flags
+    assert not any("BAND_MISSING 12" in str(r.message) for r in record)
 
 
 def test_no_wcs_with_sky_positions(clf, field):
@@ -742,7 +748,11 @@ def test_out_of_range_flag(tmp_path, sim_field):
     out, messages = classify_recording(narrow, catalog, images)
     flags = np.asarray(out["class_flags"])
     assert np.all(flags & ClassFlag.OUT_OF_RANGE)
-    assert any("OUT_OF_RANGE 60" in m for m in messages)
+    # a call-level condition: said once with its bands (and in the meta), not counted
+    assert out.meta["astro_starglx"]["psf_out_of_range"] == list(CSST_BANDS)
+    assert any("The PSF of band(s) ['NUV'" in m and "every source carries OUT_OF_RANGE" in m
+               for m in messages)
+    assert not any("OUT_OF_RANGE 60" in m for m in messages)
     # a PSF inside the range: no flag
     out, _ = classify_recording(narrow, catalog, images, psf=0.4)
     assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
