@@ -261,7 +261,7 @@ def _image_noise(image):
 GAUSSIAN_NEA = math.pi / (2.0 * math.log(2.0))
 
 
-def point_source_depth(image, *, fwhm, zeropoint, snr=5.0):
+def point_source_depth(image, *, fwhm, zeropoint, snr=5.0, sigma=None):
     """
     The point-source depth of an image: the AB magnitude at which PSF
     photometry of a point source on its sky noise reaches ``snr``.
@@ -283,6 +283,9 @@ def point_source_depth(image, *, fwhm, zeropoint, snr=5.0):
         AB magnitude of a source of one image unit.
     snr : float, optional
         Signal-to-noise ratio of the depth (5: the usual "5-sigma depth").
+    sigma : float or None, optional
+        The image's per-pixel noise when already measured
+        (`image_noise_or_nan`); None measures it.
 
     Returns
     -------
@@ -299,13 +302,13 @@ def point_source_depth(image, *, fwhm, zeropoint, snr=5.0):
     fwhm = check_real("fwhm", fwhm, low=0.0, low_open=True, hint=" (pixels)")
     zeropoint = check_real("zeropoint", zeropoint, hint=" (AB magnitude of one image unit)")
     snr = check_real("snr", snr, low=0.0, low_open=True, hint="; e.g. snr=5")
-    sigma = _image_noise(image)[0]
+    sigma = _image_noise(image)[0] if sigma is None else float(sigma)
     if not (sigma > 0):  # NaN (too few pixels) or a noiseless image
         return math.nan
     return float(zeropoint - 2.5 * math.log10(snr * sigma * math.sqrt(GAUSSIAN_NEA) * fwhm))
 
 
-def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints):
+def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints, sigma=None):
     """
     `point_source_depth` of every band whose PSF is known, at the sources' PSF.
 
@@ -323,6 +326,9 @@ def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints):
         Arcsec per pixel of the PSF estimates.
     zeropoints : mapping of str to float
         ``{band: AB zero point}``.
+    sigma : mapping of str to float, optional
+        ``{band: per-pixel noise}`` already measured (`image_noise_or_nan`);
+        bands left out are measured.
 
     Returns
     -------
@@ -341,7 +347,8 @@ def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints):
         if not fwhm.size:
             continue
         depth = point_source_depth(image, fwhm=float(np.median(fwhm)) / pixel_scale,
-                                   zeropoint=zeropoints[band])
+                                   zeropoint=zeropoints[band],
+                                   sigma=(sigma or {}).get(band))
         if math.isfinite(depth):
             depths[band] = round(depth, 4)
     return depths

@@ -62,6 +62,14 @@ CPU_BATCH_WORKERS = 2
 #: which the images count as another survey's (a warning; ``match_depth``).
 PIXEL_SCALE_TOLERANCE = 0.1
 
+#: Magnitudes by which the images' 5-sigma depth may differ from the model's
+#: (``meta.depth``) on its own pixels before ``classify()`` warns that the
+#: zero points may be wrong. The released models' training fields spanned
+#: exposures of 0.18-5 times the nominal one (about -0.9 to +0.9 mag); a zero
+#: point off by 2.5 mag (25 given for 22.5) turned star recall at r < 21 on a
+#: real frame from 85 % to 28 %.
+DEPTH_TOLERANCE = 1.5
+
 
 class StarGalaxyWarning(AstropyUserWarning):
     """Summary of per-source problems in one `~StarGalaxyClassifier.classify` call."""
@@ -450,11 +458,15 @@ class StarGalaxyClassifier:
         source_threshold = np.full(n_sources, float(meta.threshold))
         if n_sources == 0:
             return proba, flags, {}, source_threshold
-        estimates, flags[:], psf_out = self._conditions(images, x, y, psf)
-        zeropoints, depth = self._match_depth(images, x, y, estimates, zeropoints, match_depth)
-        # Whole-image noise is computed once per call, not once per batch.
-        # NaN for a band with too few usable pixels: stamps measure their own.
-        image_sigma = {band: image_noise_or_nan(img) for band, img in images.items()
+        # Whole-image noise is computed once per call, not once per batch (NaN
+        # for a band with too few usable pixels: stamps measure their own): for
+        # the images without an uncertainty, and for the depth of every band.
+        noisy = [band for band, img in images.items() if img.uncertainty is None or (
+            self._depth_matching(match_depth) and band in self.meta.depth)]
+        estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, noisy)
+        zeropoints, depth = self._match_depth(images, x, y, estimates, zeropoints, match_depth,
+                                              noise)
+        image_sigma = {band: noise[band] for band, img in images.items()
                        if img.uncertainty is None}
         predict = self._predictor()
         from tqdm.auto import tqdm
@@ -519,7 +531,7 @@ class StarGalaxyClassifier:
         return match_depth is not False and self.meta.depth is not None \
             and self.meta.psf is not None
 
-    def _match_depth(self, images, x, y, estimates, zeropoints, match_depth):
+    def _match_depth(self, images, x, y, estimates, zeropoints, match_depth, noise=None):
         """
         The zero points with the ``match_depth`` shift, and its record for
         the result's meta ({} and ``zeropoints`` unchanged when none applies).
@@ -529,32 +541,43 @@ class StarGalaxyClassifier:
             msg = (f"the model {self.loaded.name!r} records no training depth (meta.depth, "
                    "PSF-aware models only), so match_depth=True is ignored")
             warnings.warn(msg, StarGalaxyWarning, stacklevel=5)
+        if not self._depth_matching(match_depth) or not estimates:
+            return zeropoints, {}
         # the pixel frame the features are measured on: the model's own pixels,
         # or (fine-tuned on another survey) the base's that its feature_scale keeps
         frame = meta.pixel_scale / meta.feature_scale
-        if not self._depth_matching(match_depth) or not estimates or (
-                match_depth is None and not _foreign_scales(images, frame)):
-            return zeropoints, {}
+        apply = match_depth is True or bool(_foreign_scales(images, frame))
         from .background import point_source_depths
 
         measured = point_source_depths(
             {band: image for band, image in images.items() if band in meta.depth}, estimates,
             {band: (x[band], y[band]) for band in images}, pixel_scale=meta.pixel_scale,
             zeropoints={band: get_zeropoint(image, band, zeropoints)
-                        for band, image in images.items()})
+                        for band, image in images.items()}, sigma=noise)
         if not measured:
             return zeropoints, {}
         offset = float(np.median([meta.depth[band] - depth for band, depth in measured.items()]))
+        if not apply:
+            if abs(offset) > DEPTH_TOLERANCE:  # on the model's pixels: a zero point off?
+                msg = (f"the images' 5-sigma depth ({measured}) is {abs(offset):.1f} mag "
+                       f"{'shallower' if offset > 0 else 'deeper'} than the model's training "
+                       f"fields ({ {band: meta.depth[band] for band in measured} }), more than "
+                       "their exposures spanned: check the zero points, since the model reads "
+                       "absolute magnitudes and a wrong zero point shifts them all (or pass "
+                       "match_depth=True to shift them by the difference)")
+                warnings.warn(msg, StarGalaxyWarning, stacklevel=5)
+            return zeropoints, {}
         shifted = {band: get_zeropoint(image, band, zeropoints) + offset
                    for band, image in images.items()}
         return shifted, {"image_depth": measured,
                          "model_depth": {band: meta.depth[band] for band in measured},
                          "magnitude_offset": round(offset, 4)}
 
-    def _conditions(self, images, x, y, psf):
+    def _conditions(self, images, x, y, psf, noisy=()):
         """
         PSF estimates per band, the BLENDED / OUT_OF_RANGE bits of every
-        source, and the bands whose PSF puts every source out of range.
+        source, the bands whose PSF puts every source out of range, and the
+        per-pixel noise (`image_noise_or_nan`) of the bands ``noisy``.
         """
         from concurrent.futures import ThreadPoolExecutor
 
@@ -563,13 +586,16 @@ class StarGalaxyClassifier:
         # The blend flags (numpy, reference band) in a thread while the PSF is
         # measured: two cores busy. (Measuring the bands in 2 threads as well
         # was slower on 2 shared cores: 1.09 s against 0.72 s, median of 6.)
+        # The image noise too (numpy: 0.4 s for the 7 bands of a CSST chip).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="astro_starglx-blend") as pool:
             blended = pool.submit(blend_flags, images[ref], x[ref], y[ref],
                                   size=meta.stamp_size)
+            noise = {band: pool.submit(image_noise_or_nan, images[band]) for band in noisy}
             estimates = self._psf_estimates(images, x, y, psf)
             flags = blended.result()
+            noise = {band: future.result() for band, future in noise.items()}
         if not estimates:
-            return {}, flags, []
+            return {}, flags, [], noise
         fell_back = [band for band, est in estimates.items() if est.fell_back]
         if fell_back:
             msg = (f"too few usable point sources to measure the PSF of band(s) {fell_back}; "
@@ -589,7 +615,7 @@ class StarGalaxyClassifier:
             flags[out] |= np.uint16(ClassFlag.OUT_OF_RANGE)
             if out.all():
                 everywhere.append(band)
-        return estimates, flags, everywhere
+        return estimates, flags, everywhere, noise
 
     def _psf_estimates(self, images, x, y, psf):
         """`~astro_starglx.psf.resolve_psf` for a PSF-aware model; {} for the others."""

@@ -1117,3 +1117,30 @@ def test_match_depth(tmp_path, sim_field):
     assert any("records no training depth" in m for m in messages)
     with pytest.raises(ValueError, match="match_depth must be True or False"):
         clf.classify(catalog, images, match_depth="yes")
+
+
+def test_implausible_depth_warns(tmp_path, sim_field):
+    """On the model's own pixels nothing is shifted, but zero points that put the images'
+    depth far from the model's are said to be suspect."""
+    catalog, images = sim_field
+    probe = StarGalaxyClassifier(psf_model_file(tmp_path / "probe.safetensors",
+                                                depth={b: 26.0 for b in CSST_BANDS}),
+                                 device="cpu", batch_size=16)
+    out, _ = classify_recording(probe, catalog, images, match_depth=True)
+    measured = out.meta["astro_starglx"]["depth"]["image_depth"]
+    clf = StarGalaxyClassifier(psf_model_file(tmp_path / "d.safetensors", depth=measured),
+                               device="cpu", batch_size=16)
+    out, messages = classify_recording(clf, catalog, images)
+    assert "depth" not in out.meta["astro_starglx"]
+    assert not any("check the zero points" in m for m in messages)
+    zps = {band: images[band].meta["MAGZERO"] for band in CSST_BANDS}
+    for shift, word in ((2.5, "deeper"), (-2.0, "shallower")):
+        wrong = {band: zp + shift for band, zp in zps.items()}
+        out, messages = classify_recording(clf, catalog, images, zeropoints=wrong)
+        assert "depth" not in out.meta["astro_starglx"]  # warned, not shifted
+        assert any(f"{abs(shift):.1f} mag {word} than the model's training fields" in m
+                   and "check the zero points" in m for m in messages), messages
+    # within the exposures the model was trained on: no warning
+    out, messages = classify_recording(clf, catalog, images,
+                                       zeropoints={b: zp + 0.5 for b, zp in zps.items()})
+    assert not any("check the zero points" in m for m in messages)
