@@ -519,7 +519,7 @@ def _matched_zeropoints(images, estimates, positions, *, meta, zeropoints, pixel
     (``feature_scale`` not 1): the model then reads magnitudes whose
     relation to signal-to-noise is the base model's.
     """
-    from .background import point_source_depths
+    from .background import depth_offset
     from .inputs import get_zeropoint
 
     depth = getattr(meta, "depth", None)
@@ -528,12 +528,10 @@ def _matched_zeropoints(images, estimates, positions, *, meta, zeropoints, pixel
     if not wanted or depth is None or not estimates:
         return zeropoints, None
     zps = {band: get_zeropoint(image, band, zeropoints) for band, image in images.items()}
-    measured = point_source_depths({b: im for b, im in images.items() if b in depth},
-                                   estimates, positions, pixel_scale=pixel_scale,
-                                   zeropoints=zps)
-    if not measured:
+    offset, measured = depth_offset(images, estimates, positions, depth=depth,
+                                    pixel_scale=pixel_scale, zeropoints=zps)
+    if offset is None:
         return zeropoints, None
-    offset = float(np.median([depth[band] - value for band, value in measured.items()]))
     log.info("depth matching: magnitudes shifted by %+.2f mag (depths %s, the model's %s)",
              offset, measured, {band: depth[band] for band in measured})
     return {band: zp + offset for band, zp in zps.items()}, round(offset, 4)

@@ -15,7 +15,7 @@ from astropy.stats import mad_std, sigma_clip
 from ._validation import as_per_source, as_stamps, check_real
 
 __all__ = ["estimate_background_noise", "image_noise", "image_noise_or_nan",
-           "point_source_depth", "point_source_depths"]
+           "depth_offset", "point_source_depth", "point_source_depths"]
 
 
 # --------------------------------------------------------------------------
@@ -352,3 +352,35 @@ def point_source_depths(images, psf, positions, *, pixel_scale, zeropoints, sigm
         if math.isfinite(depth):
             depths[band] = round(depth, 4)
     return depths
+
+
+def depth_offset(images, psf, positions, *, depth, pixel_scale, zeropoints, sigma=None):
+    """
+    The magnitude offset that matches the images' depth to a model's.
+
+    What ``classify()`` (its ``match_depth``) and `~astro_starglx.fine_tune`
+    shift every band's zero point by, one computation for both so that a
+    model is fine-tuned on the magnitudes it later reads: the median over
+    the bands of ``depth[band]`` minus the band's `point_source_depths`.
+
+    Parameters
+    ----------
+    images, psf, positions, pixel_scale, zeropoints, sigma
+        As in `point_source_depths`; only the bands in ``depth`` are measured.
+    depth : mapping of str to float
+        The model's depth per band (``meta.depth``).
+
+    Returns
+    -------
+    offset : float or None
+        Magnitudes to add to every zero point; None when no band's depth
+        could be measured.
+    measured : dict of str to float
+        The images' depth per band measured.
+    """
+    measured = point_source_depths({band: im for band, im in images.items() if band in depth},
+                                   psf, positions, pixel_scale=pixel_scale,
+                                   zeropoints=zeropoints, sigma=sigma)
+    if not measured:
+        return None, measured
+    return float(np.median([depth[band] - value for band, value in measured.items()])), measured

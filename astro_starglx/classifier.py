@@ -547,16 +547,15 @@ class StarGalaxyClassifier:
         # or (fine-tuned on another survey) the base's that its feature_scale keeps
         frame = meta.pixel_scale / meta.feature_scale
         apply = match_depth is True or bool(_foreign_scales(images, frame))
-        from .background import point_source_depths
+        from .background import depth_offset
 
-        measured = point_source_depths(
-            {band: image for band, image in images.items() if band in meta.depth}, estimates,
-            {band: (x[band], y[band]) for band in images}, pixel_scale=meta.pixel_scale,
-            zeropoints={band: get_zeropoint(image, band, zeropoints)
-                        for band, image in images.items()}, sigma=noise)
-        if not measured:
+        zps = {band: get_zeropoint(image, band, zeropoints) for band, image in images.items()}
+        offset, measured = depth_offset(images, estimates,
+                                        {band: (x[band], y[band]) for band in images},
+                                        depth=meta.depth, pixel_scale=meta.pixel_scale,
+                                        zeropoints=zps, sigma=noise)
+        if offset is None:
             return zeropoints, {}
-        offset = float(np.median([meta.depth[band] - depth for band, depth in measured.items()]))
         if not apply:
             if abs(offset) > DEPTH_TOLERANCE:  # on the model's pixels: a zero point off?
                 msg = (f"the images' 5-sigma depth ({measured}) is {abs(offset):.1f} mag "
@@ -567,8 +566,7 @@ class StarGalaxyClassifier:
                        "match_depth=True to shift them by the difference)")
                 warnings.warn(msg, StarGalaxyWarning, stacklevel=5)
             return zeropoints, {}
-        shifted = {band: get_zeropoint(image, band, zeropoints) + offset
-                   for band, image in images.items()}
+        shifted = {band: zp + offset for band, zp in zps.items()}
         return shifted, {"image_depth": measured,
                          "model_depth": {band: meta.depth[band] for band in measured},
                          "magnitude_offset": round(offset, 4)}

@@ -6,8 +6,9 @@ from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.stats import mad_std, sigma_clip
 from synthetic_sources import PIXEL_SCALE, SIZE, ccd, make_field
 
-from astro_starglx.background import (GAUSSIAN_NEA, background_noise, estimate_background_noise,
-                                      image_noise, point_source_depth, point_source_depths)
+from astro_starglx.background import (GAUSSIAN_NEA, background_noise, depth_offset,
+                                      estimate_background_noise, image_noise,
+                                      point_source_depth, point_source_depths)
 from astro_starglx.features import FEATURE_NAMES
 from astro_starglx.inputs import extract_inputs
 
@@ -172,3 +173,9 @@ def test_point_source_depths_per_band():
     assert list(depths) == ["g"]
     assert depths["g"] == pytest.approx(point_source_depth(images["g"], fwhm=2.0,
                                                            zeropoint=25.0), abs=1e-4)
+    # the offset to a model's depth: over the bands measured (and in its depth) only
+    offset, measured = depth_offset(images, psf, positions, depth={"g": 24.0, "i": 30.0},
+                                    pixel_scale=0.074, zeropoints={b: 25.0 for b in "gri"})
+    assert measured == depths and offset == pytest.approx(24.0 - depths["g"])
+    assert depth_offset(images, psf, positions, depth={"r": 24.0}, pixel_scale=0.074,
+                        zeropoints={b: 25.0 for b in "gri"}) == (None, {})
