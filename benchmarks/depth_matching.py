@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from benchmarks.fresh_fields import classified, recall
+
 #: name -> (SimConfig overrides, r-band magnitude limits of the table)
 SURVEYS = {
     # ugriz, 0.396"/px, ~1.4" seeing, r ~ 22.6 (SimConfig.preset("sdss"))
@@ -58,26 +60,27 @@ def score(clf, fields, limits, match_depth):
     """Accuracy and recalls per r limit, and the median magnitude offset."""
     from astro_starglx import StarGalaxyWarning
 
-    pred, label, mag, offsets = [], [], [], []
+    outs = []
     for catalog, images in fields:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StarGalaxyWarning)  # the pixel-scale warning
-            out = clf.classify(catalog["ra", "dec"], images, match_depth=match_depth)
-        offsets.append(out.meta["astro_starglx"].get("depth", {}).get("magnitude_offset", 0.0))
-        ok = ~np.ma.getmaskarray(out["class"])
-        pred.append(np.asarray(out["class"])[ok])
-        label.append(np.asarray(catalog["label"])[ok])
-        mag.append(np.asarray(catalog["mag_r"])[ok])
-    pred, label, mag = (np.concatenate(a) for a in (pred, label, mag))
+            outs.append(clf.classify(catalog["ra", "dec"], images, match_depth=match_depth))
+    pred, label, mag = classified(outs, [catalog for catalog, _ in fields])
     cells = []
     for limit in limits:
         sel = mag < limit
         acc = np.mean(pred[sel] == label[sel])
-        stars = np.mean(pred[sel & (label == "star")] == "star")
-        galaxies = np.mean(pred[sel & (label == "galaxy")] == "galaxy")
+        stars = recall(pred[sel], label[sel], "star")[0]
+        galaxies = recall(pred[sel], label[sel], "galaxy")[0]
         cells.append(f"r<{limit}: {100 * acc:.1f} ({100 * stars:.1f} / {100 * galaxies:.1f}, "
                      f"n={int(sel.sum())})")
-    return cells, float(np.median(offsets))
+    return cells, median_offset(outs)
+
+
+def median_offset(outs):
+    """The median ``match_depth`` magnitude offset of classify() results (0: none applied)."""
+    return float(np.median([out.meta["astro_starglx"].get("depth", {})
+                            .get("magnitude_offset", 0.0) for out in outs]))
 
 
 def main(argv=None):

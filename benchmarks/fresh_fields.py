@@ -29,6 +29,17 @@ def recall(pred, label, cls):
     return r, float(np.sqrt(max(r * (1 - r), 1.0 / n) / n)), n
 
 
+def classified(outs, truths):
+    """``(class, label, mag_r)`` arrays of the sources classify() gave a class, over fields."""
+    pred, label, mag = [], [], []
+    for out, truth in zip(outs, truths):
+        ok = ~np.ma.getmaskarray(out["class"])
+        pred.append(np.asarray(out["class"])[ok])
+        label.append(np.asarray(truth["label"])[ok])
+        mag.append(np.asarray(truth["mag_r"])[ok])
+    return tuple(np.concatenate(a) for a in (pred, label, mag))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--model", default=None)
@@ -43,7 +54,7 @@ def main():
     clf = StarGalaxyClassifier(args.model, device="cpu")
     config = SimConfig(shape=(args.size, args.size), wcs_jitter=0.5, rotation_jitter=0.02,
                        psf_scale=args.psf_scale, subtract_sky=not args.keep_sky)
-    labels, preds, mags = [], [], []
+    outs, truths = [], []
     t_sim = t_cls = 0.0
     for k in range(args.fields):
         t0 = time.perf_counter()
@@ -54,11 +65,9 @@ def main():
             out = clf.classify(truth["id", "ra", "dec"], images)
         t_cls += time.perf_counter() - t1
         t_sim += t1 - t0
-        ok = ~np.ma.getmaskarray(out["class"])
-        labels.append(np.asarray(truth["label"])[ok])
-        preds.append(np.asarray(out["class"])[ok])
-        mags.append(np.asarray(truth["mag_r"])[ok])
-    label, pred, mag = (np.concatenate(a) for a in (labels, preds, mags))
+        outs.append(out)
+        truths.append(truth["label", "mag_r"])
+    pred, label, mag = classified(outs, truths)
     print(f"model {out.meta['astro_starglx']['model']} "
           f"({out.meta['astro_starglx']['weights_sha256'][:12]}), {args.fields} fresh fields "
           f"(seeds {args.seed}..{args.seed + args.fields - 1}, psf_scale {args.psf_scale}, "

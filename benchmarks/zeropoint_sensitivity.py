@@ -16,8 +16,8 @@ images' depth and so cancels the error. Prints star / galaxy recall at r <= 25. 
 import argparse
 import warnings
 
-import numpy as np
-
+from benchmarks.depth_matching import median_offset
+from benchmarks.fresh_fields import classified, recall
 from benchmarks.robustness import simulate_condition, strip_psf_keywords
 
 
@@ -26,24 +26,19 @@ def recalls(clf, fields, shift, match_depth):
     from astro_starglx import StarGalaxyWarning
     from astro_starglx.inputs import get_zeropoint
 
-    pred, label, mag, offsets = [], [], [], []
+    outs = []
     for images, truth in fields:
         images = strip_psf_keywords(images)
         zeropoints = {band: get_zeropoint(image, band) + shift for band, image in images.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StarGalaxyWarning)
-            out = clf.classify(truth["id", "ra", "dec"], images, zeropoints=zeropoints,
-                               match_depth=match_depth)
-        offsets.append(out.meta["astro_starglx"].get("depth", {}).get("magnitude_offset", 0.0))
-        ok = ~np.ma.getmaskarray(out["class"])
-        pred.append(np.asarray(out["class"])[ok])
-        label.append(np.asarray(truth["label"])[ok])
-        mag.append(np.asarray(truth["mag_r"])[ok])
-    pred, label, mag = (np.concatenate(a) for a in (pred, label, mag))
+            outs.append(clf.classify(truth["id", "ra", "dec"], images, zeropoints=zeropoints,
+                                     match_depth=match_depth))
+    pred, label, mag = classified(outs, [truth for _, truth in fields])
     sel = mag <= 25.0
-    star = 100 * np.mean(pred[sel & (label == "star")] == "star")
-    galaxy = 100 * np.mean(pred[sel & (label == "galaxy")] == "galaxy")
-    return star, galaxy, float(np.median(offsets))
+    star = 100 * recall(pred[sel], label[sel], "star")[0]
+    galaxy = 100 * recall(pred[sel], label[sel], "galaxy")[0]
+    return star, galaxy, median_offset(outs)
 
 
 def main(argv=None):
