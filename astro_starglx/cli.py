@@ -592,12 +592,13 @@ def _cmd_fine_tune(args):
     catalog, images, zeropoints, psf = _user_data(args)
     path = fine_tune(catalog, images, output=args.output, label_column=args.label_column,
                      base=args.base or "default", seed=args.seed, epochs=args.epochs,
-                     lr=args.lr, batch_size=args.batch_size, val_fraction=args.val_fraction,
+                     lr=args.lr, batch_size=args.batch_size, folds=args.folds,
+                     val_fraction=args.val_fraction,
                      patience=args.patience, zeropoints=zeropoints, psf=psf,
                      pixel_scale=args.pixel_scale, device=args.device, mode=args.mode,
                      name=args.name, ra_column=args.ra_column, dec_column=args.dec_column,
                      progress=sys.stderr.isatty(), reinit_input=args.reinit_input,
-                     magnitude_thresholds=not args.one_threshold,
+                     magnitude_thresholds=args.magnitude_thresholds,
                      feature_scale=args.feature_scale, self_training=args.self_training)
     print(path)
     return 0
@@ -645,10 +646,11 @@ def _add_fine_tune(sub, common):
 
     p = sub.add_parser("fine-tune", help="adapt a model to your survey with your labels",
                        description="Adapt a released model to your own images with your "
-                                   "own labelled sources: seeded stratified train/"
-                                   "validation split, early stopping, temperature and "
-                                   "threshold refitted on validation. Writes "
-                                   "OUTPUT/<name>.safetensors, usable as --model.",
+                                   "own labelled sources: cross-fitted on seeded "
+                                   "stratified folds (the temperature fitted on the "
+                                   "out-of-fold predictions), then trained on all of "
+                                   "them. Writes OUTPUT/<name>.safetensors, usable as "
+                                   "--model.",
                        formatter_class=_HelpFormatter, parents=common)
     _add_user_data(p, required=True)
     p.add_argument("-o", "--output", required=True, metavar="DIR",
@@ -659,14 +661,20 @@ def _add_fine_tune(sub, common):
     p.add_argument("--mode", default="fine-tune", choices=FINE_TUNE_MODES,
                    help="fine-tune all weights from --base, train the same architecture "
                         "from scratch, or only refit temperature and threshold (calibrate)")
-    p.add_argument("--epochs", type=int, default=30, help="maximum training epochs")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="epochs of each training (the maximum with --folds 1)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 3e-4 to fine-tune, 2e-3 from scratch)")
+                   help="peak learning rate (default: 1e-3 to fine-tune, 2e-3 from scratch)")
     p.add_argument("--batch-size", type=int, default=64, help="sources per training batch")
+    p.add_argument("--folds", type=int, default=5,
+                   help="folds of the cross-fit; 1: one train/validation split with early "
+                        "stopping")
     p.add_argument("--val-fraction", type=float, default=0.3,
-                   help="fraction of each class held out for early stopping and calibration")
+                   help="with --folds 1: fraction of each class held out for early stopping "
+                        "and calibration")
     p.add_argument("--patience", type=int, default=6,
-                   help="epochs without a better validation loss before stopping")
+                   help="with --folds 1: epochs without a better validation loss before "
+                        "stopping")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     p.add_argument("--name", default=None,
                    help="name of the new model (default: <base name>-ft)")
@@ -678,9 +686,9 @@ def _add_fine_tune(sub, common):
                         "label): the sources the first model is sure of become "
                         "pseudo-labels for a second training (default: unlabelled rows "
                         "are refused)")
-    p.add_argument("--one-threshold", action="store_true",
-                   help="one decision threshold for all magnitudes (default: the bright half "
-                        "of the validation sources gets its own)")
+    p.add_argument("--magnitude-thresholds", action="store_true",
+                   help="give the bright half of the held-out sources a decision threshold "
+                        "of its own (default: one threshold for all magnitudes)")
     p.add_argument("--feature-scale", default="auto", type=_feature_scale,
                    help="angular scale of the catalog features: 'auto' makes the apertures "
                         "as many of your pixels wide as of the base model's (your pixel scale "

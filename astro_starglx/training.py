@@ -182,7 +182,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FitResult:
-    """Outcome of `fit`: the best network (by validation loss) and the history."""
+    """Outcome of `fit`: the best network (by validation loss, else the last) and the history."""
 
     network: nn.Module
     history: list
@@ -427,6 +427,9 @@ def fit(train, val, *, config, output_dir, normalization=None, device="cpu", res
         Training and validation data with ``stamps`` ``(N, C, H, W)``,
         ``noise`` ``(N, C)``, ``features`` ``(N, C, F)`` and ``labels``
         ``(N,)`` (0 = star, 1 = galaxy) arrays; memory maps are streamed.
+        ``val=None``: no validation, the whole schedule of ``config.epochs``
+        runs (``config.patience`` is not used) and the last epoch's weights
+        are returned.
     config : `TrainConfig`
     output_dir : path-like
         Where ``checkpoint.pt`` is written after every epoch and, within an
@@ -510,15 +513,21 @@ def _fit(train, val, *, config, output_dir, normalization, device, resume, progr
         train_loss = _train_epoch(run, train, labels, normalization, loss_fn, config=config,
                                   device=device, n_train=n_train, save=save,
                                   progress=progress)
-        entry = _validate(run, val, normalization, device=device, train_loss=train_loss)
+        if val is None:  # the full schedule, no early stopping
+            entry = {"epoch": run.epoch, "train_loss": train_loss,
+                     "lr": run.scheduler.get_last_lr()[0]}
+        else:
+            entry = _validate(run, val, normalization, device=device, train_loss=train_loss)
         run.history.append(entry)
         log.info("epoch %d: %s", run.epoch, entry)
         if progress:
-            tqdm.write(f"epoch {run.epoch + 1}: train loss {train_loss:.4f}, val loss "
-                       f"{entry['val_loss']:.4f}, val recall star "
-                       f"{entry['val_recall_star']:.4f} galaxy "
-                       f"{entry['val_recall_galaxy']:.4f}")
-        if entry["val_loss"] < run.best["loss"]:
+            tqdm.write(f"epoch {run.epoch + 1}: train loss {train_loss:.4f}" + (
+                "" if val is None else
+                f", val loss {entry['val_loss']:.4f}, val recall star "
+                f"{entry['val_recall_star']:.4f} galaxy {entry['val_recall_galaxy']:.4f}"))
+        if val is None:
+            run.best["epoch"] = run.epoch
+        elif entry["val_loss"] < run.best["loss"]:
             run.best = {"loss": entry["val_loss"], "epoch": run.epoch,
                         "state": {k: v.detach().clone()
                                   for k, v in run.network.state_dict().items()}}

@@ -13,6 +13,10 @@ and runs `astro_starglx.adapt.fine_tune_inputs` in each mode:
 - ``fine-tune-reinit`` (not run by default): ``fine-tune`` with
   ``reinit_input=True``, the input layer re-initialised (the SDSS pixels are
   5.4 times CSST's);
+- ``fine-tune-split`` (not run by default): ``fine-tune`` with ``folds=1``,
+  the single-split recipe (early stopping and calibration on 30 % held out);
+- ``fine-tune-mthr`` (not run by default): ``fine-tune`` with
+  ``magnitude_thresholds=True``;
 - ``self-train`` (not run by default): ``fine-tune`` with
   ``self_training=True``, given ``--unlabelled`` other pool sources without
   their labels, as a user's catalog holds many more sources than labels.
@@ -23,7 +27,7 @@ overall, plus wall time. Run (niced on a shared machine)::
 
     nice -n 19 python -m benchmarks.label_study [--labels 100 300 1000 3000]
         [--modes fine-tune scratch calibrate] [--n-test 1200] [--field-size 512]
-        [--epochs 30] [--feature-scale auto] [--out label-study] [--inputs fields.pkl]
+        [--epochs 20] [--feature-scale auto] [--out label-study] [--inputs fields.pkl]
         [--unlabelled 4000]
 
 The label pool is ``1.05 * max(--labels)`` simulated sources; ``--inputs``
@@ -97,7 +101,8 @@ def stratified_subset(labels, n, seed):
 MODES = {"fine-tune": ("fine-tune", {}), "scratch": ("scratch", {}),
          "calibrate": ("calibrate", {}),
          "fine-tune-reinit": ("fine-tune", {"reinit_input": True}),
-         "fine-tune-1thr": ("fine-tune", {"magnitude_thresholds": False}),
+         "fine-tune-split": ("fine-tune", {"folds": 1}),
+         "fine-tune-mthr": ("fine-tune", {"magnitude_thresholds": True}),
          "self-train": ("fine-tune", {"self_training": True})}
 
 
@@ -176,7 +181,8 @@ def main(argv=None):
                         help="field side, pixels (default: 512 = 3.4')")
     parser.add_argument("--star-fraction", type=float, default=0.35,
                         help="fraction of stars (default: 0.35)")
-    parser.add_argument("--epochs", type=int, default=30, help="max epochs (default: 30)")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="epochs of each training (fine_tune's default: 20)")
     parser.add_argument("--base", default="default", help="released model (default: default)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--workers", type=int, default=2,

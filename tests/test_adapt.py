@@ -18,6 +18,7 @@ from astro_starglx.adapt import (
     labelled_inputs,
     parse_labels,
     reweight_prior,
+    stratified_folds,
     stratified_split,
 )
 from astro_starglx.meta import ModelMeta
@@ -309,15 +310,99 @@ def test_fine_tune_writes_a_usable_model(fine_tuned, user_field, tiny_base):
     assert recipe["base"] == {"name": "tiny", "sha256": base.sha256}
     assert recipe["mode"] == "fine-tune"
     assert recipe["n_train"] + recipe["n_val"] + recipe["n_dropped"] == len(catalog)
-    assert recipe["config"]["epochs"] == 2 and recipe["config"]["lr"] == 3e-4
-    assert 1 <= recipe["epochs_run"] <= 2
+    assert recipe["config"]["epochs"] == 2 and recipe["config"]["lr"] == 1e-3
+    # cross-fitted: five fold trainings, then the written one on every labelled source
+    assert recipe["folds"] == 5 and recipe["n_val"] == 0
+    assert recipe["n_calibration"] == recipe["n_train"] and recipe["val_fraction"] is None
+    assert sorted(p.name for p in (fine_tuned.parent / "folds").iterdir()) == list("01234")
+    assert "folds=5" in recipe["command"] and "val_fraction" not in recipe["command"]
+    # the whole schedule, no early stopping: the last epoch's weights
+    assert recipe["epochs_run"] == 2 and recipe["best_epoch"] == 1
     assert set(meta.metrics) == {"validation", "base_validation", "history"}
-    assert 0 < meta.threshold < 1 and 0.1 <= meta.temperature <= 10
+    # the out-of-fold predictions of every labelled source make the validation report
+    report = meta.metrics["validation"]
+    assert report["n_star"] + report["n_galaxy"] == recipe["n_train"]
+    # a trained model decides at the class-balanced 0.5; the temperature is refitted
+    assert meta.threshold == 0.5 and meta.thresholds is None
+    assert 0.1 <= meta.temperature <= 10
     # refitted to the user's features, so different from the base's
     assert meta.normalization != base.meta.normalization
     # trained: the weights moved away from the base
     state, base_state = _state(fine_tuned), base.network.state_dict()
     assert any(not torch.equal(state[k], base_state[k]) for k in state)
+
+
+def test_fine_tune_calibrates_on_out_of_fold_predictions(fine_tuned, user_field, tiny_base):
+    """Each fold's network predicts the fold it never saw; the temperature is fitted on them."""
+    from astro_starglx import metrics
+    from astro_starglx.inference import predict_logits
+    from astro_starglx.model import build_model
+    from astro_starglx.preprocess import Normalization
+
+    catalog, images = user_field
+    meta = load_model(fine_tuned).meta
+    base = load_model(tiny_base)
+    data = labelled_inputs(catalog, images, meta=base.meta, feature_scale="auto")
+    logits = np.zeros((len(data), 2), dtype=np.float32)
+    for k, (_, held_out) in enumerate(stratified_folds(data.labels, folds=5, seed=1)):
+        ckpt = torch.load(fine_tuned.parent / "folds" / str(k) / "checkpoint.pt",
+                          map_location="cpu", weights_only=True)
+        network = build_model(meta.architecture)
+        network.load_state_dict(ckpt["model"])
+        network.eval()
+        logits[held_out] = predict_logits(network, data.take(held_out),
+                                          Normalization.from_dict(ckpt["normalization"]),
+                                          device="cpu")
+    temperature = metrics.fit_temperature(logits, data.labels.astype(np.int64),
+                                          bounds=(0.1, 10.0))
+    assert meta.temperature == pytest.approx(temperature, rel=1e-4)
+    p = metrics.softmax(logits, temperature=temperature)[:, 1]
+    report = metrics.classification_report(data.labels, p, threshold=0.5)
+    assert meta.metrics["validation"]["recall_star"] == pytest.approx(report["recall_star"])
+
+
+def test_fine_tune_one_split(user_field, tiny_base, tmp_path):
+    """folds=1: one stratified split, early stopping on it, calibrated on its validation part."""
+    catalog, images = user_field
+    path = fine_tune(catalog, images, output=tmp_path, base=str(tiny_base), epochs=3,
+                     folds=1, val_fraction=0.25, patience=1, batch_size=32, seed=4)
+    meta = load_model(path).meta
+    recipe = meta.recipe
+    data = labelled_inputs(catalog, images, meta=load_model(tiny_base).meta)
+    _, val = stratified_split(data.labels, val_fraction=0.25, seed=4)
+    assert recipe["folds"] == 1 and recipe["n_val"] == val.size == recipe["n_calibration"]
+    assert recipe["n_train"] == len(data) - val.size and recipe["val_fraction"] == 0.25
+    assert "folds=1, val_fraction=0.25, patience=1" in recipe["command"]
+    report = meta.metrics["validation"]
+    assert report["n_star"] == int((data.labels[val] == 0).sum())
+    # validated every epoch, and the kept weights are the best epoch's
+    history = meta.metrics["history"]
+    assert all("val_loss" in entry for entry in history)
+    losses = [entry["val_loss"] for entry in history]
+    assert recipe["best_epoch"] == int(np.argmin(losses))
+    assert not (tmp_path / "folds").exists()
+    assert meta.threshold == 0.5
+
+
+def test_stratified_folds():
+    labels = np.array([0] * 13 + [1] * 29)
+    splits = stratified_folds(labels, folds=4, seed=3)
+    assert len(splits) == 4
+    held = np.concatenate([h for _, h in splits])
+    np.testing.assert_array_equal(np.sort(held), np.arange(labels.size))  # each row once
+    for train, held_out in splits:
+        assert np.intersect1d(train, held_out).size == 0
+        assert train.size + held_out.size == labels.size
+        # both classes in every fold, in about their fractions
+        assert np.bincount(labels[held_out]).tolist() in ([3, 7], [3, 8], [4, 7], [4, 8])
+    again = stratified_folds(labels, folds=4, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again))
+    other = stratified_folds(labels, folds=4, seed=4)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(splits, other))
+    with pytest.raises(ValueError, match="at least folds=5 stars and galaxies"):
+        stratified_folds(np.array([0] * 4 + [1] * 9), folds=5, seed=0)
+    with pytest.raises(ValueError, match="folds must be an integer >= 2"):
+        stratified_folds(labels, folds=1, seed=0)
 
 
 def test_fine_tune_calibrate_keeps_the_weights(user_field, tiny_base, tmp_path):
@@ -385,7 +470,7 @@ def test_fine_tune_self_training(user_field, tiny_base, tmp_path, monkeypatch):
 
 
 def test_pseudo_labels_are_the_sure_calibrated_classes(user_field, tiny_base):
-    """_pseudo_labelled keeps p <= 0.1 as stars and p >= 0.9 as galaxies, calibrated on val."""
+    """_pseudo_labelled keeps p <= 0.1 as stars and p >= 0.9 as galaxies, calibrated."""
     from astro_starglx import metrics
     from astro_starglx.adapt import _PSEUDO_CUT, _pseudo_labelled
     from astro_starglx.inference import predict_logits
@@ -395,9 +480,9 @@ def test_pseudo_labels_are_the_sure_calibrated_classes(user_field, tiny_base):
     data = labelled_inputs(catalog, images, meta=base.meta)
     val, unlabelled = data.take(np.arange(0, len(data), 2)), data.take(np.arange(1, len(data), 2))
     norm = base.meta.normalization
-    pseudo, info = _pseudo_labelled(base.network, norm, val, unlabelled, device="cpu")
     temperature = metrics.fit_temperature(predict_logits(base.network, val, norm),
                                           val.labels.astype(np.int64), bounds=(0.1, 10.0))
+    pseudo, info = _pseudo_labelled(base.network, norm, temperature, unlabelled, device="cpu")
     p = metrics.softmax(predict_logits(base.network, unlabelled, norm),
                         temperature=temperature)[:, 1]
     sure = (p <= _PSEUDO_CUT) | (p >= 1 - _PSEUDO_CUT)
@@ -482,6 +567,8 @@ def test_fine_tune_feature_scale(user_field, psf_base, tiny_base, tmp_path):
     ({"epochs": 0}, "epochs must be"),
     ({"lr": -1.0}, "lr must be"),
     ({"patience": 0}, "patience must be"),
+    ({"folds": 0}, "folds must be an integer >= 1"),
+    ({"folds": 2.5}, "folds must be"),
     ({"refit_normalization": "yes"}, "refit_normalization must be"),
     ({"name": "a/b"}, "name must be"),
     ({"reinit_input": "yes"}, "reinit_input must be"),
@@ -548,16 +635,17 @@ def test_fine_tune_drops_the_base_magnitude_thresholds(user_field, tmp_path):
     save_weights(base, seeded_state_dict(meta), meta)
     assert load_model(base).meta.thresholds is not None
     path = fine_tune(catalog, images, output=tmp_path / "out", base=str(base),
-                     mode="calibrate", magnitude_thresholds=False)
+                     mode="calibrate")
     meta = load_model(path).meta
     assert meta.thresholds is None
     assert meta.recipe["magnitude_thresholds"] is False
-    assert "magnitude_thresholds=False" in meta.recipe["command"]
+    assert "magnitude_thresholds" not in meta.recipe["command"]
     # refitted ones, if any, are split at the user's magnitudes, not the base's 24
     path = fine_tune(catalog, images, output=tmp_path / "out2", base=str(base),
-                     mode="calibrate")
+                     mode="calibrate", magnitude_thresholds=True)
     meta = load_model(path).meta
     assert meta.recipe["magnitude_thresholds"] is True
+    assert "magnitude_thresholds=True" in meta.recipe["command"]
     assert meta.thresholds is None or meta.thresholds["edges"] != [24.0]
 
 

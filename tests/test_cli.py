@@ -392,13 +392,13 @@ def test_labelled_data_commands(labelled_fits, tiny_weights_file, tmp_path, caps
     weights = tmp_path / "ft"
     assert main(["fine-tune", "--catalog", catalog, *specs, "--base",
                  str(tiny_weights_file), "-o", str(weights), "--mode", "calibrate",
-                 "--name", "tiny-own", "--device", "cpu", "--one-threshold",
-                 "--feature-scale", "2.5"]) == 0
+                 "--name", "tiny-own", "--device", "cpu", "--magnitude-thresholds",
+                 "--feature-scale", "2.5", "--folds", "3"]) == 0
     path = capsys.readouterr().out.strip().splitlines()[-1]
     assert path.endswith("tiny-own.safetensors") and os.path.isfile(path)
     from astro_starglx.weights import read_meta
     meta = read_meta(path)
-    assert meta.recipe["magnitude_thresholds"] is False and meta.thresholds is None
+    assert meta.recipe["magnitude_thresholds"] is True and meta.recipe["folds"] == 3
     assert meta.feature_scale == 2.5
 
 

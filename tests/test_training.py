@@ -234,6 +234,22 @@ def test_mid_epoch_resume_is_exact(quick_data, uninterrupted, tmp_path):
     assert "epoch 0: checkpoint after batch 1 of 6" in log_text
 
 
+def test_fit_without_validation_runs_the_whole_schedule(quick_data, tmp_path):
+    """val=None: every epoch runs (patience unused) and the last weights are kept."""
+    train, val = quick_data
+    config = quick_config(epochs=3, patience=1)
+    result = fit(train, None, config=config, output_dir=tmp_path)
+    assert [entry["epoch"] for entry in result.history] == [0, 1, 2]
+    assert all(set(entry) == {"epoch", "train_loss", "lr"} for entry in result.history)
+    assert result.best_epoch == 2
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to 0
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key, value in result.network.state_dict().items():
+        assert torch.equal(value, ckpt["model"][key]), key
+    p = softmax(predict_logits(result.network, val, result.normalization))[:, 1]
+    assert np.mean((p >= 0.5) == val.labels) > 0.9  # it learns the problem
+
+
 def test_precision_fp32_and_bf16_agree(quick_data, uninterrupted, tmp_path):
     """bf16 autocast (emulated on CPUs without native bf16; the LSTM stays fp32)."""
     train, val = quick_data
