@@ -423,6 +423,20 @@ def test_fine_tune_calibrate_keeps_the_weights(user_field, tiny_base, tmp_path):
     assert changed <= {"threshold", "thresholds", "temperature", "pixel_scale", "name",
                        "recipe", "metrics", "feature_scale"}
     assert not (tmp_path / "checkpoint.pt").exists()
+    # nothing trained: temperature and threshold fitted on every labelled source, the
+    # threshold the one that classifies the most of them right
+    from astro_starglx import metrics
+    from astro_starglx.inference import predict_logits
+
+    data = labelled_inputs(catalog, images, meta=base.meta, feature_scale="auto")
+    logits = predict_logits(base.network, data, base.meta.normalization, device="cpu")
+    temperature = metrics.fit_temperature(logits, data.labels.astype(np.int64),
+                                          bounds=(0.1, 10.0))
+    assert loaded.meta.temperature == pytest.approx(temperature, rel=1e-4)
+    p = metrics.softmax(logits, temperature=temperature)[:, 1]
+    assert loaded.meta.threshold == pytest.approx(
+        np.clip(metrics.best_threshold(data.labels, p, criterion="accuracy"), 1e-4, 1 - 1e-4))
+    assert loaded.meta.recipe["n_calibration"] == len(data)
 
 
 def test_fine_tune_scratch_and_sequences(user_field, tiny_base, tmp_path):
