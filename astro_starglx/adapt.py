@@ -1048,10 +1048,14 @@ def fine_tune(catalog, images, *, output, label_column="label", base="default", 
     Notes
     -----
     Recorded in the meta's ``recipe``: the call, the seed, the base model's
-    name and sha256, the numbers of training and validation objects, the
-    mode and the `~astro_starglx.training.TrainConfig`. In ``metrics``: the
-    validation report of the new model and of the base model on the same
-    inputs, and the training history.
+    name and sha256, the number of folds, the numbers of objects the written
+    network was trained on (``n_train``), held out from it (``n_val``, 0
+    when cross-fitted) and calibrated on (``n_calibration``), the mode and
+    the `~astro_starglx.training.TrainConfig`. In ``metrics``: the
+    validation report of the new model (out of fold when cross-fitted) and
+    of the base model on the same inputs, and the training history of the
+    written network. Each fold's checkpoint is kept in
+    ``<output>/folds/<k>/``.
     """
     from .inference import resolve_device
     from .weights import load_model
