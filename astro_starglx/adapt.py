@@ -53,10 +53,10 @@ log = logging.getLogger(__name__)
 FINE_TUNE_MODES = ("fine-tune", "scratch", "calibrate")
 
 #: Learning rate of each training mode when ``lr=None``. Fine-tuning: 1e-3 gave
-#: a higher accuracy at r < 21 than 3e-4 with every number of labels on the
-#: SDSS-like simulation (100, 300, 1,000 labels, ten draws each: 97.0 against
-#: 96.4, 97.6 against 97.5, 98.3 against 98.2 %; 3,000, five draws: 98.9 both;
-#: runs/exp/s25 in the notes of issue 12); from scratch, the release recipe's.
+#: a higher accuracy at r < 21 than 3e-4 with up to 1,000 labels on the SDSS-like
+#: simulation (100, 300, 1,000 labels, ten draws each: 97.0 against 96.4, 97.6
+#: against 97.5, 98.3 against 98.2 %) and the same within noise with 3,000 (five
+#: draws: 98.9 against 99.0 %; notes of issue 12); from scratch, the release recipe's.
 _DEFAULT_LR = {"fine-tune": 1e-3, "scratch": 2e-3}
 
 # The decision threshold of a trained model (modes "fine-tune" and "scratch"). Its
