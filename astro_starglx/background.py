@@ -227,8 +227,8 @@ def image_noise_or_nan(image):
     return _image_noise(image)[0]
 
 
-def _image_noise(image):
-    """(sigma, number of usable pixels in the subsample); sigma NaN below 16."""
+def _noise_subsample(image):
+    """The regular subsample of `image_noise`: (data, step, usable) of every k-th row/column."""
     data = np.asanyarray(getattr(image, "data", image))
     mask = getattr(image, "mask", None)
     if isinstance(data, np.ma.MaskedArray):
@@ -242,6 +242,52 @@ def _image_noise(image):
     good = np.isfinite(values)
     if mask is not None:
         good &= ~(np.asanyarray(mask)[::step, ::step] != 0)
+    return values, step, good
+
+
+def uncertainty_sigma(image):
+    """
+    The median per-pixel standard deviation an image's ``uncertainty`` states.
+
+    Over the pixels `image_noise` measures (the same regular subsample,
+    unmasked and finite), in the image's units: a `~astropy.nddata.StdDevUncertainty`
+    as it is, a variance's square root, an inverse variance's inverse square
+    root. Compared with `image_noise` it tells whether the uncertainty
+    describes the pixels: the two agree within tens of percent on a
+    sky-limited image, while, for example, a weight (inverse-variance) map
+    wrapped as a ``StdDevUncertainty`` is off by orders of magnitude.
+
+    Parameters
+    ----------
+    image : `~astropy.nddata.NDData`
+        The image and its uncertainty (StdDev, Variance or InverseVariance).
+
+    Returns
+    -------
+    sigma : float
+        NaN if the image has no uncertainty or fewer than 16 usable pixels
+        with a positive, finite one.
+    """
+    from ._validation import uncertainty_power
+
+    unc = getattr(image, "uncertainty", None)
+    power = uncertainty_power(unc)
+    if power is None:
+        return math.nan
+    _, step, good = _noise_subsample(image)
+    values = np.asarray(np.asanyarray(unc.array)[::step, ::step], dtype=np.float64)
+    unit = getattr(image, "unit", None)
+    if unc.unit is not None and unit is not None:
+        values = values * unc.unit.to(unit**power)
+    values = values[good & np.isfinite(values) & (values > 0)]
+    if values.size < 16:
+        return math.nan
+    return float(np.median(values) ** (1.0 / power))
+
+
+def _image_noise(image):
+    """(sigma, number of usable pixels in the subsample); sigma NaN below 16."""
+    values, _, good = _noise_subsample(image)
     values = values[good]
     if values.size < 16:
         return math.nan, values.size

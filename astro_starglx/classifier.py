@@ -70,6 +70,14 @@ PIXEL_SCALE_TOLERANCE = 0.1
 #: real frame from 85 % to 28 %.
 DEPTH_TOLERANCE = 1.5
 
+#: Factor by which the per-pixel noise an image's uncertainty states may
+#: differ from the noise measured on its pixels before ``classify()`` warns.
+#: A correct uncertainty agrees within tens of percent on a sky-limited image
+#: (sources add Poisson noise to it, the measured noise is the sky's); a
+#: weight map wrapped as ``StdDevUncertainty`` gave 0 % galaxy recall on a
+#: real frame, without a warning.
+UNCERTAINTY_TOLERANCE = 3.0
+
 
 class StarGalaxyWarning(AstropyUserWarning):
     """Summary of per-source problems in one `~StarGalaxyClassifier.classify` call."""
@@ -460,10 +468,10 @@ class StarGalaxyClassifier:
             return proba, flags, {}, source_threshold
         # Whole-image noise is computed once per call, not once per batch (NaN
         # for a band with too few usable pixels: stamps measure their own): for
-        # the images without an uncertainty, and for the depth of every band.
-        noisy = [band for band, img in images.items() if img.uncertainty is None or (
-            self._depth_matching(match_depth) and band in self.meta.depth)]
-        estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, noisy)
+        # the images without an uncertainty, the depth of every band, and the
+        # check of the uncertainties given.
+        estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, list(images))
+        mismatch = _uncertainty_mismatch(images, noise)
         zeropoints, depth = self._match_depth(images, x, y, estimates, zeropoints, match_depth,
                                               noise)
         image_sigma = {band: noise[band] for band, img in images.items()
@@ -524,6 +532,8 @@ class StarGalaxyClassifier:
             conditions["bands_missing"] = missing
         if psf_out:
             conditions["psf_out_of_range"] = psf_out
+        if mismatch:
+            conditions["uncertainty_mismatch"] = mismatch
         return proba, flags, conditions, source_threshold
 
     def _depth_matching(self, match_depth):
@@ -765,6 +775,37 @@ def _warn_pixel_scale(images, meta, name, *, depth_matched=False,
                "resampling the images does not help (it changes the noise and the PSF "
                "sampling the model has learned)")
         warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
+
+
+def _uncertainty_mismatch(images, noise):
+    """
+    ``{band: ratio}`` of the bands whose uncertainty states a per-pixel noise
+    more than `UNCERTAINTY_TOLERANCE` times off the measured one (ratio =
+    stated / measured), with one warning naming them.
+    """
+    from .background import uncertainty_sigma
+
+    ratios = {}
+    for band, image in images.items():
+        measured = noise.get(band, np.nan)
+        if image.uncertainty is None or not np.isfinite(measured) or measured <= 0:
+            continue
+        stated = uncertainty_sigma(image)
+        if np.isfinite(stated):
+            ratio = stated / measured
+            if not 1.0 / UNCERTAINTY_TOLERANCE <= ratio <= UNCERTAINTY_TOLERANCE:
+                ratios[band] = float(f"{ratio:.4g}")
+    if ratios:
+        kinds = {band: type(images[band].uncertainty).__name__ for band in ratios}
+        msg = (f"the uncertainty of band(s) {list(ratios)} ({kinds}) states a per-pixel "
+               f"noise {ratios} times the noise measured on the pixels (robust scatter, "
+               f"image_noise), more than a factor {UNCERTAINTY_TOLERANCE:g} off: the stamps' "
+               "noise and the features read from it will be wrong. Is it a weight "
+               "(inverse-variance) map wrapped as StdDevUncertainty, or in other units? Wrap "
+               "weights as InverseVariance(w), variances as VarianceUncertainty, or leave "
+               "the uncertainty out to have the noise measured from the image.")
+        warnings.warn(msg, StarGalaxyWarning, stacklevel=4)
+    return ratios
 
 
 def _warn_flags(flags, unclassified, library=None, conditions=None):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from astropy.nddata import CCDData, StdDevUncertainty
+from astropy.nddata import CCDData, InverseVariance, StdDevUncertainty, VarianceUncertainty
 from astropy.stats import mad_std, sigma_clip
 from synthetic_sources import PIXEL_SCALE, SIZE, ccd, make_field
 
@@ -43,6 +43,42 @@ def test_clipped_border_statistics_match_astropy():
         assert kept.size == 37  # the neighbour is gone
         np.testing.assert_allclose(background[i], np.median(kept), rtol=1e-5)
         np.testing.assert_allclose(noise[i], mad_std(kept), rtol=1e-5)
+
+
+def test_uncertainty_sigma_reads_every_kind_against_the_pixels():
+    """uncertainty_sigma: StdDev, Variance, InverseVariance alike; units converted; masked."""
+    import astropy.units as u
+
+    from astro_starglx.background import uncertainty_sigma
+
+    rng = np.random.default_rng(3)
+    sigma = rng.uniform(1.5, 2.5, (300, 300))
+    data = rng.normal(0.0, sigma)
+    expected = np.median(sigma)
+    for unc in (StdDevUncertainty(sigma), VarianceUncertainty(sigma**2),
+                InverseVariance(1.0 / sigma**2)):
+        image = CCDData(data, unit="adu", uncertainty=unc)
+        assert uncertainty_sigma(image) == pytest.approx(expected, rel=1e-9)
+    # measured and stated agree on an image whose uncertainty describes it
+    image = CCDData(data, unit="adu", uncertainty=StdDevUncertainty(sigma))
+    assert uncertainty_sigma(image) / image_noise(image) == pytest.approx(1.0, abs=0.1)
+    # a weight map wrapped as a standard deviation: off by the square of sigma and more
+    wrong = CCDData(data, unit="adu", uncertainty=StdDevUncertainty(1.0 / sigma**2))
+    assert uncertainty_sigma(wrong) / image_noise(wrong) < 0.2
+    # the uncertainty's unit is converted to the image's
+    milli = CCDData(data * 1000.0, unit="mJy",
+                    uncertainty=StdDevUncertainty(sigma, unit=u.Jy))
+    assert uncertainty_sigma(milli) == pytest.approx(1000.0 * expected, rel=1e-9)
+    # masked pixels and non-positive values are left out; none: NaN
+    half = sigma.copy()
+    half[:, :150] = 100.0
+    mask = np.zeros(sigma.shape, bool)
+    mask[:, :150] = True
+    masked = CCDData(data, unit="adu", uncertainty=StdDevUncertainty(half), mask=mask)
+    assert uncertainty_sigma(masked) == pytest.approx(np.median(sigma[:, 150:]), rel=0.02)
+    assert np.isnan(uncertainty_sigma(CCDData(data, unit="adu")))
+    assert np.isnan(uncertainty_sigma(
+        CCDData(data, unit="adu", uncertainty=StdDevUncertainty(np.zeros_like(sigma)))))
 
 
 def test_noise_from_uncertainty_and_from_mad_agree():

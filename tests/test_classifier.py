@@ -198,6 +198,31 @@ def test_noise_from_uncertainty_or_image(clf, field):
     np.testing.assert_allclose(out_a["p_galaxy"], out_b["p_galaxy"], atol=0.05)
 
 
+def test_warns_when_the_uncertainty_does_not_describe_the_pixels(clf, field):
+    """A weight map wrapped as StdDevUncertainty: one warning naming the band, in the meta."""
+    from astropy.nddata import StdDevUncertainty
+
+    catalog, images = field
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = clf.classify(catalog, images)
+    assert not any("uncertainty of band" in str(r.message) for r in record)
+    assert "uncertainty_mismatch" not in out.meta["astro_starglx"]
+    wrong = dict(images)
+    weights = images["r"].uncertainty.array  # 1 / sigma**2
+    wrong["r"] = CCDData(images["r"].data, unit=images["r"].unit, wcs=images["r"].wcs,
+                         meta=images["r"].meta, uncertainty=StdDevUncertainty(weights))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = clf.classify(catalog, wrong)
+    messages = [str(r.message) for r in record if "uncertainty of band" in str(r.message)]
+    assert len(messages) == 1
+    assert "['r']" in messages[0] and "StdDevUncertainty" in messages[0]
+    assert "InverseVariance(w)" in messages[0]
+    ratio = out.meta["astro_starglx"]["uncertainty_mismatch"]
+    assert set(ratio) == {"r"} and ratio["r"] > 100
+
+
 def test_flags_and_single_summary_warning(clf, field):
     catalog, images = field
     w = images["NUV"].wcs

@@ -435,7 +435,7 @@ SITES = {
     "background:image_noise:ValueError:image has {} usable (unmasked, finite) p":
         T(lambda c, mp: background.image_noise(_image(data=np.full((8, 8), np.nan))), ValueError,
           r"image has 0 usable \(unmasked, finite\) pixels in its noise subsample"),
-    "background:_image_noise:ValueError:image must be a 2-D image, got data of s":
+    "background:_noise_subsample:ValueError:image must be a 2-D image, got data of s":
         T(lambda c, mp: background.image_noise(np.zeros(5)), ValueError,
           r"image must be a 2-D image, got data of shape \(5,\)"),
     "features:measure_features:ValueError:offsets must have shape ({}, 2) (x, y in":
