@@ -231,6 +231,22 @@ def uncertainty_power(uncertainty):
     return None
 
 
+def uncertainty_scale(image):
+    """
+    ``(power, scale)`` of an NDData's uncertainty: the power of sigma it holds
+    (`uncertainty_power`) and the factor that converts its values to the
+    data's unit to that power (1.0 when either has no unit). Raises astropy's
+    ``UnitConversionError`` for units that do not convert (`check_nddata`
+    turns that into a message naming the image).
+    """
+    unc = image.uncertainty
+    power = uncertainty_power(unc)
+    data_unit = getattr(image, "unit", None)
+    if power is None or unc.unit is None or data_unit is None:
+        return power, 1.0
+    return power, unc.unit.to(data_unit**power)
+
+
 def check_nddata(name, image):
     """
     An NDData band that `astro_starglx.cutouts.extract_band` can cut: returns its data.
@@ -282,15 +298,12 @@ def check_nddata(name, image):
                f"InverseVariance, got {type(unc).__name__}; wrap the array, for example "
                "CCDData(..., uncertainty=InverseVariance(weight_map))")
         raise TypeError(msg)
-    data_unit = getattr(image, "unit", None)
-    if unc.unit is not None and data_unit is not None:
-        expected = data_unit**power
-        try:
-            unc.unit.to(expected)
-        except u.UnitConversionError as exc:
-            msg = (f"{name}.uncertainty has unit {unc.unit}, which cannot be converted to "
-                   f"{expected} as a {type(unc).__name__} of data in {data_unit} must be")
-            raise ValueError(msg) from exc
+    try:
+        uncertainty_scale(image)
+    except u.UnitConversionError as exc:
+        msg = (f"{name}.uncertainty has unit {unc.unit}, which cannot be converted to "
+               f"{image.unit**power} as a {type(unc).__name__} of data in {image.unit} must be")
+        raise ValueError(msg) from exc
     return data
 
 

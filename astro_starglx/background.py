@@ -268,17 +268,15 @@ def uncertainty_sigma(image):
         NaN if the image has no uncertainty or fewer than 16 usable pixels
         with a positive, finite one.
     """
-    from ._validation import uncertainty_power
+    from ._validation import uncertainty_scale
 
-    unc = getattr(image, "uncertainty", None)
-    power = uncertainty_power(unc)
+    if getattr(image, "uncertainty", None) is None:
+        return math.nan
+    power, scale = uncertainty_scale(image)
     if power is None:
         return math.nan
     _, step, good = _noise_subsample(image)
-    values = np.asarray(np.asanyarray(unc.array)[::step, ::step], dtype=np.float64)
-    unit = getattr(image, "unit", None)
-    if unc.unit is not None and unit is not None:
-        values = values * unc.unit.to(unit**power)
+    values = np.asarray(image.uncertainty.array[::step, ::step], dtype=np.float64) * scale
     values = values[good & np.isfinite(values) & (values > 0)]
     if values.size < 16:
         return math.nan

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validation import as_image_array, as_positions, check_nddata, check_size
-from ._validation import uncertainty_power
+from ._validation import uncertainty_scale
 from .flags import ClassFlag
 
 __all__ = ["BandStamps", "SATURATION_KEYWORDS", "cutout_origin", "extract_band",
@@ -351,11 +351,7 @@ def cut_band(image, data, x, y, *, size, saturation=None):
     sigma = None
     unc = image.uncertainty
     if unc is not None:
-        power = uncertainty_power(unc)
-        data_unit = getattr(image, "unit", None)
-        scale = 1.0
-        if unc.unit is not None and data_unit is not None:
-            scale = unc.unit.to(data_unit**power)
+        power, scale = uncertainty_scale(image)
         with np.errstate(over="ignore"):
             unc_stamps = plan.gather(np.asanyarray(unc.array), np.nan, np.float32)
         sigma = _to_sigma(unc_stamps, power, scale)
