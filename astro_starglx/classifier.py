@@ -124,6 +124,14 @@ class StarGalaxyClassifier:
         (``|dp_galaxy|`` up to 0.6 measured on simulated fields;
         ``benchmarks/orientation.py``). Rotations by other
         angles are not covered. Recorded in the result's ``meta``.
+    precision : {"auto", "bf16", "fp32"}, optional
+        Arithmetic of the network's convolutions. ``"auto"`` (the default)
+        uses bfloat16 where the device runs it natively (CUDA; CPUs with
+        AVX-512 BF16 or AMX: 2.6 times the network's throughput on one
+        core) and float32 elsewhere; ``"fp32"`` gives the same numbers on
+        every CPU. ``p_galaxy`` differs between them by bfloat16's rounding
+        (tested: by less than 0.03). The precision used is recorded in the
+        result's ``meta``.
 
     Examples
     --------
@@ -134,7 +142,8 @@ class StarGalaxyClassifier:
     """
 
     def __init__(self, model=None, *, device=None, batch_size=1024, threshold=None,
-                 zeropoints=None, progress=False, symmetrize=SYMMETRIZE_DEFAULT):
+                 zeropoints=None, progress=False, symmetrize=SYMMETRIZE_DEFAULT,
+                 precision="auto"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             msg = f"batch_size must be a positive int, got {batch_size!r}"
@@ -154,9 +163,10 @@ class StarGalaxyClassifier:
             zeropoints = {band: as_zeropoint(f"zeropoints[{band!r}]", value, band)
                           for band, value in zeropoints.items()}
         self.model = model
-        from .inference import check_symmetrize, resolve_device
+        from .inference import check_precision, check_symmetrize, resolve_device
 
         self.symmetrize = check_symmetrize(symmetrize)
+        self.precision = check_precision(precision)
 
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
@@ -170,7 +180,8 @@ class StarGalaxyClassifier:
         name = self.model if isinstance(self.model, str) or self.model is None \
             else getattr(self.model, "name", str(self.model))
         return (f"StarGalaxyClassifier(model={name!r}, device={str(self.device)!r}, "
-                f"batch_size={self.batch_size}, symmetrize={self.symmetrize!r})")
+                f"batch_size={self.batch_size}, symmetrize={self.symmetrize!r}, "
+                f"precision={self.precision!r})")
 
     # -- the model ----------------------------------------------------------
     @property
@@ -646,7 +657,7 @@ class StarGalaxyClassifier:
             from .inference import Predictor
 
             self._predict = Predictor(self.loaded.network, self.loaded.meta, device=self.device,
-                                      symmetrize=self.symmetrize)
+                                      symmetrize=self.symmetrize, precision=self.precision)
         return self._predict
 
     def _check_images(self, images, meta, *, match_depth=None):
@@ -706,6 +717,7 @@ class StarGalaxyClassifier:
             "bands": list(meta.bands),
             "device": str(self.device),
             "symmetrize": self.symmetrize,
+            "precision": "bf16" if self._predictor().bf16 else "fp32",
             **conditions,
         }
         _warn_flags(flags, bad, library, conditions)

@@ -398,7 +398,7 @@ def _cmd_classify(args):
     psf = _band_values(args.psf, "--psf", bands)
     images = _read_images(args.images, hdu=args.hdu, unit=args.unit)
     clf = StarGalaxyClassifier(args.model, device=args.device, batch_size=args.batch_size,
-                               progress=sys.stderr.isatty())
+                               progress=sys.stderr.isatty(), precision=args.precision)
     result = clf.classify(catalog, images, ra_column=args.ra_column,
                           dec_column=args.dec_column, zeropoints=zeropoints, psf=psf,
                           match_depth=_MATCH_DEPTH[args.match_depth],
@@ -788,6 +788,10 @@ def _add_classify(sub, common):
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="arithmetic of the network: auto = bfloat16 where the CPU or GPU "
+                        "runs it natively, else float32; fp32 gives the same numbers on "
+                        "every CPU")
     _add_image_options(p)
     p.set_defaults(func=_cmd_classify)
 

@@ -731,11 +731,15 @@ def blend_flags(image, x, y, *, size, ratio=0.1):
     # each 5 x 5 index again so that images under 5 pixels work too.
     ix = np.clip(np.round(x[ok]), 2, nx - 3).astype(np.int64)
     iy = np.clip(np.round(y[ok]), 2, ny - 3).astype(np.int64)
-    # Every 4th row and column counted from both edges: the same pixels in any
+    # Every k-th row and column counted from both edges: the same pixels in any
     # flip or 90-degree rotation of the image, so the flag does not depend on
     # how the pixel grid is oriented (found by the orientation fuzz property).
-    rows = np.union1d(np.arange(0, ny, 4), ny - 1 - np.arange(0, ny, 4))
-    cols = np.union1d(np.arange(0, nx, 4), nx - 1 - np.arange(0, nx, 4))
+    # k = 4 up to 4096^2 pixels, then about 2^20 pixels before the union: on a
+    # CSST chip (9232 x 9216) k = 4 took 21 million pixels and 0.3 s of the
+    # flag's 0.4 s, for a level that only ranks neighbours.
+    step = max(4, math.ceil(math.sqrt(data.size / 2**20)))
+    rows = np.union1d(np.arange(0, ny, step), ny - 1 - np.arange(0, ny, step))
+    cols = np.union1d(np.arange(0, nx, step), nx - 1 - np.arange(0, nx, step))
     sample = np.asarray(data[np.ix_(rows, cols)], dtype=np.float64)
     sample = sample[np.isfinite(sample)]
     level = float(np.median(sample)) if sample.size else 0.0

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .inference import calibrated_proba, predict_logits, to_device
+from .inference import calibrated_proba, native_bf16, predict_logits, to_device
 from .meta import MODEL_CONFIGS, ModelMeta
 from .model import build_model
 from .preprocess import Normalization, compute_normalization, prepare_inputs
@@ -169,7 +169,7 @@ class TrainConfig:
         """Whether this run trains under bfloat16 autocast on ``device``."""
         if self.precision != "auto":
             return self.precision == "bf16"
-        return device.type == "cuda" or _cpu_has_native_bf16()
+        return native_bf16(device)
 
     def architecture(self, *, n_bands, n_features):
         """The `~astro_starglx.model.build_model` config for this run."""
@@ -268,17 +268,6 @@ def _save_atomic(obj, path):
     tmp = Path(str(path) + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _cpu_has_native_bf16():
-    # oneDNN's own check (AVX-512 BF16 / AMX); without it bfloat16 is emulated
-    # and slower than float32 (measured in benchmarks/bench_training.py).
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                    and (torch.cpu._is_avx512_bf16_supported()
-                         or torch.cpu._is_amx_tile_supported()))
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class _Run:

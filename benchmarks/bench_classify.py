@@ -79,6 +79,8 @@ def main():
     parser.add_argument("--symmetrize", nargs="+", default=["canonical", "none"],
                         help="symmetrize options to time (default: canonical none; also "
                              "flips, d4)")
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=("auto", "bf16", "fp32"), help="precisions to time")
     parser.add_argument("--cpu-workers", type=int, default=None,
                         help="classifier.CPU_BATCH_WORKERS for this run (default: the "
                              "package's; 1 = one input thread, the network in the caller)")
@@ -95,8 +97,10 @@ def main():
     catalog, images = make_field(args.n, args.size)
     print(f"field: {args.size}x{args.size}x{len(images)} bands, {args.n} sources "
           f"(built in {time.perf_counter() - t0:.1f} s)")
-    clfs = {option: StarGalaxyClassifier(args.model, device="cpu", batch_size=args.batch_size,
-                                         symmetrize=option) for option in args.symmetrize}
+    clfs = {(option, precision): StarGalaxyClassifier(args.model, device="cpu",
+                                                      batch_size=args.batch_size,
+                                                      symmetrize=option, precision=precision)
+            for option in args.symmetrize for precision in args.precision}
     clf = next(iter(clfs.values()))
     meta = clf.meta
     print(f"model: {clf.loaded.name} ({sum(p.numel() for p in clf.loaded.network.parameters())}"
@@ -153,7 +157,8 @@ def main():
 
         t_forward = best_of(forward)
         t_full = best_of(lambda: c.classify(catalog, images))
-        print(f"symmetrize={option!r}:")
+        print(f"symmetrize={option[0]!r}, precision={option[1]!r} "
+              f"({'bf16' if predict.bf16 else 'fp32'}):")
         print(f"  (b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s  "
               f"(cutouts + features {100 * t_extract / t_full:.1f} %)")
         print(f"  (c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "

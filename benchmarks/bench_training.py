@@ -22,7 +22,7 @@ from torch import nn
 
 from astro_starglx.meta import MODEL_CONFIGS
 from astro_starglx.model import build_model
-from astro_starglx.training import _cpu_has_native_bf16
+from astro_starglx.inference import native_bf16
 
 SETUPS = {
     "fp32": (torch.contiguous_format, False),
@@ -64,7 +64,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {_cpu_has_native_bf16()}")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native_bf16('cpu')}")
     print(f"{'model':16s} {'set-up':8s} {'samples/s':>10s}")
     for model in args.models:
         for setup in args.setups:

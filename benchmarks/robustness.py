@@ -20,6 +20,7 @@ leaves them in. Run::
     python -m benchmarks.robustness --models rbim-lite path/to/other.safetensors \\
         [--conditions nominal "psf x1.4" ...] [--fields 2] [--size 2048] \\
         [--seed 70001] [--jobs 2] [--psf-source {measured,header}] \\
+        [--precision auto bf16 fp32] \\
         [--output robustness.ecsv] [--rst robustness.rst] [--cache fields/] \\
         [--baseline sextractor]
 
@@ -331,6 +332,7 @@ def build_table(rows, args, speed, wall):
         "fields": args.fields, "size": args.size,
         "seeds": list(range(args.seed, args.seed + args.fields)),
         "psf_source": args.psf_source, "device": args.device,
+        "precision": list(getattr(args, "precision", ["auto"])),
         "selection": "truth mag_r <= limit, classified (on the image)",
         "psf_err": "worst band's median over sources of |estimate / truth - 1|, %",
         "conditions": {c: {k: list(v) if isinstance(v, tuple) else v
@@ -407,6 +409,9 @@ def parse_args(argv=None):
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes that simulate the conditions' fields")
     parser.add_argument("--device", default="cpu", help="torch device for classify")
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=("auto", "bf16", "fp32"),
+                        help="classify's precision; several: a row for each (default: auto)")
     parser.add_argument("--output", default=None, help="write the table (e.g. .ecsv)")
     parser.add_argument("--cache", default=None,
                         help="folder to keep the simulated fields in and reuse them from "
@@ -430,8 +435,12 @@ def main(argv=None):
             sys.exit(f"robustness --baseline sextractor: {err}")
         baseline_dir = tempfile.TemporaryDirectory(prefix="robustness-sextractor-")
     t_start = time.perf_counter()
-    names = model_names(args.models)
-    classifiers = [StarGalaxyClassifier(m, device=args.device) for m in args.models]
+    names, classifiers = [], []
+    for name, model in zip(model_names(args.models), args.models):
+        for precision in args.precision:  # one row per model and precision
+            names.append(name if len(args.precision) == 1 else f"{name} {precision}")
+            classifiers.append(StarGalaxyClassifier(model, device=args.device,
+                                                    precision=precision))
     n_objects = dict.fromkeys(names, 0)
     t_classify = dict.fromkeys(names, 0.0)
     rows = []

@@ -1169,3 +1169,31 @@ def test_implausible_depth_warns(tmp_path, sim_field):
     out, messages = classify_recording(clf, catalog, images,
                                        zeropoints={b: zp + 0.5 for b, zp in zps.items()})
     assert not any("check the zero points" in m for m in messages)
+
+
+def test_precision_option(tiny_weights_file, field, monkeypatch):
+    from astro_starglx import inference
+
+    catalog, images = field
+    with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'bf16', 'fp32'\]"):
+        StarGalaxyClassifier(device="cpu", precision="half")
+    outs = {}
+    for value in ("fp32", "bf16"):
+        clf = StarGalaxyClassifier(tiny_weights_file, device="cpu", precision=value)
+        assert f"precision={value!r}" in repr(clf)
+        outs[value] = clf.classify(catalog, images)
+        assert outs[value].meta["astro_starglx"]["precision"] == value
+    p32 = np.asarray(outs["fp32"]["p_galaxy"].filled(np.nan))
+    p16 = np.asarray(outs["bf16"]["p_galaxy"].filled(np.nan))
+    np.testing.assert_array_equal(np.isnan(p16), np.isnan(p32))
+    ok = np.isfinite(p32)
+    assert ok.any() and not np.array_equal(p16[ok], p32[ok])
+    np.testing.assert_allclose(p16[ok], p32[ok], atol=0.03)
+    np.testing.assert_array_equal(outs["bf16"]["class_flags"], outs["fp32"]["class_flags"])
+    # "auto" is what the hardware runs natively, reported as such
+    for native in (False, True):
+        monkeypatch.setattr(inference, "_cpu_native_bf16", lambda native=native: native)
+        out = StarGalaxyClassifier(tiny_weights_file, device="cpu").classify(catalog, images)
+        assert out.meta["astro_starglx"]["precision"] == ("bf16" if native else "fp32")
+        same = outs["bf16" if native else "fp32"]
+        np.testing.assert_array_equal(out["p_galaxy"], same["p_galaxy"])

@@ -113,7 +113,7 @@ def test_parser_defaults():
     assert args.model == "rbim-lite"
     args = build_parser().parse_args(["classify", "cat.ecsv", "r=r.fits", "-o", "x.ecsv"])
     assert args.overwrite is False and args.replace_columns is False
-    assert args.zeropoint is None and args.psf is None
+    assert args.zeropoint is None and args.psf is None and args.precision == "auto"
 
 
 def test_train_passes_init_and_config(monkeypatch, tmp_path, capsys):

@@ -1,11 +1,13 @@
 """Tests of astro_starglx.inference: the one inference path."""
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from astro_starglx import inference
 from astro_starglx.inference import (Predictor, calibrated_proba, fuse_for_inference,
                                      predict_batch, predict_logits, resolve_device, to_device)
 from astro_starglx.meta import ModelMeta
@@ -152,8 +154,9 @@ def test_predictor_matches_plain_network(tiny, temperature):
     network, meta = tiny
     meta = meta.replace(temperature=temperature)
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    predictor = Predictor(network, meta, device="cpu")
+    predictor = Predictor(network, meta, device="cpu", precision="fp32")
     assert predictor.meta is meta and predictor.device == torch.device("cpu")
+    assert predictor.bf16 is False
     stamps, noise, features = raw_inputs(9, seed=1)
     proba = predictor(stamps, noise, features)
     x_image, x_catalog = prepare_inputs(stamps, noise, features, meta.normalization)
@@ -166,6 +169,29 @@ def test_predictor_matches_plain_network(tiny, temperature):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
     for key, value in network.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_predictor_precision(tiny, monkeypatch):
+    network, meta = tiny
+    stamps, noise, features = raw_inputs(64, seed=3)
+    fp32 = Predictor(network, meta, device="cpu", precision="fp32")
+    bf16 = Predictor(network, meta, device="cpu", precision="bf16")
+    assert bf16.bf16 is True and fp32.bf16 is False
+    p32, p16 = fp32(stamps, noise, features), bf16(stamps, noise, features)
+    assert p16.dtype == np.float32 and p16.shape == p32.shape
+    np.testing.assert_allclose(p16.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(p16, p32, atol=2e-2)  # bfloat16: 8 bits of mantissa
+    assert not np.array_equal(p16, p32)  # and bfloat16 really ran
+    # "auto" follows the hardware: bfloat16 only where it runs natively
+    for native in (False, True):
+        monkeypatch.setattr(inference, "_cpu_native_bf16", lambda native=native: native)
+        assert inference.native_bf16("cpu") is native
+        assert Predictor(network, meta, device="cpu").bf16 is native
+    assert inference.native_bf16("cuda") is True and inference.native_bf16("meta") is False
+    for bad in ("fp16", None, True):
+        with pytest.raises(ValueError, match=r"precision must be one of \['auto', 'bf16', "
+                                             r"'fp32'\].*got " + re.escape(repr(bad))):
+            Predictor(network, meta, device="cpu", precision=bad)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -574,6 +574,10 @@ SITES = {
         T(lambda c, mp: StarGalaxyClassifier(symmetrize="c4"), ValueError,
           r"symmetrize must be one of \['canonical', 'd4', 'flips', 'none'\] or a bool, "
           r"got 'c4'; use 'canonical'"),
+    "inference:check_precision:ValueError:precision must be one of {} ('auto': bfl":
+        T(lambda c, mp: StarGalaxyClassifier(precision="fp16"), ValueError,
+          r"precision must be one of \['auto', 'bf16', 'fp32'\] \('auto': bfloat16 where the "
+          r"hardware runs it natively, else float32\), got 'fp16'"),
     # weights
     "weights:base_url:ValueError:{} must be an http:// or https:// URL of":
         T(_bad_url, ValueError, r"ASTRO_STARGLX_WEIGHTS_URL must be an http:// or https:// "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from astro_starglx import training
+from astro_starglx import inference, training
 from astro_starglx.csst import CSST_BANDS
 from astro_starglx.features import FEATURE_NAMES, PSF_FEATURE_NAMES
 from astro_starglx.inference import predict_logits
@@ -277,10 +277,11 @@ def test_precision_auto(monkeypatch):
     assert config.precision == "auto"
     assert config.use_bf16(torch.device("cuda"))
     for native in (False, True):
-        monkeypatch.setattr(training, "_cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(inference, "_cpu_native_bf16", lambda native=native: native)
         assert config.use_bf16(torch.device("cpu")) is native
     assert TrainConfig(precision="fp32").use_bf16(torch.device("cuda")) is False
-    assert isinstance(training._cpu_has_native_bf16.__call__(), bool)
+    monkeypatch.undo()
+    assert isinstance(inference._cpu_native_bf16(), bool)
 
 
 def test_new_config_errors_and_run_key():
