@@ -70,12 +70,13 @@ def test_read_l1(l1_files):
     assert image.meta["FILTER"] == "r"  # the primary header is merged
     assert image.wcs.has_celestial
     assert image.wcs.world_to_pixel_values(150.0, 2.0) == pytest.approx((24.0, 19.0))
-    # memory-mapped: the data lives in the file, not in a copy
-    chain, base = [], image.data
-    while base is not None:
-        chain.append(base)
-        base = getattr(base, "base", None)
-    assert any(isinstance(obj, (np.memmap, mmap.mmap)) for obj in chain)
+    # memory-mapped: the data and the weights live in the files, not in copies
+    for array in (image.data, image.uncertainty.array):
+        chain, base = [], array
+        while base is not None:
+            chain.append(base)
+            base = getattr(base, "base", None)
+        assert any(isinstance(obj, (np.memmap, mmap.mmap)) for obj in chain)
 
 
 def test_read_l1_overrides(l1_files):
