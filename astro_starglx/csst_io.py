@@ -190,6 +190,22 @@ def _image_unit(unit, header, what):
     return u.adu
 
 
+def _reader_unit(unit, header, what):
+    """
+    `_image_unit` for `CCDData.read`, or None where astropy reads BUNIT as
+    that unit itself: the reader logs a line for every file read with a unit
+    given beside BUNIT, one per band and tile in a survey run.
+    """
+    from astropy import units as u
+
+    wanted = _image_unit(unit, header, what)
+    try:
+        same = u.Unit(str(header.get("BUNIT", "")).strip() or None) == wanted
+    except (ValueError, TypeError):
+        same = False
+    return None if same else wanted
+
+
 def read_image(source, *, hdu=None, unit=None):
     """
     Read one band's FITS image into a `~astropy.nddata.CCDData`.
@@ -262,7 +278,7 @@ def read_image(source, *, hdu=None, unit=None):
             primary = hdul[0].header.copy() if index else fits.Header()
             header = primary.copy()
             header.update(picked.header)
-        ccd = CCDData.read(path, hdu=index, unit=_image_unit(unit, header, path), memmap=True)
+        ccd = CCDData.read(path, hdu=index, unit=_reader_unit(unit, header, path), memmap=True)
         skip = {"SIMPLE", "EXTEND", "COMMENT", "HISTORY", "BITPIX", "NAXIS", ""}
         for key in primary:  # e.g. a zero point or PSF keyword kept in the primary header
             if key not in skip and key not in ccd.meta:

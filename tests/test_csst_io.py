@@ -157,7 +157,15 @@ def test_read_image_round_trips_ccddata(tmp_path):
                   meta={"MAGZERO": 25.5, "FILTER": "g"})
     path = tmp_path / "g.fits"
     ccd.write(path)
-    image = read_image(path)
+    from astropy import log
+
+    fits.setval(path, "BUNIT", value="electron/s", ext=0)  # as written by hand, no spaces
+    with log.log_to_list() as records:  # BUNIT is the unit: nothing to say, once per file
+        image = read_image(path)
+    assert not records
+    with log.log_to_list() as records:  # another unit given: astropy says so
+        assert str(read_image(path, unit="nJy").unit) == "nJy"
+    assert any("using the unit nJy" in record.getMessage() for record in records)
     np.testing.assert_array_equal(image.data, data)
     np.testing.assert_array_equal(image.mask, mask)
     assert isinstance(image.uncertainty, StdDevUncertainty)
