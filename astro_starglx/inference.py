@@ -486,9 +486,11 @@ class Predictor:
         where the device runs it natively (`native_bf16`: CUDA, CPUs with
         AVX-512 BF16 or AMX) and float32 elsewhere. On this project's 2-core
         AVX-512 BF16 machine bfloat16 ran ``rbim-lite-v12``'s forward 2.6
-        times as fast on one thread (16,900 against 6,500 objects/s), and
-        moved its logits by 0.006 (median) on a CSST chip's sources
-        (``benchmarks/bench_classify.py`` times both).
+        times as fast on one thread (16,900 against 6,500 objects/s); on the
+        20,000 sources of ``benchmarks/bench_survey.py``'s synthetic chip it
+        moved ``p_galaxy`` by at most 0.025 (99th percentile 0.006) and
+        changed 8 classes (``benchmarks/bench_classify.py --precision fp32
+        bf16`` times both).
 
     Attributes
     ----------
