@@ -130,8 +130,10 @@ class StarGalaxyClassifier:
         AVX-512 BF16 or AMX: 2.6 times the network's throughput on one
         core) and float32 elsewhere; ``"fp32"`` gives the same numbers on
         every CPU. ``p_galaxy`` differs between them by bfloat16's rounding
-        (tested: by less than 0.03). The precision used is recorded in the
-        result's ``meta``.
+        (tested: by less than 0.03); on the 13 conditions of the robustness
+        benchmark (50,867 sources) both gave the same star and galaxy recalls
+        at r <= 25 and ECEs within 1e-4. The precision used is recorded in
+        the result's ``meta``.
 
     Examples
     --------
