@@ -79,6 +79,10 @@ CONDITIONS = {
     "psf gradient 0.4": {"psf_gradient": 0.4},
 }
 
+#: Key of a condition that resamples the simulated images (not a `SimConfig`
+#: field): the spline order of a half-pixel shift (`resample_field`).
+RESAMPLE = "resample_order"
+
 #: Further conditions, run only when named in ``--conditions``.
 EXTRA_CONDITIONS = {
     "psf x1.8": {"psf_scale": 1.8},
@@ -89,6 +93,12 @@ EXTRA_CONDITIONS = {
     "sersic galaxies": {"sersic_fraction": 1.0},
     "colour scatter 0.1": {"colour_scatter": 0.1},
     "sky kept": {"subtract_sky": False},
+    # Coadds are resampled, which correlates the noise of neighbouring pixels:
+    # every band shifted by half a pixel after simulation (its WCS with it),
+    # bilinearly (pixel noise x0.50) or by a cubic spline (x0.76), while the
+    # uncertainty still states the noise as simulated.
+    "resampled bilinear": {RESAMPLE: 1},
+    "resampled cubic": {RESAMPLE: 3},
 }
 
 ALL_CONDITIONS = {**CONDITIONS, **EXTRA_CONDITIONS}
@@ -143,12 +153,41 @@ def simulate_condition(condition, n_fields, size, seed, cache=None):
         if folder is not None and folder.is_dir():
             fields.append(_read_field(folder))
             continue
-        field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size),
-                               **ALL_CONDITIONS[condition])
+        settings = dict(ALL_CONDITIONS[condition])
+        order = settings.pop(RESAMPLE, None)
+        field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size), **settings)
+        if order is not None:
+            field = resample_field(*field, order=order)
         if folder is not None:
             _write_field(*field, folder)
         fields.append(field)
     return fields, time.perf_counter() - t0
+
+
+def resample_field(images, truth, *, order, shift=0.5):
+    """
+    The field shifted by ``shift`` pixels along both axes with a spline of
+    ``order`` (`scipy.ndimage.shift`), as a coadd's resampling does: the
+    noise of neighbouring pixels becomes correlated and the per-pixel noise
+    drops, while each image's uncertainty still states the noise as
+    simulated. WCSs and truth positions move with the pixels.
+    """
+    from scipy import ndimage
+
+    out = {}
+    for band, image in images.items():
+        data = ndimage.shift(np.asarray(image.data, dtype=np.float64), (shift, shift),
+                             order=order, mode="nearest").astype(np.float32)
+        wcs = image.wcs.deepcopy()
+        wcs.wcs.crpix = wcs.wcs.crpix + shift
+        out[band] = CCDData(data, unit=image.unit, wcs=wcs, mask=image.mask,
+                            uncertainty=image.uncertainty, meta=image.meta.copy())
+    truth = truth.copy()
+    for band in images:
+        for axis in "xy":
+            if f"{axis}_{band}" in truth.colnames:
+                truth[f"{axis}_{band}"] += shift
+    return out, truth
 
 
 def iter_conditions(conditions, n_fields, size, seed, jobs, cache=None):
