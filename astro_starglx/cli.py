@@ -274,7 +274,8 @@ def _cmd_demo(args):
     print(f"simulated a {args.size}x{args.size} px, {len(images)}-band CSST-like field "
           f"with {len(truth)} sources (seed {args.seed}) in {t_sim:.1f} s")
     print(f"classified with {info['model']} (sha256 {info['weights_sha256'][:12]}...) on "
-          f"{info['device']} in {t_cls:.2f} s ({len(result) / t_cls:.0f} objects/s)")
+          f"{info['device']} ({info['precision']}) in {t_cls:.2f} s "
+          f"({len(result) / t_cls:.0f} objects/s)")
     _print_truth_summary(result, truth, mag_column="mag_r")
     for w in caught:
         if issubclass(w.category, StarGalaxyWarning):
