@@ -26,7 +26,7 @@ from .preprocess import Normalization, prepare_inputs
 __all__ = ["resolve_device", "check_symmetrize", "fuse_for_inference", "to_device",
            "predict_batch", "predict_logits", "calibrated_proba", "Predictor", "SYMMETRIES",
            "SYMMETRIZE_OPTIONS", "canonical_pose", "torch_threads", "CPU_FORWARD_CHUNK",
-           "native_bf16", "check_precision", "PRECISION_OPTIONS"]
+           "native_bf16", "check_precision", "resolve_bf16", "PRECISION_OPTIONS"]
 
 #: Orientations of the stamps averaged by ``symmetrize``: each is a list of
 #: ``(transpose, flip_y, flip_x)`` applied to the last two axes of an
@@ -102,6 +102,23 @@ def check_precision(precision):
                f"the hardware runs it natively, else float32), got {precision!r}")
         raise ValueError(msg)
     return precision
+
+
+def resolve_bf16(precision, device):
+    """
+    Whether a ``precision`` option (`PRECISION_OPTIONS`) runs bfloat16 on ``device``.
+
+    ``"auto"`` is `native_bf16`; shared by inference (`Predictor`) and
+    training (`~astro_starglx.training.TrainConfig.use_bf16`).
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not one of `PRECISION_OPTIONS`.
+    """
+    if check_precision(precision) == "auto":
+        return native_bf16(device)
+    return precision == "bf16"
 
 
 def resolve_device(device):
@@ -507,8 +524,7 @@ class Predictor:
         self.meta = meta
         self.device = torch.device(device)
         self.symmetrize = check_symmetrize(symmetrize)
-        precision = check_precision(precision)
-        self.bf16 = native_bf16(self.device) if precision == "auto" else precision == "bf16"
+        self.bf16 = resolve_bf16(precision, self.device)
         # on self.device too: the inputs go there, wherever the network given lives
         self.network = fuse_for_inference(network).to(self.device,
                                                       memory_format=torch.channels_last)

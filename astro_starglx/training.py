@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import metrics
-from .inference import calibrated_proba, native_bf16, predict_logits, to_device
+from .inference import calibrated_proba, predict_logits, resolve_bf16, to_device
 from .meta import MODEL_CONFIGS, ModelMeta
 from .model import build_model
 from .preprocess import Normalization, compute_normalization, prepare_inputs
@@ -167,9 +167,7 @@ class TrainConfig:
 
     def use_bf16(self, device):
         """Whether this run trains under bfloat16 autocast on ``device``."""
-        if self.precision != "auto":
-            return self.precision == "bf16"
-        return native_bf16(device)
+        return resolve_bf16(self.precision, device)
 
     def architecture(self, *, n_bands, n_features):
         """The `~astro_starglx.model.build_model` config for this run."""
