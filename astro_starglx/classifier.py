@@ -11,7 +11,8 @@ import logging
 import reprlib
 import warnings
 from collections.abc import Mapping
-from contextlib import closing
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import closing, nullcontext
 
 import numpy as np
 from astropy.table import MaskedColumn, Table
@@ -55,7 +56,8 @@ PREFETCH_BATCHES = 2
 #: 1 (one thread preparing inputs while the caller runs the network on the
 #: other core, the path taken off the CPU): the network on one thread is
 #: slower than the inputs, so that core was the bottleneck. 1 takes that path
-#: on the CPU too.
+#: on the CPU too. Never more than the call's thread budget
+#: (`~astro_starglx.inference.thread_budget`): with one, a call runs serially.
 CPU_BATCH_WORKERS = 2
 
 #: Relative difference between an image's pixel scale and the model's above
@@ -483,7 +485,11 @@ class StarGalaxyClassifier:
         # for a band with too few usable pixels: stamps measure their own): for
         # the images without an uncertainty, the depth of every band, and the
         # check of the uncertainties given.
-        estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, list(images))
+        from .inference import thread_budget, torch_threads
+
+        budget = thread_budget()
+        estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, list(images),
+                                                               threads=budget)
         mismatch = _uncertainty_mismatch(images, noise)
         zeropoints, depth = self._match_depth(images, x, y, estimates, zeropoints, match_depth,
                                               noise)
@@ -491,8 +497,6 @@ class StarGalaxyClassifier:
                        if img.uncertainty is None}
         predict = self._predictor()
         from tqdm.auto import tqdm
-
-        from .inference import torch_threads
 
         def produce(sl):
             # numpy only: cutouts, features, the normalisation and the pose
@@ -516,21 +520,30 @@ class StarGalaxyClassifier:
         # next batches while the accelerator runs the network (one torch
         # thread fewer). The results do not depend on either. closing(): an
         # error here stops and joins the workers at once.
-        on_cpu = predict.device.type == "cpu" and len(slices) > 1 and CPU_BATCH_WORKERS > 1
-        workers = CPU_BATCH_WORKERS if on_cpu else 1
+        # A budget of one thread (torch.set_num_threads(1), or OMP_NUM_THREADS=1
+        # as Dask sets on its workers) runs everything in the caller, one batch
+        # after the other: a call never keeps more cores busy than it is given
+        # (on a node of Dask workers, each is given one).
+        cpu = predict.device.type == "cpu"
+        workers = min(CPU_BATCH_WORKERS, budget) if cpu else 1
+        in_threads = cpu and workers > 1 and len(slices) > 1
+        if in_threads:
+            threads, ahead = torch_threads(share=workers), workers
+        elif budget > 1 or not cpu:
+            threads, ahead = torch_threads(reserve=1 if len(slices) > 1 else 0), 1
+        else:
+            threads, ahead = nullcontext(), 0
 
         def work(sl):
             prepared, *rest = produce(sl)
-            return (predict.proba(*prepared) if on_cpu else prepared), *rest
+            return (predict.proba(*prepared) if in_threads else prepared), *rest
 
-        threads = (torch_threads(share=workers) if on_cpu
-                   else torch_threads(reserve=1 if len(slices) > 1 else 0))
-        with closing(_prefetch(work, slices, depth=PREFETCH_BATCHES, workers=workers)) \
+        with closing(_prefetch(work, slices, depth=PREFETCH_BATCHES, workers=ahead)) \
                 as batches, threads:
             for sl, (done, off, batch_flags, thresholds) in tqdm(
                     zip(slices, batches), total=len(slices), disable=not self.progress,
                     unit="batch", desc="astro_starglx"):
-                proba[sl] = done if on_cpu else predict.proba(*done)
+                proba[sl] = done if in_threads else predict.proba(*done)
                 proba[sl][off] = np.nan
                 flags[sl] |= batch_flags
                 source_threshold[sl] = thresholds
@@ -594,21 +607,22 @@ class StarGalaxyClassifier:
                          "model_depth": {band: meta.depth[band] for band in measured},
                          "magnitude_offset": round(offset, 4)}
 
-    def _conditions(self, images, x, y, psf, noisy=()):
+    def _conditions(self, images, x, y, psf, noisy=(), *, threads=2):
         """
         PSF estimates per band, the BLENDED / OUT_OF_RANGE bits of every
         source, the bands whose PSF puts every source out of range, and the
-        per-pixel noise (`image_noise_or_nan`) of the bands ``noisy``.
+        per-pixel noise (`image_noise_or_nan`) of the bands ``noisy``
+        (on two threads when ``threads`` > 1, else in the caller).
         """
-        from concurrent.futures import ThreadPoolExecutor
-
         meta = self.meta
         ref = "r" if "r" in images else next(iter(images))
         # The blend flags (numpy, reference band) in a thread while the PSF is
         # measured: two cores busy. (Measuring the bands in 2 threads as well
         # was slower on 2 shared cores: 1.09 s against 0.72 s, median of 6.)
         # The image noise too (numpy: 0.4 s for the 7 bands of a CSST chip).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="astro_starglx-blend") as pool:
+        pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="astro_starglx-blend")
+                if threads > 1 else _InlineExecutor())
+        with pool:
             blended = pool.submit(blend_flags, images[ref], x[ref], y[ref],
                                   size=meta.stamp_size)
             noise = {band: pool.submit(image_noise_or_nan, images[band]) for band in noisy}
@@ -726,20 +740,32 @@ class StarGalaxyClassifier:
         return result
 
 
+class _InlineExecutor(Executor):
+    """An `~concurrent.futures.Executor` that runs each call in the caller, at submit."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # raised by result(), as a pool's would be
+            future.set_exception(err)
+        return future
+
+
 def _prefetch(produce, items, *, depth, workers=1):
     """
     ``produce(item)`` for every item, in order, computed ``depth`` items ahead.
 
     ``workers`` threads run ``produce`` while the caller consumes the
-    results: at most ``depth`` results wait, so memory stays bounded. An
-    exception of ``produce`` is raised in the caller, unchanged, when its item
-    is reached; on any exit the pending items are cancelled and the workers
-    are joined, so no thread outlives the call.
+    results: at most ``depth`` results wait, so memory stays bounded (with
+    ``workers=0`` the caller runs each in turn). An exception of ``produce``
+    is raised in the caller, unchanged, when its item is reached; on any
+    exit the pending items are cancelled and the workers are joined, so no
+    thread outlives the call.
     """
     from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
-    if len(items) <= 1:
+    if len(items) <= 1 or workers < 1:
         yield from map(produce, items)
         return
     depth = max(depth, workers)

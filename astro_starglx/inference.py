@@ -25,8 +25,9 @@ from .preprocess import Normalization, prepare_inputs
 
 __all__ = ["resolve_device", "check_symmetrize", "fuse_for_inference", "to_device",
            "predict_batch", "predict_logits", "calibrated_proba", "Predictor", "SYMMETRIES",
-           "SYMMETRIZE_OPTIONS", "canonical_pose", "torch_threads", "CPU_FORWARD_CHUNK",
-           "native_bf16", "check_precision", "resolve_bf16", "PRECISION_OPTIONS"]
+           "SYMMETRIZE_OPTIONS", "canonical_pose", "torch_threads", "thread_budget",
+           "CPU_FORWARD_CHUNK", "native_bf16", "check_precision", "resolve_bf16",
+           "PRECISION_OPTIONS"]
 
 #: Orientations of the stamps averaged by ``symmetrize``: each is a list of
 #: ``(transpose, flip_y, flip_x)`` applied to the last two axes of an
@@ -260,6 +261,19 @@ def _orient(x_image, transpose, flip_y, flip_x):
     if flip_x:
         x_image = x_image[..., ::-1]
     return np.ascontiguousarray(x_image)
+
+
+def thread_budget():
+    """
+    Threads a call may keep busy on the CPU: torch's intra-op thread count.
+
+    That is the number of cores by default, what `torch.set_num_threads`
+    set, or ``OMP_NUM_THREADS`` when it was set before torch started: Dask's
+    worker processes get 1 (``distributed.nanny.pre-spawn-environ``), SLURM
+    jobs often the cores they were given. With 1, `~astro_starglx.
+    StarGalaxyClassifier.classify` runs every step in the calling thread.
+    """
+    return max(1, torch.get_num_threads())
 
 
 @contextlib.contextmanager

@@ -956,7 +956,8 @@ def _save(path, meta):
 # ---------------------------------------------------------------- prefetching
 
 
-def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monkeypatch):
+def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monkeypatch,
+                                                  two_threads):
     """Batches in two worker threads, or inputs in one: the same bits as the serial path."""
     import contextlib
 
@@ -984,7 +985,50 @@ def test_prefetched_batches_match_the_serial_path(tiny_weights_file, field, monk
     assert threaded.meta == serial.meta == one_worker.meta
 
 
-def test_error_in_the_worker_thread_reaches_the_caller(clf, field, monkeypatch):
+@pytest.fixture
+def two_threads():
+    """torch on two intra-op threads (the thread budget of a 2-core machine), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_budget_of_one_thread_runs_in_the_caller(tiny_weights_file, field, monkeypatch,
+                                                   two_threads):
+    """torch.set_num_threads(1) (Dask's workers): no thread of ours, the same bits."""
+    import threading
+
+    import astro_starglx.classifier as classifier
+
+    catalog, images = field
+    images = dict(images)
+    images["g"] = CCDData(images["g"].data, unit="electron/s", wcs=images["g"].wcs,
+                          meta=images["g"].meta)  # one band's noise from the image
+    clf = StarGalaxyClassifier(tiny_weights_file, device="cpu", batch_size=3)
+    calls = []
+
+    def recorded(function):
+        def wrapper(*args, **kwargs):
+            calls.append(threading.current_thread() is threading.main_thread())
+            return function(*args, **kwargs)
+        return wrapper
+
+    for name in ("extract_inputs", "blend_flags", "image_noise_or_nan"):
+        monkeypatch.setattr(classifier, name, recorded(getattr(classifier, name)))
+    threaded = clf.classify(catalog, images)
+    assert not all(calls)  # two threads: batches and conditions off the caller's thread
+    calls.clear()
+    torch.set_num_threads(1)
+    serial = clf.classify(catalog, images)
+    assert calls and all(calls)
+    assert torch.get_num_threads() == 1
+    for name in ("p_star", "p_galaxy", "class", "class_flags"):
+        np.testing.assert_array_equal(threaded[name], serial[name])
+    assert threaded.meta == serial.meta
+
+
+def test_error_in_the_worker_thread_reaches_the_caller(clf, field, monkeypatch, two_threads):
     import threading
 
     import astro_starglx.classifier as classifier
@@ -1029,6 +1073,10 @@ def test_prefetch_is_ordered_bounded_and_joined():
     assert len(produced) <= 3
     assert not [t for t in threading.enumerate() if t.name.startswith("astro_starglx")]
     assert list(_prefetch(produce, [7], depth=2)) == [70]
+    produced.clear()
+    serial = _prefetch(produce, list(range(5)), depth=2, workers=0)
+    assert next(serial) == 0 and produced == [0]  # nothing ahead, nothing in a thread
+    assert list(serial) == [10, 20, 30, 40]
 
 
 def test_prefetch_with_two_workers_keeps_the_order():

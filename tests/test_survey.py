@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -224,10 +225,71 @@ def _wait_for_output(out, timeout=180.0):
 
 @pytest.fixture(scope="module")
 def process_cluster():
-    """A real LocalCluster: 2 worker processes of one thread each, under nannies."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+    """
+    A real LocalCluster: 2 worker processes of one thread each, under nannies,
+    with the allocator setting the survey page of the docs recommends.
+    """
+    import dask
+
+    from astro_starglx.survey import WORKER_ENVIRON
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {
+            **dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRON}}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     host="127.0.0.1",
+                                     dashboard_address="127.0.0.1:0") as cluster:
         yield cluster
+
+
+def test_own_cluster_gives_its_workers_the_allocator_setting():
+    from astro_starglx.survey import WORKER_ENVIRON, _allocator_environ, _client
+
+    with _client(None, 1) as dask_client:
+        environs = dask_client.run(_allocator_environ)
+    assert len(environs) == 1
+    for environ in environs.values():
+        if environ is None:  # not glibc: nothing to set
+            continue
+        assert environ == {"MALLOC_TRIM_THRESHOLD_": "65536",  # Dask's, kept
+                           **{name: str(value) for name, value in WORKER_ENVIRON.items()}}
+
+
+def test_allocator_environ_is_what_the_process_started_with():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator variables are glibc's")
+    code = ("import os; from astro_starglx.survey import _allocator_environ; "
+            "os.environ['MALLOC_MMAP_THRESHOLD_'] = '1'; print(_allocator_environ())")
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    # set after the start, so glibc never read it: reported as unset
+    assert out.strip() == str({"MALLOC_TRIM_THRESHOLD_": "65536",
+                               "MALLOC_MMAP_THRESHOLD_": None})
+
+
+def test_workers_with_dasks_allocator_default_warn():
+    from astro_starglx.survey import _check_worker_environ
+
+    class Workers:
+        def __init__(self, environs):
+            self.environs = environs
+
+        def run(self, function):
+            return self.environs
+
+    fast = {"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": "33554432"}
+    slow = {"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": None}
+    unset = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_MMAP_THRESHOLD_": None}
+    with pytest.warns(SurveyWarning, match=r"^1 of 3 Dask workers run with "
+                      r"MALLOC_TRIM_THRESHOLD_ .* \{MALLOC_MMAP_THRESHOLD_: 33554432\}"):
+        _check_worker_environ(Workers({"a": fast, "b": slow, "c": None}))
+    for environs in ({"a": fast, "b": unset, "c": None}, {}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _check_worker_environ(Workers(environs))
 
 
 def test_killed_worker_loses_and_duplicates_nothing(tmp_path, tiny_weights_file,
