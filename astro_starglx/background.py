@@ -103,10 +103,17 @@ def background_noise(stamps, sigma_stamps=None, image_sigma=None):
     `estimate_background_noise` makes them).
     """
     n, height, width = stamps.shape
-    border = _border_mask(height, width)
-    ring = stamps[:, border]
+    # np.take along the flattened pixels gives C-contiguous rows; a boolean
+    # index stamps[:, mask] gives rows strided by H * W (strides (4, 4 N)),
+    # which sort 15x slower (2.7 ms against 0.18 ms for 1024 x 184 float32)
+    border = np.flatnonzero(_border_mask(height, width))
+
+    def border_pixels(array):
+        return np.take(array.reshape(n, height * width), border, axis=1)
+
+    ring = border_pixels(stamps)
     if sigma_stamps is not None:
-        noise = _nanmedian_rows(sigma_stamps[:, border])
+        noise = _nanmedian_rows(border_pixels(sigma_stamps))
         empty = np.flatnonzero(~np.isfinite(noise))
         if empty.size:
             noise[empty] = _nanmedian_rows(sigma_stamps[empty].reshape(empty.size, -1))

@@ -77,6 +77,27 @@ def test_magnitude_matches_photutils_aperture_photometry():
     np.testing.assert_allclose(feats[:, ICONC], conc, rtol=0, atol=5e-3)
 
 
+@pytest.mark.parametrize("n_centred", [0, 6])
+def test_sources_off_the_central_pixel_match_photutils(n_centred):
+    # Stamps cut around a source have it at the central pixel (a contiguous
+    # kernel table); elsewhere the apertures come from the canvas windows.
+    # Both in one call give the same magnitudes as photutils.
+    rng = np.random.default_rng(5)
+    centred, centred_offsets = sub_pixel_stars(rng, n_centred)
+    off = np.column_stack([rng.uniform(8.5, 15.5, 12), rng.uniform(8.5, 15.5, 12)])
+    assert (np.floor(off + 0.5) != SIZE // 2).any(axis=1).sum() >= 8
+    offsets = np.concatenate([centred_offsets, off])
+    stamps = np.concatenate([centred.reshape(-1, SIZE, SIZE),
+                             [moffat((SIZE, SIZE), ox, oy, 2e5) for ox, oy in off]])
+    feats = measure_features(stamps, 1e-3, zeropoint=ZP, offsets=offsets,
+                             pixel_scale=PIXEL_SCALE)
+    ref = np.array([photutils_mag(s, o, 0.30) for s, o in zip(stamps, offsets)])
+    np.testing.assert_allclose(feats[:, IMAG], ref, rtol=0, atol=1.0857e-4)
+    alone = [measure_features(s[None], 1e-3, zeropoint=ZP, offsets=o[None],
+                              pixel_scale=PIXEL_SCALE)[0] for s, o in zip(stamps, offsets)]
+    np.testing.assert_array_equal(feats, np.array(alone))
+
+
 def test_exact_on_the_sub_pixel_grid():
     rng = np.random.default_rng(2)
     stamps, offsets = sub_pixel_stars(rng, 10)
