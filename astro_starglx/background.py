@@ -10,12 +10,15 @@ core of `estimate_background_noise`, which trusts its input: it is called by
 import math
 
 import numpy as np
-from astropy.stats import mad_std, sigma_clip
 
 from ._validation import as_per_source, as_stamps, check_real
 
 __all__ = ["estimate_background_noise", "image_noise", "image_noise_or_nan",
            "depth_offset", "point_source_depth", "point_source_depths"]
+
+
+#: astropy.stats.mad_std's factor, 1 / Phi^-1(3/4)
+_MAD_TO_STD = 1.482602218505602
 
 
 # --------------------------------------------------------------------------
@@ -78,7 +81,7 @@ def _mad_std_range(srt, lo, hi, med, positions):
     """1.4826 x median absolute deviation from ``med`` of srt[i, lo[i]:hi[i]]."""
     keep = (positions >= lo[:, None]) & (positions < hi[:, None])
     dev = np.where(keep, np.abs(srt - med[:, None]), np.nan)
-    return 1.482602218505602 * _nanmedian_rows(dev)
+    return _MAD_TO_STD * _nanmedian_rows(dev)
 
 
 def _border_mask(height, width):
@@ -301,9 +304,76 @@ def _image_noise(image):
     # limits inflate the latter (13 % in the tests' field), not the former.
     # A 4-sigma clip: at 3 sigma the iterated MAD of pure Gaussian noise
     # drifts 1.3 % low (measured), at 4 sigma < 0.1 %.
-    kept = sigma_clip(values, sigma=4.0, maxiters=10, stdfunc="mad_std", masked=False,
-                      axis=None)
-    return float(mad_std(kept)), values.size
+    return _clipped_mad_std(values, sigma=4.0, maxiters=10), values.size
+
+
+def _clipped_mad_std(values, *, sigma, maxiters):
+    """
+    ``mad_std(sigma_clip(values, sigma=sigma, maxiters=maxiters,
+    stdfunc="mad_std", masked=False, axis=None))`` for finite float64 values,
+    to the last bit (tested against astropy), 20x faster.
+
+    Hand-written because astropy's clip recomputes two medians of the kept
+    pixels at every iteration: 40 ms per band of a 2048^2 tile's 2**18-pixel
+    subsample, a quarter of a one-thread Dask worker's time per tile (py-spy),
+    against 1.8 ms here. The values are sorted once; the kept ones are then
+    a contiguous range of the sorted array (each clip only removes values
+    from its ends), their median is read off it, and so is their median
+    absolute deviation (`_kth_deviation`).
+    """
+    srt = np.sort(values)
+    lo, hi = 0, srt.size
+    med, std = _range_median_mad_std(srt, lo, hi)
+    for _ in range(maxiters):
+        # the values astropy keeps, med - sigma std <= v <= med + sigma std,
+        # among those kept so far
+        new_lo = max(lo, int(np.searchsorted(srt, med - std * sigma, side="left")))
+        new_hi = min(hi, int(np.searchsorted(srt, med + std * sigma, side="right")))
+        if new_lo == lo and new_hi == hi:
+            break
+        lo, hi = new_lo, new_hi
+        med, std = _range_median_mad_std(srt, lo, hi)
+    return float(std)
+
+
+def _range_median_mad_std(srt, lo, hi):
+    """Median and `~astropy.stats.mad_std` of srt[lo:hi] (ascending, not empty)."""
+    n = hi - lo
+    med = 0.5 * (srt[lo + (n - 1) // 2] + srt[lo + n // 2])
+    mad = 0.5 * (_kth_deviation(srt, lo, hi, med, (n - 1) // 2)
+                 + _kth_deviation(srt, lo, hi, med, n // 2))
+    return med, _MAD_TO_STD * mad
+
+
+def _kth_deviation(srt, lo, hi, med, k):
+    """
+    The k-th smallest (0-based) ``|srt[lo:hi] - med|`` of an ascending srt.
+
+    The deviations are two ascending runs, ``med - srt[m - 1 - i]`` left of
+    ``med`` and ``srt[m + j] - med`` right of it (``fl(a - b) = -fl(b - a)``,
+    so the values are those of ``np.abs(srt - med)``): a binary search over
+    how many of the k + 1 smallest come from the left run finds it in
+    O(log n) steps.
+    """
+    m = lo + int(np.searchsorted(srt[lo:hi], med, side="left"))
+    n_left, n_right = m - lo, hi - m
+
+    def left(i):
+        return med - srt[m - 1 - i]
+
+    def right(j):
+        return srt[m + j] - med
+
+    low, high = max(0, k + 1 - n_right), min(k + 1, n_left)
+    while True:
+        i = (low + high) // 2  # from the left run; j = k + 1 - i from the right
+        j = k + 1 - i
+        if i > 0 and j < n_right and left(i - 1) > right(j):
+            high = i - 1
+        elif j > 0 and i < n_left and right(j - 1) > left(i):
+            low = i + 1
+        else:
+            return max(left(i - 1) if i > 0 else -math.inf, right(j - 1) if j > 0 else -math.inf)
 
 
 #: Noise-equivalent area of a Gaussian PSF in units of its FWHM squared:
