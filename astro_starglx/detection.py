@@ -14,8 +14,10 @@ square root of the summed weights, ``S = sum(w_b d_b) / sqrt(sum(w_b))``,
 which has unit noise wherever the noise is uncorrelated, so that one
 threshold in sigma holds for any number of bands, depths and units.
 Bands on other pixel grids are resampled onto the reference grid with an
-affine map fitted to their WCSs (bilinear, `scipy.ndimage.affine_transform`);
-only detection uses the resampled pixels.
+affine map fitted to their WCSs (bilinear, `scipy.ndimage.affine_transform`;
+a map without rotation or shear is applied as scale and shift, scipy's
+faster separable path), two bands at a time where the caller's thread budget
+allows; only detection uses the resampled pixels.
 """
 
 import logging
@@ -94,33 +96,103 @@ def _affine_to(ref_wcs, wcs, shape):
     return np.array([[a, b], [d, e]]), np.array([c, f])
 
 
-def _stack(images, ref):
-    """Noise-weighted stack on the reference grid: (stack, mask of no data)."""
+#: A fitted band-to-reference map whose rotation/shear terms move no pixel
+#: of the image by more than this (pixels) is applied as its diagonal (scale
+#: and shift), scipy's separable path: 0.096 against 0.157 s for a 2048^2
+#: band. Bands that differ by a shift (one detector, dithered) take it.
+_DIAGONAL_TOLERANCE = 1e-3
+
+#: Bands weighed and resampled at once, at most (each holds two float32
+#: images of the reference's shape while it waits to be added).
+_STACK_THREADS = 2
+
+
+def _stack_threads():
+    """
+    Threads for the bands of `_stack`: at most `_STACK_THREADS`, and no
+    more than the caller's budget: torch's thread count once torch is
+    loaded (`astro_starglx.inference.thread_budget`, 1 in a Dask worker),
+    else ``OMP_NUM_THREADS`` where set, else the CPUs this process may use.
+    """
+    import os
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        budget = torch.get_num_threads()
+    else:
+        try:
+            budget = int(os.environ.get("OMP_NUM_THREADS", ""))
+        except ValueError:
+            budget = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+    return max(1, min(_STACK_THREADS, budget))
+
+
+def _on_reference_grid(band, image, ref, ref_wcs, shape):
+    """One band's (data, ivar) resampled onto the reference grid (bilinear)."""
     from scipy.ndimage import affine_transform
+
+    data, ivar = _band_weight(image)
+    mapping = None if band == ref else _affine_to(ref_wcs, image.wcs.celestial, shape)
+    if mapping is not None:
+        matrix, offset = mapping
+        ny, nx = shape
+        if abs(matrix[0, 1]) * (nx - 1) <= _DIAGONAL_TOLERANCE \
+                and abs(matrix[1, 0]) * (ny - 1) <= _DIAGONAL_TOLERANCE:
+            matrix = np.diag(matrix)
+        data, ivar = (affine_transform(array, matrix, offset, output_shape=shape, order=1,
+                                       cval=0.0) for array in (data, ivar))
+    elif data.shape != shape:
+        msg = (f"images[{band!r}] has shape {data.shape} and the same WCS as the "
+               f"reference band {ref!r} of shape {shape}; give each band its own WCS")
+        raise ValueError(msg)
+    return data, ivar
+
+
+def _stack(images, ref):
+    """
+    Noise-weighted stack on the reference grid: (stack, mask of no data,
+    the reference band's background-subtracted data).
+
+    The bands are weighed and resampled in up to `_stack_threads` threads
+    (scipy's resampling releases the GIL: 2 bands in 0.39 s on two cores
+    against 0.78 s one after the other) and added in band order, so the
+    stack does not depend on the number of threads.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     shape = images[ref].data.shape
     ref_wcs = images[ref].wcs.celestial
     num = np.zeros(shape, dtype=np.float32)
     den = np.zeros(shape, dtype=np.float32)
-    for band, image in images.items():
-        data, ivar = _band_weight(image)
-        mapping = None if band == ref else _affine_to(ref_wcs, image.wcs.celestial, shape)
-        if mapping is not None:
-            matrix, offset = mapping
-            data = affine_transform(data, matrix, offset, output_shape=shape, order=1,
-                                    cval=0.0)
-            ivar = affine_transform(ivar, matrix, offset, output_shape=shape, order=1,
-                                    cval=0.0)
-        elif data.shape != shape:
-            msg = (f"images[{band!r}] has shape {data.shape} and the same WCS as the "
-                   f"reference band {ref!r} of shape {shape}; give each band its own WCS")
-            raise ValueError(msg)
-        num += data * ivar
-        den += ivar
+    ref_data = None
+
+    def add(band, future):
+        nonlocal ref_data
+        data, ivar = future.result()
+        if band == ref:
+            ref_data = data
+        num[...] += data * ivar
+        den[...] += ivar
+
+    workers = _stack_threads()
+    with ThreadPoolExecutor(max_workers=workers,
+                            thread_name_prefix="astro_starglx-stack") as pool:
+        # at most `workers` bands in flight: memory stays bounded on a chip
+        in_flight = deque()
+        for band, image in images.items():
+            in_flight.append((band, pool.submit(_on_reference_grid, band, image, ref,
+                                                ref_wcs, shape)))
+            if len(in_flight) == workers:
+                add(*in_flight.popleft())
+        while in_flight:
+            add(*in_flight.popleft())
     empty = den <= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         stack = np.where(empty, 0.0, num / np.sqrt(den)).astype(np.float32)
-    return stack, empty
+    return stack, empty, ref_data
 
 
 def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5,
@@ -256,7 +328,7 @@ def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5
 
         import_optional("skimage", "dask", feature="deblending (deblend=True)",
                         hint=" (or pip install scikit-image), or pass deblend=False")
-    stack, empty = _stack(images, reference)
+    stack, empty, ref_data = _stack(images, reference)
     size = int(2 * round(1.5 * fwhm) + 1)
     kernel = make_2dgaussian_kernel(fwhm, size=size)
     # Direct convolution: for this small kernel 14 times faster than
@@ -284,7 +356,6 @@ def detect_sources(images, *, bands=None, reference=None, nsigma=3.0, n_pixels=5
                              "fwhm": float(fwhm), "deblend": bool(deblend),
                              "contrast": float(contrast), "min_snr": float(min_snr)}
     if segm is not None:
-        ref_data, _ = _band_weight(images[reference])
         det = SourceCatalog(stack, segm, convolved_data=convolved, mask=empty,
                             wcs=images[reference].wcs.celestial)
         phot = SourceCatalog(ref_data, segm, mask=empty, detection_catalog=det)

@@ -325,7 +325,7 @@ def run_sextractor_psfex(image_path, weight_path, *, workdir, tools=None, detect
     """
     t_start = time.perf_counter()
     tools = find_tools() if tools is None else tools
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # the tools run in it and are given paths in it
     workdir.mkdir(parents=True, exist_ok=True)
     image_path = Path(image_path).resolve()
     with fits.open(image_path) as hdul:

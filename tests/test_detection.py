@@ -54,6 +54,78 @@ def test_positions_are_sky_positions_across_band_grids(field):
     assert truth_ok[truth["mag_r"] < 22].mean() >= 0.9
 
 
+def test_the_stack_does_not_depend_on_the_threads(field, monkeypatch):
+    """Bands resampled in 1 or 2 threads are added in band order: the same table."""
+    from astro_starglx import detection
+
+    images, _ = field
+    monkeypatch.setattr(detection, "_stack_threads", lambda: 1)
+    serial = detect_sources(images)
+    monkeypatch.setattr(detection, "_stack_threads", lambda: 2)
+    threaded = detect_sources(images)
+    assert len(serial) > 20
+    for name in serial.colnames:
+        np.testing.assert_array_equal(threaded[name], serial[name])
+
+
+def test_stack_threads_keep_to_the_callers_budget(monkeypatch):
+    """One thread in a one-thread Dask worker (torch's count, or OMP_NUM_THREADS), never > 2."""
+    import sys
+
+    from astro_starglx import detection
+
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert detection._stack_threads() == 1
+        torch.set_num_threads(8)
+        assert detection._stack_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delitem(sys.modules, "torch")  # torch not loaded: the environment decides
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert detection._stack_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= detection._stack_threads() <= 2
+
+
+def test_shifted_bands_take_the_diagonal_map_rotated_ones_the_full_one(field, monkeypatch):
+    """A pure shift between grids is resampled as scale + shift; a rotation is not."""
+    from astro_starglx import detection
+
+    images, _ = field
+    ref_wcs = images["r"].wcs.celestial
+    shape = images["r"].data.shape
+    calls = []
+    import scipy.ndimage
+
+    original = scipy.ndimage.affine_transform
+
+    def spy(array, matrix, *args, **kwargs):
+        calls.append(np.ndim(matrix))
+        return original(array, matrix, *args, **kwargs)
+
+    monkeypatch.setattr(scipy.ndimage, "affine_transform", spy)
+    data, ivar = detection._on_reference_grid("g", images["g"], "r", ref_wcs, shape)
+    assert calls == [1, 1]  # wcs_jitter shifts the grids
+    rotated = copy.deepcopy(images["g"])
+    angle = np.deg2rad(0.5)
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    if rotated.wcs.wcs.has_cd():
+        rotated.wcs.wcs.cd = turn @ rotated.wcs.wcs.cd
+    else:
+        rotated.wcs.wcs.pc = turn @ rotated.wcs.wcs.get_pc()
+    calls.clear()
+    detection._on_reference_grid("g", rotated, "r", ref_wcs, shape)
+    assert calls == [2, 2]
+    # the diagonal map resamples as the full one does, to rounding
+    matrix, offset = detection._affine_to(ref_wcs, images["g"].wcs.celestial, shape)
+    full, _ = detection._band_weight(images["g"])
+    np.testing.assert_allclose(data, original(full, matrix, offset, output_shape=shape,
+                                              order=1, cval=0.0), rtol=1e-4, atol=1e-4)
+
+
 def _two_stars(separation):
     shape = (64, 64)
     data = moffat(shape, 28.0, 32.0, 400.0) + moffat(shape, 28.0 + separation, 32.0, 300.0)
