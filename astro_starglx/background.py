@@ -319,7 +319,10 @@ def _clipped_mad_std(values, *, sigma, maxiters):
     against 1.8 ms here. The values are sorted once; the kept ones are then
     a contiguous range of the sorted array (each clip only removes values
     from its ends), their median is read off it, and so is their median
-    absolute deviation (`_kth_deviation`).
+    absolute deviation (`_kth_deviation`). `_clipped_rows` is the row-wise
+    relative for stamps; it is not used here because it lets a later clip
+    take back values an earlier one removed (astropy never does) and sorts
+    the deviations again at every iteration.
     """
     srt = np.sort(values)
     lo, hi = 0, srt.size
