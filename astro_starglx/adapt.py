@@ -809,8 +809,11 @@ def _jsonable(obj):
     return obj
 
 
-def _psf_meta(base_psf, data):
-    """The user's PSF range per band: median FWHM and [min, max] widened, else the base's."""
+def _psf_meta(base_psf, data, feature_names=()):
+    """
+    The user's PSF range per band: median FWHM and [min, max] widened, else
+    the base's; the base's range of profile shapes widened to the user's.
+    """
     if base_psf is None:
         return None
     nominal = dict(base_psf["nominal_fwhm"])
@@ -822,7 +825,18 @@ def _psf_meta(base_psf, data):
             nominal[band] = round(float(np.median(values)), 4)
             ranges[band] = [round(float(values.min()) / _PSF_WIDENING, 4),
                             round(float(values.max()) * _PSF_WIDENING, 4)]
-    return {"nominal_fwhm": nominal, "fwhm_range": ranges}
+    psf = {"nominal_fwhm": nominal, "fwhm_range": ranges}
+    if "gamma_range" in base_psf:
+        shapes = {band: list(limits) for band, limits in base_psf["gamma_range"].items()}
+        if "psf_gamma" in feature_names:
+            column = np.asarray(data.features)[:, :, list(feature_names).index("psf_gamma")]
+            for c, band in enumerate(data.bands):
+                values = column[:, c][np.isfinite(column[:, c])]
+                if values.size:  # the model has now seen these shapes
+                    shapes[band] = [round(max(min(shapes[band][0], float(values.min())), -0.5), 4),
+                                    round(min(max(shapes[band][1], float(values.max())), 0.9), 4)]
+        psf["gamma_range"] = shapes
+    return psf
 
 
 def _check_options(*, mode, epochs, lr, batch_size, folds, val_fraction, patience,
@@ -1297,7 +1311,7 @@ def fine_tune_inputs(data, *, output, base="default", seed=0, epochs=20, lr=None
                             # data, they would override the refitted threshold
                             thresholds=thresholds,
                             temperature=temperature, recipe=_jsonable(recipe),
-                            psf=_psf_meta(meta.psf, data),
+                            psf=_psf_meta(meta.psf, data, meta.feature_names),
                             # the magnitudes were matched to the base's depth: classify()
                             # matches them alike (match_depth); otherwise the base's depth
                             # is its training data's, not your survey's: none recorded

@@ -643,10 +643,15 @@ class StarGalaxyClassifier:
         if disagreement:
             warnings.warn(disagreement, StarGalaxyWarning, stacklevel=4)
         everywhere = []
+        shapes = meta.psf.get("gamma_range", {})
         for band, est in estimates.items():
             low, high = meta.psf["fwhm_range"][band]
             fwhm = est.at(x[band], y[band])
-            out = np.broadcast_to(est.fell_back | (fwhm < low) | (fwhm > high), flags.shape)
+            # a profile shape the model never saw (Moffat wings beyond its range)
+            shape_out = (band in shapes and est.gamma is not None
+                         and not shapes[band][0] <= est.gamma <= shapes[band][1])
+            out = np.broadcast_to(est.fell_back | shape_out | (fwhm < low) | (fwhm > high),
+                                  flags.shape)
             flags[out] |= np.uint16(ClassFlag.OUT_OF_RANGE)
             if out.all():
                 everywhere.append(band)
@@ -863,7 +868,8 @@ def _warn_flags(flags, unclassified, library=None, conditions=None):
     if conditions.get("psf_out_of_range"):
         everyone |= ClassFlag.OUT_OF_RANGE
         parts.append(f"The PSF of band(s) {conditions['psf_out_of_range']} is outside the "
-                     "model's validity range (meta.psf['fwhm_range']) or was not measured: "
+                     "model's validity range (meta.psf's 'fwhm_range', or 'gamma_range' for "
+                     "the profile's shape) or was not measured: "
                      "every source carries OUT_OF_RANGE.")
     rest = flags & np.uint16(~int(everyone) & 0xFFFF)
     if rest.any():

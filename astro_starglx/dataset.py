@@ -402,6 +402,9 @@ def simulate_inputs(sim_config, *, seed, field_id, stamp_size, detect, position_
         arrays[f"psf_fwhm_{band}"] = np.asarray(truth[f"psf_fwhm_{band}"], dtype=np.float32)
         arrays[f"psf_est_{band}"] = np.asarray(estimates[band].at(x[band], y[band]),
                                                dtype=np.float32)
+        gamma = estimates[band].gamma
+        arrays[f"psf_gamma_{band}"] = np.full(n, np.nan if gamma is None else gamma,
+                                              dtype=np.float32)
     return arrays
 
 

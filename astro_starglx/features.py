@@ -71,7 +71,7 @@ from ._validation import (
 )
 
 __all__ = ["FEATURE_NAMES", "PSF_FEATURE_NAMES", "features_from_table", "measure_features",
-           "point_source_features", "psf_features"]
+           "point_source_features", "point_source_model_features", "psf_features"]
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,27 @@ log = logging.getLogger(__name__)
 FEATURE_NAMES = ("mag", "mag_err", "concentration", "radius", "ellipticity")
 
 #: Per-band features that need the band's PSF (`astro_starglx.psf`), which
-#: PSF-aware models read after `FEATURE_NAMES`: ``psf_fwhm`` (arcsec, the
-#: local PSF FWHM), ``radius_excess`` and ``concentration_excess`` (the
-#: source's ``radius`` and ``concentration`` minus those this measurement
-#: gives a point source of that FWHM, `point_source_features`). A point
-#: source has excesses near 0 whatever the seeing; a galaxy has positive ones.
-PSF_FEATURE_NAMES = ("psf_fwhm", "radius_excess", "concentration_excess")
+#: PSF-aware models read after `FEATURE_NAMES`:
+#:
+#: - ``psf_fwhm`` (arcsec, the local PSF FWHM);
+#: - ``radius_excess`` and ``concentration_excess``: the source's ``radius``
+#:   and ``concentration`` minus those this measurement gives a Gaussian
+#:   point source of that FWHM (`point_source_features`);
+#: - ``psf_gamma``: the shape of the PSF's radial profile fitted to the
+#:   field's stars (`~astro_starglx.psf.PSFEstimate.gamma`: Moffat
+#:   ``beta = 1 / gamma`` for ``gamma > 0``, Gaussian 0, Airy-like core
+#:   below), NaN where none was fitted;
+#: - ``radius_model_excess`` and ``concentration_model_excess``: the same
+#:   differences against a point source of the fitted profile (FWHM and
+#:   shape; a Gaussian where no shape was fitted), as SExtractor's
+#:   SPREAD_MODEL compares a source with the local PSF model rather than
+#:   with a Gaussian: a star under Moffat wings has a positive
+#:   ``concentration_excess`` but a ``concentration_model_excess`` near 0.
+#:
+#: A point source has excesses near 0 whatever the seeing; a galaxy has
+#: positive ones.
+PSF_FEATURE_NAMES = ("psf_fwhm", "radius_excess", "concentration_excess", "psf_gamma",
+                     "radius_model_excess", "concentration_model_excess")
 
 # Aperture radii in arcsec for CSST (0.074"/pixel, PSF FWHM 0.15-0.2",
 # 80 % encircled-energy radius 0.11-0.15"): the small aperture is about r80,
@@ -524,7 +539,76 @@ def point_source_features(fwhm, *, pixel_scale, size):
     return np.interp(x, log_fwhm, radius), np.interp(x, log_fwhm, concentration)
 
 
-def psf_features(features, fwhm, *, pixel_scale, size):
+# Grid of profile shapes of the point-source model table (`PSFEstimate.gamma`
+# spans -0.5 to 0.9): the measured radius and concentration are smooth in
+# gamma, and linear interpolation between grid points 0.1 apart is within
+# 3e-4 arcsec and 4e-3 mag of the direct measurement (test_features).
+_GAMMA_GRID = np.round(np.arange(-0.5, 0.9 + 1e-9, 0.1), 10)
+
+
+@functools.lru_cache(maxsize=16)
+def _point_source_model_table(pixel_scale, size):
+    """(gamma, log FWHM) grid -> (radius, concentration) of centred sampled-profile stars."""
+    from .psf import profile_stamps
+
+    log_fwhm = np.log(np.geomspace(0.3, 12.0, 80) * pixel_scale)
+    radius = np.empty((len(_GAMMA_GRID), len(log_fwhm)))
+    concentration = np.empty_like(radius)
+    centre = (size - 1) / 2.0
+    offsets = np.full((len(log_fwhm), 2), centre)
+    index = FEATURE_NAMES.index
+    for k, gamma in enumerate(_GAMMA_GRID):
+        stamps = profile_stamps(np.exp(log_fwhm) / pixel_scale, gamma, size=size)
+        stamps = (stamps / stamps.sum(axis=(1, 2), keepdims=True) * 1e6).astype(np.float32)
+        measured = measure_band(stamps, np.ones(len(log_fwhm)), zeropoint=30.0,
+                                offsets=offsets, pixel_scale=pixel_scale)
+        radius[k] = measured[:, index("radius")]
+        concentration[k] = measured[:, index("concentration")]
+    return log_fwhm, radius, concentration
+
+
+def point_source_model_features(fwhm, gamma, *, pixel_scale, size):
+    """
+    The ``radius`` and ``concentration`` a star of a fitted PSF profile gets.
+
+    As `point_source_features`, for the profile `~astro_starglx.psf.measure_psf`
+    fits to the field's stars (`~astro_starglx.psf.profile_stamps`: FWHM and
+    shape ``gamma``, sampled at pixel centres), interpolated linearly in
+    ``gamma`` and in log FWHM from a table measured once per pixel scale and
+    stamp size.
+
+    Parameters
+    ----------
+    fwhm : array-like
+        PSF FWHM in arcsec (clipped to 0.3-12 pixels).
+    gamma : float or None
+        Profile shape (`~astro_starglx.psf.PSFEstimate.gamma`), clipped to
+        [-0.5, 0.9]; `None` is a Gaussian (0).
+    pixel_scale : float
+        Arcsec per pixel.
+    size : int
+        Stamp side in pixels.
+
+    Returns
+    -------
+    radius, concentration : `~numpy.ndarray`
+        Same shape as ``fwhm``; arcsec and magnitudes.
+    """
+    log_fwhm, radius, concentration = _point_source_model_table(float(pixel_scale), int(size))
+    g = float(np.clip(0.0 if gamma is None else gamma, _GAMMA_GRID[0], _GAMMA_GRID[-1]))
+    k = min(int(np.searchsorted(_GAMMA_GRID, g, side="right")) - 1, len(_GAMMA_GRID) - 2)
+    t = (g - _GAMMA_GRID[k]) / (_GAMMA_GRID[k + 1] - _GAMMA_GRID[k])
+    x = np.log(np.clip(np.asarray(fwhm, dtype=np.float64), np.exp(log_fwhm[0]),
+                       np.exp(log_fwhm[-1])))
+
+    def at(table):
+        return ((1.0 - t) * np.interp(x, log_fwhm, table[k])
+                + t * np.interp(x, log_fwhm, table[k + 1]))
+
+    return at(radius), at(concentration)
+
+
+def psf_features(features, fwhm, *, gamma=None, pixel_scale, size):
     """
     `PSF_FEATURE_NAMES` of N sources in one band.
 
@@ -534,6 +618,9 @@ def psf_features(features, fwhm, *, pixel_scale, size):
         ``(N, len(FEATURE_NAMES))`` from `measure_features`.
     fwhm : `~numpy.ndarray`
         ``(N,)`` local PSF FWHM of each source, arcsec.
+    gamma : float or None, optional
+        The band's PSF profile shape (`~astro_starglx.psf.PSFEstimate.gamma`);
+        `None` where none was fitted.
     pixel_scale : float
         Arcsec per pixel.
     size : int
@@ -542,14 +629,22 @@ def psf_features(features, fwhm, *, pixel_scale, size):
     Returns
     -------
     psf_features : `~numpy.ndarray`
-        ``(N, 3)`` float32: ``psf_fwhm``, ``radius_excess``,
-        ``concentration_excess`` (NaN where the feature itself is NaN).
+        ``(N, len(PSF_FEATURE_NAMES))`` float32, in that order (NaN where
+        the feature itself is NaN; ``psf_gamma`` NaN for ``gamma=None``).
     """
     fwhm = np.asarray(fwhm, dtype=np.float64)
-    radius, concentration = point_source_features(fwhm, pixel_scale=pixel_scale, size=size)
     index = FEATURE_NAMES.index
+    radius_m, concentration_m = features[:, index("radius")], features[:, index("concentration")]
+    radius, concentration = point_source_features(fwhm, pixel_scale=pixel_scale, size=size)
+    radius_p, concentration_p = point_source_model_features(fwhm, gamma,
+                                                            pixel_scale=pixel_scale, size=size)
     out = np.empty((len(fwhm), len(PSF_FEATURE_NAMES)), dtype=np.float32)
     out[:, 0] = fwhm
-    out[:, 1] = features[:, index("radius")] - radius
-    out[:, 2] = features[:, index("concentration")] - concentration
+    out[:, 1] = radius_m - radius
+    out[:, 2] = concentration_m - concentration
+    out[:, 3] = np.nan if gamma is None else gamma
+    out[:, 4] = radius_m - radius_p
+    out[:, 5] = concentration_m - concentration_p
+    # the model excesses are NaN where the PSF is (as the Gaussian ones)
+    out[np.isnan(fwhm), 3:] = np.nan
     return out

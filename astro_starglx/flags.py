@@ -44,8 +44,9 @@ class ClassFlag(enum.IntFlag):
                          one's flux lies inside the stamp (reference band)
     OUT_OF_RANGE    128  the local PSF FWHM of a band lies outside the range
                          the model was trained on (see the model's
-                         ``meta.psf``), or the PSF could not be measured and
-                         the nominal one was assumed
+                         ``meta.psf``), or so does the shape of its profile
+                         (models that read ``psf_gamma``), or the PSF could
+                         not be measured and the nominal one was assumed
     ============  =====  ======================================================
     """
 

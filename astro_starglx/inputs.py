@@ -685,8 +685,8 @@ def extract_inputs(images, x, y, *, bands, size, pixel_scale, zeropoints=None,
         noise[:, c] = band_noise
         if any(col >= len(FEATURE_NAMES) for col in columns):
             band_features = np.concatenate([band_features, psf_features(
-                band_features, psf[band].at(xb, yb) / feature_scale, pixel_scale=scale,
-                size=size)], axis=1)
+                band_features, psf[band].at(xb, yb) / feature_scale, gamma=psf[band].gamma,
+                pixel_scale=scale, size=size)], axis=1)
         features[:, c] = band_features[:, columns]
         offsets[:, c] = band_offsets
     return SourceInputs(stamps=stamps, noise=noise, features=features, offsets=offsets,

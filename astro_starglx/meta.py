@@ -187,8 +187,11 @@ class ModelMeta:
         For PSF-aware models: ``nominal_fwhm`` (``{band: arcsec}``, the
         fallback when a band's PSF cannot be measured) and ``fwhm_range``
         (``{band: [low, high]}`` arcsec, the PSF FWHMs seen in training:
-        sources outside it are flagged ``OUT_OF_RANGE``). None for models
-        that do not read the PSF.
+        sources outside it are flagged ``OUT_OF_RANGE``); for models that
+        read ``psf_gamma``, ``gamma_range`` (``{band: [low, high]}``, the
+        profile shapes seen in training, `~astro_starglx.psf.PSFEstimate.gamma`:
+        a band whose fitted shape lies outside flags every source
+        ``OUT_OF_RANGE``). None for models that do not read the PSF.
     thresholds : dict or None
         Magnitude-dependent decision thresholds, which replace ``threshold``
         for sources whose magnitude is measured: ``feature`` and ``band``
@@ -443,6 +446,16 @@ def _valid_psf(psf, bands):
         if not (isinstance(limits, list) and len(limits) == 2
                 and all(_is_number(v) and v > 0 for v in limits) and limits[0] < limits[1]):
             return False
+    if "gamma_range" in psf:
+        shapes = psf["gamma_range"]
+        if not isinstance(shapes, dict):
+            return False
+        for band in bands:
+            limits = shapes.get(band)
+            if not (isinstance(limits, list) and len(limits) == 2
+                    and all(_is_number(v) and -0.5 <= v <= 0.9 for v in limits)
+                    and limits[0] < limits[1]):
+                return False
     return True
 
 
@@ -527,7 +540,8 @@ def _validated_values(meta, problems):
     psf = meta.get("psf")
     if psf is not None and not _valid_psf(psf, bands or ()):
         bad("psf", "None or a dict with 'nominal_fwhm' {band: arcsec > 0} and 'fwhm_range' "
-                   "{band: [low, high]} for every band")
+                   "{band: [low, high]} for every band (and optionally 'gamma_range' "
+                   "{band: [low, high]} within [-0.5, 0.9])")
     thresholds = meta.get("thresholds")
     if thresholds is not None and not _valid_thresholds(thresholds, bands or (),
                                                         features or ()):

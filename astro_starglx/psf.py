@@ -43,6 +43,7 @@ __all__ = [
     "PSF_SOURCES",
     "PSFEstimate",
     "measure_psf",
+    "profile_stamps",
     "psf_from_argument",
     "header_disagreement",
     "psf_from_header",
@@ -87,6 +88,9 @@ _FIT_RADIUS = 1.25
 # Fractional error floor of each star's pixels (relative to its peak): PSF
 # mismatch and source noise, so that the brightest stars do not dominate.
 _ERROR_FLOOR = 0.03
+# Bounds of the profile shape gamma in the joint fit (`_profile`): Moffat
+# beta >= 1.1 through a Gaussian (0) to an Airy-like core (-0.5).
+_GAMMA_RANGE = (-0.5, 0.9)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,16 @@ class PSFEstimate:
         The FWHM a header keyword stated, arcsec, when it disagreed with
         the field's own stars by more than `HEADER_TOLERANCE` and the
         measurement was used instead (`resolve_psf`); else `None`.
+    gamma : float or None
+        Shape of the PSF's radial profile, from the joint profile fit to the
+        field's stars (or to a PSF image given as the argument): the profile
+        is ``(1 + (2**gamma - 1) * 4 r**2 / fwhm**2) ** (-1 / gamma)``, a
+        Moffat profile of index ``beta = 1 / gamma`` for ``gamma > 0``
+        (wings), a Gaussian at 0, a core of lighter shoulders than a
+        Gaussian (Airy-like) below 0; fitted in [-0.5, 0.9]. A header's
+        FWHM that agrees with the stars keeps the stars' shape. `None`
+        where no profile was fitted (a FWHM given as a number, a header not
+        checked against stars, the nominal fallback).
     """
 
     fwhm: float
@@ -136,9 +150,14 @@ class PSFEstimate:
     scatter: float | None = None
     detail: str = ""
     header_fwhm: float | None = None
+    gamma: float | None = None
 
     def __post_init__(self):
         check_real("fwhm", self.fwhm, low=0.0, low_open=True, hint="; give it in arcsec")
+        if self.gamma is not None:
+            check_real("gamma", self.gamma, low=_GAMMA_RANGE[0], high=_GAMMA_RANGE[1],
+                       hint="; the profile shape of _profile (Moffat beta = 1 / gamma), "
+                            "or None")
         if self.header_fwhm is not None:
             check_real("header_fwhm", self.header_fwhm, low=0.0, low_open=True,
                        hint="; give it in arcsec, or None")
@@ -189,7 +208,7 @@ class PSFEstimate:
         for key in ("plane", "shape"):
             if record[key] is not None:
                 record[key] = [v.item() if hasattr(v, "item") else v for v in record[key]]
-        for key in ("fwhm", "scatter", "header_fwhm"):
+        for key in ("fwhm", "scatter", "header_fwhm", "gamma"):
             if record[key] is not None:
                 record[key] = float(record[key])
         record["n_stars"] = int(record["n_stars"])
@@ -303,6 +322,37 @@ def _profile(r2, fwhm, gamma):
     return np.exp(-np.log1p(np.maximum(c * x, -1.0 + 1e-15)) / gamma)
 
 
+def profile_stamps(fwhm, gamma, *, size):
+    """
+    Centred point sources of the fitted profile shape, sampled on pixels.
+
+    The profile of `PSFEstimate` (``fwhm``, ``gamma``) as the joint fit of
+    `measure_psf` describes stars: values at pixel centres of the effective
+    (pixel-convolved) PSF, unit peak, centred at ``((size - 1) / 2,
+    (size - 1) / 2)``.
+
+    Parameters
+    ----------
+    fwhm : array-like
+        FWHM in pixels, shape (K,).
+    gamma : float
+        Profile shape (see `PSFEstimate.gamma`); 0 is a Gaussian.
+    size : int
+        Stamp side in pixels.
+
+    Returns
+    -------
+    stamps : `~numpy.ndarray`
+        (K, size, size) float64.
+    """
+    fwhm = np.atleast_1d(np.asarray(fwhm, dtype=float))
+    gamma = check_real("gamma", gamma, low=_GAMMA_RANGE[0], high=_GAMMA_RANGE[1])
+    size = check_count("size", size, low=1)
+    d = np.arange(size) - (size - 1) / 2.0
+    r2 = d[:, None] ** 2 + d[None, :] ** 2
+    return np.stack([_profile(r2, f, gamma) for f in fwhm])
+
+
 def _fit_profile(v, r2, w, star, fwhm0):
     """
     Joint fit of one circular profile (`_profile`) to many stars' pixels.
@@ -332,14 +382,14 @@ def _fit_profile(v, r2, w, star, fwhm0):
                / np.maximum(np.bincount(star, w * f * f, minlength=n), 1e-300))
         return sw * (v - amp[star] * f)
 
-    bounds = ([0.05 * fwhm0, -0.5], [20.0 * fwhm0, 0.9])
+    bounds = ([0.05 * fwhm0, _GAMMA_RANGE[0]], [20.0 * fwhm0, _GAMMA_RANGE[1]])
     fit = least_squares(residuals, [fwhm0, 0.2], bounds=bounds, x_scale=[fwhm0, 0.1],
                         xtol=1e-6, ftol=1e-8)
     return float(fit.x[0]), float(fit.x[1])
 
 
-def _image_fwhm(image, scale_y, scale_x):
-    """FWHM (native pixels) of a noiseless PSF image sampled every scale_y, scale_x."""
+def _image_profile(image, scale_y, scale_x):
+    """FWHM (native pixels) and gamma of a noiseless PSF image sampled every scale_y, scale_x."""
     ny, nx = image.shape
     yy, xx = np.mgrid[0:ny, 0:nx]
     iy, ix = np.unravel_index(int(np.argmax(image)), image.shape)
@@ -355,7 +405,7 @@ def _image_fwhm(image, scale_y, scale_x):
     fwhm_g = p[0, 3] * _SIGMA_TO_FWHM
     fit = r2 <= (_FIT_RADIUS * fwhm_g) ** 2
     return _fit_profile(v[fit], r2[fit], np.ones(np.count_nonzero(fit)),
-                        np.zeros(np.count_nonzero(fit), dtype=int), fwhm_g)[0]
+                        np.zeros(np.count_nonzero(fit), dtype=int), fwhm_g)
 
 
 # ----------------------------------------------------------------------------------
@@ -446,8 +496,8 @@ def psf_from_argument(value, *, band=None, pixel_scale):
         msg = (f"{name} must be a PSF image of finite pixels with a positive peak; "
                "replace NaN pixels by 0 before passing it")
         raise ValueError(msg)
-    fwhm_pix = _image_fwhm(data, 1.0 / ov_y, 1.0 / ov_x)
-    return PSFEstimate(fwhm_pix * pixel_scale, "argument", band=band,
+    fwhm_pix, gamma = _image_profile(data, 1.0 / ov_y, 1.0 / ov_x)
+    return PSFEstimate(fwhm_pix * pixel_scale, "argument", band=band, gamma=gamma,
                        detail=f"{kind} ({data.shape[1]}x{data.shape[0]}, "
                               f"oversampling {ov_x:g}x{ov_y:g})")
 
@@ -809,7 +859,7 @@ def _profile_fwhm(data, mask, sigma_i, xc, yc, amp, fwhm_g, scale):
 
 
 def _fit_stars(data, mask, xc, yc, p, noise, spatial, pixel_scale):
-    """Steps (e)-(f) on the locus stars: FWHM (arcsec), plane, shape, scatter, detail."""
+    """Steps (e)-(f) on the locus stars: FWHM (arcsec), plane, shape, scatter, detail, gamma."""
     size = p[:, 3] * _SIGMA_TO_FWHM
     ref, rel, plane, shape, detail = np.median(size), size / np.median(size), None, None, ""
     if spatial and size.size >= _MIN_PLANE_STARS:
@@ -829,7 +879,7 @@ def _fit_stars(data, mask, xc, yc, p, noise, spatial, pixel_scale):
     # Stars' scatter about the model, in arcsec.
     scatter = 1.4826 * float(np.median(np.abs(rel - np.median(rel)))) * fwhm
     detail = f"{size.size} stars, profile gamma {gamma:.3g}{detail}"
-    return fwhm, plane, shape, scatter, detail
+    return fwhm, plane, shape, scatter, detail, gamma
 
 
 def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
@@ -934,11 +984,12 @@ def measure_psf(data, x, y, *, pixel_scale, nominal_fwhm, sigma=None, mask=None,
         return PSFEstimate(nominal_fwhm, "nominal", n_stars=int(stars.size), fell_back=True,
                            band=band, detail=f"{stars.size} usable stars < min_stars={min_stars}")
     xc, yc = x[idx[stars]] + p[stars, 0], y[idx[stars]] + p[stars, 1]
-    fwhm, plane, shape, scatter, detail = _fit_stars(data, mask, xc, yc, p[stars],
-                                                     noise[stars], spatial, pixel_scale)
+    fwhm, plane, shape, scatter, detail, gamma = _fit_stars(
+        data, mask, xc, yc, p[stars], noise[stars], spatial, pixel_scale)
     log.debug("%s: FWHM %.4g arcsec from %s", name, fwhm, detail)
     return PSFEstimate(float(fwhm), "measured", n_stars=int(stars.size), plane=plane,
-                       shape=shape, band=band, scatter=float(scatter), detail=detail)
+                       shape=shape, band=band, scatter=float(scatter), detail=detail,
+                       gamma=float(gamma))
 
 
 # ----------------------------------------------------------------------------------
@@ -1098,9 +1149,12 @@ def header_disagreement(estimates):
 
 def _checked_header(header, measured, min_stars):
     """The header's estimate, or the measured one where they disagree (`HEADER_TOLERANCE`)."""
-    if (measured.fell_back or measured.n_stars < 2 * min_stars
-            or abs(measured.fwhm / header.fwhm - 1.0) <= HEADER_TOLERANCE):
+    if measured.fell_back:
         return header
+    if (measured.n_stars < 2 * min_stars
+            or abs(measured.fwhm / header.fwhm - 1.0) <= HEADER_TOLERANCE):
+        # the header's width, the stars' profile shape
+        return replace(header, gamma=measured.gamma)
     log.info("band %s: the header's PSF (%s, %.3f arcsec) is %.0f %% off the %.3f arcsec "
              "measured on %d stars; using the measurement", header.band, header.detail,
              header.fwhm, 100.0 * (header.fwhm / measured.fwhm - 1.0), measured.fwhm,

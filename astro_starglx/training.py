@@ -532,6 +532,11 @@ def _fit(train, val, *, config, output_dir, normalization, device, resume, progr
                      normalization=normalization)
 
 
+# Margin of the trained range of PSF profile shapes (``gamma``): the joint
+# profile fit's scatter between simulated fields of one PSF family is ~0.03-0.05.
+_GAMMA_MARGIN = 0.05
+
+
 def _psf_validity(info, train, feature_names):
     """``ModelMeta.psf`` of a model that reads ``psf_fwhm``: nominal PSF and trained range."""
     if "psf_fwhm" not in feature_names:
@@ -547,8 +552,26 @@ def _psf_validity(info, train, feature_names):
         # 2 % error so that the range is never empty.
         low, high = np.quantile(values, [0.005, 0.995])
         ranges[band] = [round(float(low) * 0.98, 4), round(float(high) * 1.02, 4)]
-    return {"nominal_fwhm": {band: float(info["nominal_fwhm"][band]) for band in info["bands"]},
-            "fwhm_range": ranges}
+    psf = {"nominal_fwhm": {band: float(info["nominal_fwhm"][band]) for band in info["bands"]},
+           "fwhm_range": ranges}
+    if "psf_gamma" in feature_names:
+        psf["gamma_range"] = _gamma_validity(
+            np.asarray(train.features)[:, :, feature_names.index("psf_gamma")], info["bands"])
+    return psf
+
+
+def _gamma_validity(column, bands):
+    """``gamma_range`` per band: the central 99 % of the profile shapes seen in training."""
+    ranges = {}
+    for c, band in enumerate(bands):
+        values = column[:, c][np.isfinite(column[:, c])]
+        if values.size == 0:  # never fitted: any shape is outside what the model saw
+            values = np.zeros(1)
+        low, high = np.quantile(values, [0.005, 0.995])
+        # widened by the fit's typical scatter between fields of one PSF (0.05)
+        ranges[band] = [round(max(float(low) - _GAMMA_MARGIN, -0.5), 4),
+                        round(min(float(high) + _GAMMA_MARGIN, 0.9), 4)]
+    return ranges
 
 
 def train_release(dataset, output, *, config=None, device=None, resume=True, command=None,

@@ -14,7 +14,8 @@ Run::
         [--big] [--output psf_accuracy.ecsv]
 
 Prints one table row per band x family x width x seed: true and measured
-FWHM (arcsec), error, number of stars used and time of the measurement.
+FWHM (arcsec), error, number of stars used, time of the measurement and the
+fitted profile shape ``gamma``; then the median errors and shapes.
 """
 
 import argparse
@@ -71,9 +72,11 @@ def accuracy(bands, seeds):
                     true = true_fwhm(band, kw["psf_model"], kw.get("psf_beta", 3.0), scale)
                     rows.append((band, family, scale, seed, true, est.fwhm,
                                  est.fwhm / true - 1.0, est.n_stars, est.source, 1e3 * dt,
-                                 images[band].meta["PSFFWHM"] / true - 1.0))
+                                 images[band].meta["PSFFWHM"] / true - 1.0,
+                                 np.nan if est.gamma is None else est.gamma))
     return Table(rows=rows, names=("band", "family", "scale", "seed", "true", "measured",
-                                   "error", "n_stars", "source", "time_ms", "header_error"))
+                                   "error", "n_stars", "source", "time_ms", "header_error",
+                                   "gamma"))
 
 
 def gradient(bands, seed, shape=(2048, 2048), psf_gradient=0.3):
@@ -122,7 +125,7 @@ def main():
 
     table = accuracy(bands, seeds)
     for col, fmt in (("true", ".4f"), ("measured", ".4f"), ("error", "+.3f"),
-                     ("time_ms", ".0f"), ("header_error", "+.3f")):
+                     ("time_ms", ".0f"), ("header_error", "+.3f"), ("gamma", "+.3f")):
         table[col].format = fmt
     table.pprint(max_lines=-1, max_width=-1)
     print("\nmedian error over seeds, per band (measured fields only; n fell back in brackets):")
@@ -146,6 +149,16 @@ def main():
           f"{np.percentile(np.abs(measured['error']), 90):.3f}, largest "
           f"{np.max(np.abs(measured['error'])):.3f}; time median "
           f"{np.median(table['time_ms']):.0f} ms, largest {np.max(table['time_ms']):.0f} ms")
+    print("\nfitted profile shape gamma (PSFEstimate.gamma; Moffat beta = 1 / gamma before "
+          "the pixel), measured fields:")
+    print(f"  {'family':>10} " + " ".join(f"{'x' + str(s):>16}" for s in SCALES))
+    for family in FAMILIES:
+        cells = []
+        for scale in SCALES:
+            g = measured["gamma"][(measured["family"] == family) & (measured["scale"] == scale)]
+            cells.append(f"{np.median(g):+.3f} [{np.min(g):+.2f},{np.max(g):+.2f}]"
+                         if len(g) else "-")
+        print(f"  {family:>10} " + " ".join(f"{c:>16}" for c in cells))
     print("\nPSF gradient 0.3 on a 2048x2048 field:")
     gradient(("r", "y"), args.seed)
     if args.big:

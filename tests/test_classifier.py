@@ -622,19 +622,22 @@ PSF_FEATURES = ["mag", "mag_err", "concentration", "radius", "ellipticity", "psf
 PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSFR80")
 
 
-def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf", depth=None):
-    """Tiny random-init weights of a PSF-aware model (8 features, ``meta.psf`` set)."""
+def psf_model_file(path, *, fwhm_range=(0.05, 0.5), name="tiny-psf", depth=None,
+                   features=PSF_FEATURES, gamma_range=None):
+    """Tiny random-init weights of a PSF-aware model (``features``, ``meta.psf`` set)."""
     from conftest import TINY_ARCHITECTURE, make_tiny_meta, seeded_state_dict
 
     meta = make_tiny_meta(name)
-    n_bands, n_features = len(CSST_BANDS), len(PSF_FEATURES)
-    meta["feature_names"] = PSF_FEATURES
+    n_bands, n_features = len(CSST_BANDS), len(features)
+    meta["feature_names"] = list(features)
     meta["architecture"] = dict(TINY_ARCHITECTURE, n_features=n_features)
     meta["normalization"]["feature_mean"] = [[0.01 * (i + j) for j in range(n_features)]
                                              for i in range(n_bands)]
     meta["normalization"]["feature_std"] = [[1.0] * n_features for _ in range(n_bands)]
     meta["psf"] = {"nominal_fwhm": {band: 0.13 for band in CSST_BANDS},
                    "fwhm_range": {band: list(fwhm_range) for band in CSST_BANDS}}
+    if gamma_range is not None:
+        meta["psf"]["gamma_range"] = {band: list(gamma_range) for band in CSST_BANDS}
     if depth is not None:
         meta["depth"] = depth
     save_weights(path, seeded_state_dict(meta), meta)
@@ -786,6 +789,40 @@ def test_out_of_range_flag(tmp_path, sim_field):
                                                fwhm_range=(0.1, 0.16)), device="cpu")
     out, _ = classify_recording(wide, catalog, images)
     assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+
+
+SHAPE_FEATURES = ["mag", "mag_err", "concentration", "radius", "ellipticity", "psf_fwhm",
+                  "psf_gamma", "radius_model_excess", "concentration_model_excess"]
+
+
+def test_profile_shape_out_of_range_flag(tmp_path, sim_field):
+    """A model reading psf_gamma flags a band whose fitted profile it never saw."""
+    catalog, images = sim_field
+    images = without_psf_keywords(images)
+    ok = StarGalaxyClassifier(psf_model_file(tmp_path / "ok.safetensors",
+                                             features=SHAPE_FEATURES, gamma_range=(-0.5, 0.9)),
+                              device="cpu")
+    out, _ = classify_recording(ok, catalog, images)
+    psf = out.meta["astro_starglx"]["psf"]
+    gammas = {band: record["gamma"] for band, record in psf.items()}
+    measured = [band for band, record in psf.items() if record["source"] == "measured"]
+    assert len(measured) >= 5 and all(isinstance(gammas[band], float) for band in measured)
+    in_range = ~(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE).astype(bool)
+    if len(measured) == len(CSST_BANDS):
+        assert np.all(in_range)
+    # a range that excludes the fitted shapes: every source flagged, the bands named
+    high = max(gammas[band] for band in measured)
+    narrow = StarGalaxyClassifier(
+        psf_model_file(tmp_path / "narrow.safetensors", features=SHAPE_FEATURES,
+                       gamma_range=(round(high, 4) + 0.01, 0.9)), device="cpu")
+    out, messages = classify_recording(narrow, catalog, images)
+    assert np.all(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+    assert set(measured) <= set(out.meta["astro_starglx"]["psf_out_of_range"])
+    assert any("'gamma_range'" in m for m in messages)
+    # a FWHM given as a number has no shape to check, and psf_gamma is NaN (mean)
+    out, _ = classify_recording(narrow, catalog, images, psf=0.15)
+    assert not np.any(np.asarray(out["class_flags"]) & ClassFlag.OUT_OF_RANGE)
+    assert all(r["gamma"] is None for r in out.meta["astro_starglx"]["psf"].values())
 
 
 def test_zeropoints_in_classify(psf_clf, tiny_weights_file, sim_field):

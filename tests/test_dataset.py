@@ -266,6 +266,11 @@ def test_psf_features_and_estimates(psf_dataset):
                 continue
             n_measured += 1
             np.testing.assert_allclose(est, truth, rtol=0.15)
+            # the fitted profile shape: one per field and band, the psf_gamma feature
+            gamma = np.asarray(cat[f"psf_gamma_{band}"])
+            assert np.all(np.isfinite(gamma)) and np.ptp(gamma) == 0
+            np.testing.assert_array_equal(
+                data.features[:, c, ALL_FEATURES.index("psf_gamma")], gamma)
         # one field per split: the flag says whether any band fell back
         assert len(set(cat["field"])) == 1
         assert set(cat["psf_fell_back"]) == {bool(fell_back)}
@@ -298,6 +303,7 @@ def test_psf_estimates_ignore_the_header(monkeypatch, tmp_path):
         np.testing.assert_allclose(arrays[f"psf_est_{band}"],
                                    ds.nominal_fwhm(["g", "r"], pixel_scale=0.074)[band],
                                    rtol=1e-6)
+        assert np.all(np.isnan(arrays[f"psf_gamma_{band}"]))  # no shape fitted
     assert arrays["features"].shape[2] == len(ALL_FEATURES)
     assert arrays["flags"].dtype == np.uint16
 
@@ -359,7 +365,8 @@ def test_make_labelled_dataset_round_trip(user_fields, tmp_path):
         data = ds.load_dataset(path, split)
         n = len(data)
         total += n
-        assert data.stamps.shape == (n, 3, 15, 15) and data.features.shape == (n, 3, 8)
+        assert data.stamps.shape == (n, 3, 15, 15)
+        assert data.features.shape == (n, 3, len(ALL_FEATURES))
         assert set(np.unique(data.labels)) == {0, 1}  # stratified: both classes
         cat = data.catalog
         assert {"field", "row", "ra", "dec", "label", "mag_r", "mag_g", "psf_fwhm_r",

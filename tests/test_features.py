@@ -14,8 +14,10 @@ from astro_starglx.features import (
     measure_band,
     measure_features,
     point_source_features,
+    point_source_model_features,
     psf_features,
 )
+from astro_starglx.psf import profile_stamps, psf_from_argument
 from astro_starglx.inputs import extract_inputs
 
 IMAG, IRAD, ICONC = FEATURE_NAMES.index("mag"), FEATURE_NAMES.index("radius"), 2
@@ -348,7 +350,9 @@ def gaussian_star(fwhm, *, flux=1e6, size=SIZE, ox=None, oy=None):
 
 
 def test_psf_feature_names():
-    assert PSF_FEATURE_NAMES == ("psf_fwhm", "radius_excess", "concentration_excess")
+    assert PSF_FEATURE_NAMES == ("psf_fwhm", "radius_excess", "concentration_excess",
+                                 "psf_gamma", "radius_model_excess",
+                                 "concentration_model_excess")
     assert not set(PSF_FEATURE_NAMES) & set(FEATURE_NAMES)
 
 
@@ -401,6 +405,19 @@ def test_psf_features_shape_and_nan_propagation():
     assert np.isnan(out[1, 1]) and np.isfinite(out[1, 2])
     assert np.isnan(out[2, 2]) and np.isfinite(out[2, 1])
     assert np.all(np.isnan(out[3]))  # no PSF, no PSF features
+    # no profile shape: psf_gamma NaN, the model excesses against a Gaussian
+    assert np.all(np.isnan(out[:, 3]))
+    radius_g, concentration_g = point_source_model_features(fwhm[:3], 0.0,
+                                                            pixel_scale=PIXEL_SCALE, size=SIZE)
+    np.testing.assert_allclose(out[[0, 2], 4], feats[[0, 2], IRAD] - radius_g[[0, 2]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(out[[0, 1], 5], feats[[0, 1], ICONC] - concentration_g[[0, 1]],
+                               rtol=1e-6)
+    shaped = psf_features(feats, fwhm, gamma=0.4, pixel_scale=PIXEL_SCALE, size=SIZE)
+    np.testing.assert_array_equal(shaped[:, :3], out[:, :3])
+    np.testing.assert_allclose(shaped[:3, 3], 0.4)
+    assert np.all(shaped[[0, 2], 4] < out[[0, 2], 4])  # wings: a larger point source
+    assert np.all(np.isnan(shaped[3]))
     empty = psf_features(np.zeros((0, len(FEATURE_NAMES)), np.float32), np.zeros(0),
                          pixel_scale=PIXEL_SCALE, size=SIZE)
     assert empty.shape == (0, len(PSF_FEATURE_NAMES))
@@ -420,3 +437,53 @@ def test_excesses_separate_point_sources_from_galaxies(fwhm):
     r_ex, c_ex = out[:, 1], out[:, 2]
     assert abs(r_ex[0]) < 2e-3 and abs(c_ex[0]) < 0.02
     assert r_ex[1] > 0.02 and c_ex[1] > 0.2
+
+
+@pytest.mark.parametrize("gamma", [-0.37, -0.23, 0.05, 0.37, 0.66])
+@pytest.mark.parametrize("fwhm", [0.11, 0.163, 0.27])
+def test_point_source_model_features_match_the_measurement(gamma, fwhm):
+    """The table, off its grid in both FWHM and shape, is what measure_features gives."""
+    centre = (SIZE - 1) / 2.0
+    star = profile_stamps([fwhm / PIXEL_SCALE], gamma, size=SIZE)
+    feats = measure_features((1e5 * star / star.sum()).astype(np.float32), 1.0, zeropoint=ZP,
+                             offsets=[[centre, centre]], pixel_scale=PIXEL_SCALE)
+    radius, concentration = point_source_model_features(fwhm, gamma, pixel_scale=PIXEL_SCALE,
+                                                        size=SIZE)
+    assert abs(feats[0, IRAD] - radius) < 3e-4  # arcsec
+    assert abs(feats[0, ICONC] - concentration) < 4e-3  # mag
+
+
+def test_point_source_model_features_follow_the_shape():
+    fwhm = np.array([0.12, 0.17, 0.25])
+    gaussian = point_source_model_features(fwhm, None, pixel_scale=PIXEL_SCALE, size=SIZE)
+    np.testing.assert_array_equal(
+        gaussian, point_source_model_features(fwhm, 0.0, pixel_scale=PIXEL_SCALE, size=SIZE))
+    rows = [point_source_model_features(fwhm, g, pixel_scale=PIXEL_SCALE, size=SIZE)
+            for g in (-0.5, -0.2, 0.0, 0.3, 0.6, 0.9)]
+    for field in (0, 1):  # radius, concentration grow with the wings at every FWHM
+        assert np.all(np.diff([row[field] for row in rows], axis=0) > 0)
+    # shapes outside the fitted range take the range's edge
+    np.testing.assert_array_equal(
+        point_source_model_features(fwhm, 2.0, pixel_scale=PIXEL_SCALE, size=SIZE),
+        point_source_model_features(fwhm, 0.9, pixel_scale=PIXEL_SCALE, size=SIZE))
+
+
+@pytest.mark.parametrize("beta", [2.5, 4.0])
+def test_model_excesses_of_a_moffat_star_are_near_zero(beta):
+    """
+    A star under Moffat wings looks extended against a Gaussian of its FWHM
+    (concentration_excess > 0), not against the profile fitted to it.
+    """
+    shape, x, y = (SIZE, SIZE), 12.2, 11.7
+    star = moffat(shape, x, y, 1e5, fwhm=2.4, beta=beta)
+    est = psf_from_argument(moffat((41, 41), 20.0, 20.0, 1.0, fwhm=2.4, beta=beta),
+                            pixel_scale=PIXEL_SCALE)
+    feats = measure_features(star[None].astype(np.float32), 1.0, zeropoint=ZP,
+                             offsets=[[x, y]], pixel_scale=PIXEL_SCALE)
+    out = psf_features(feats, np.array([est.fwhm]), gamma=est.gamma, pixel_scale=PIXEL_SCALE,
+                       size=SIZE)[0]
+    names = PSF_FEATURE_NAMES.index
+    assert out[names("concentration_excess")] > 0.1
+    assert abs(out[names("concentration_model_excess")]) < 0.03
+    assert abs(out[names("radius_model_excess")]) < 2e-3
+    assert abs(out[names("radius_model_excess")]) < abs(out[names("radius_excess")])

@@ -642,7 +642,7 @@ def test_extract_inputs_psf_features():
     # band r's PSF grows from left to right: each source gets its local FWHM
     psf = {"g": PSFEstimate(0.15, "argument", band="g"),
            "r": PSFEstimate(0.2, "measured", band="r", plane=(0.2, 0.03, 0.0),
-                            shape=(ny, nx), n_stars=10)}
+                            shape=(ny, nx), n_stars=10, gamma=0.3)}
     kw = dict(bands=("u", "g", "r"), size=SIZE, pixel_scale=PIXEL_SCALE)
     names = FEATURE_NAMES + PSF_FEATURE_NAMES
     base = extract_inputs(images, xs, ys, **kw)
@@ -655,9 +655,12 @@ def test_extract_inputs_psf_features():
     np.testing.assert_allclose(out.features[:, 2, i_fwhm],
                                psf["r"].at(xs["r"], ys["r"]), rtol=1e-6)
     assert np.ptp(out.features[:, 2, i_fwhm]) > 0.01
+    i_gamma = names.index("psf_gamma")
+    assert np.all(np.isnan(out.features[:, 1, i_gamma]))  # a FWHM alone: no shape
+    np.testing.assert_allclose(out.features[:, 2, i_gamma], 0.3)
     for c, band in ((1, "g"), (2, "r")):
         expected = psf_features(base.features[:, c], psf[band].at(xs[band], ys[band]),
-                                pixel_scale=PIXEL_SCALE, size=SIZE)
+                                gamma=psf[band].gamma, pixel_scale=PIXEL_SCALE, size=SIZE)
         np.testing.assert_allclose(out.features[:, c, len(FEATURE_NAMES):], expected,
                                    rtol=1e-6, atol=1e-7)
     # PSF features alone, reordered

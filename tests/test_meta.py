@@ -368,6 +368,24 @@ def test_psf_round_trip(tiny_meta):
     assert "psf" not in aware.replace(psf=None).to_dict()
 
 
+def test_psf_gamma_range(tiny_meta):
+    entry = psf_entry()
+    entry["gamma_range"] = {band: [-0.2, 0.55] for band in entry["fwhm_range"]}
+    meta = ModelMeta.from_dict(dict(tiny_meta, psf=entry))
+    assert meta.psf["gamma_range"]["r"] == [-0.2, 0.55]
+    assert ModelMeta.from_json(meta.to_json()) == meta
+    for bad in ([0.5, 0.2], [-0.6, 0.2], [0.1, 1.2], [0.1], "0.2", None):
+        broken = psf_entry()
+        broken["gamma_range"] = {band: [-0.2, 0.55] for band in broken["fwhm_range"]}
+        if bad is None:
+            del broken["gamma_range"]["y"]
+        else:
+            broken["gamma_range"]["r"] = bad
+        with pytest.raises(ValueError, match=r"optionally 'gamma_range' \{band: \[low, high\]\} "
+                                             r"within \[-0.5, 0.9\]"):
+            ModelMeta.from_dict(dict(tiny_meta, psf=broken))
+
+
 def test_psf_extra_bands_are_allowed(tiny_meta):
     entry = psf_entry()
     entry["nominal_fwhm"]["w"] = 0.2

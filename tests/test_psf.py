@@ -102,6 +102,10 @@ def test_measure_psf_families(family, fwhm):
     assert 15 <= est.n_stars <= 40  # stars only (isolated, off the edges)
     assert est.fwhm == pytest.approx(true, rel=0.03)
     assert est.at(10.0, 20.0) == est.fwhm
+    # the profile's shape: Moffat wings (beta 3: gamma 1/3 before the pixel), a
+    # Gaussian, an Airy core lighter-shouldered than a Gaussian
+    low, high = {"gaussian": (-0.05, 0.05), "moffat": (0.2, 0.4), "airy": (-0.3, -0.08)}[family]
+    assert low < est.gamma < high
 
 
 def test_measure_psf_noise_from_uncertainty_and_ring():
@@ -207,6 +211,8 @@ def test_psf_from_argument_images(profile):
     image = draw((25, 25), [12.3], [11.8], [1.0], [profile])
     est = psf_from_argument(image, pixel_scale=SCALE)
     assert est.fwhm == pytest.approx(true * SCALE, rel=0.02)
+    gamma = est.gamma
+    assert -0.5 <= gamma <= 0.9
     # an ImagePSF-like object, 3x oversampled: the effective PSF on a finer grid
     from photutils.psf import ImagePSF
 
@@ -216,6 +222,17 @@ def test_psf_from_argument_images(profile):
     est = psf_from_argument(ImagePSF(epsf, oversampling=3), pixel_scale=SCALE)
     assert est.fwhm == pytest.approx(true * SCALE, rel=0.02)
     assert "ImagePSF" in est.detail
+    assert est.gamma == pytest.approx(gamma, abs=0.05)
+
+
+def test_psf_from_argument_images_give_the_profile_shape():
+    """Moffat wings > 0 > an Airy core; a Gaussian ~0; a FWHM alone says nothing."""
+    gammas = [psf_from_argument(draw((25, 25), [12.3], [11.8], [1.0], [profile]),
+                                pixel_scale=SCALE).gamma
+              for profile in (airy(1.8), gaussian(2.0), moffat(2.5, 4.0), moffat(2.5, 2.5))]
+    assert gammas == sorted(gammas)
+    assert gammas[0] < -0.08 and abs(gammas[1]) < 0.03 and gammas[3] > 0.3
+    assert psf_from_argument(0.15, pixel_scale=SCALE).gamma is None
 
 
 @pytest.mark.parametrize("value, error, match", [
@@ -295,7 +312,10 @@ def test_resolve_psf_order(field):
     assert out["g"].source == "measured" and out["g"].fwhm == pytest.approx(true, rel=0.03)
     assert out["r"].source == "header" and out["r"].fwhm == 1.1 * true
     assert out["r"].header_fwhm is None
+    # the header gives the width; the stars the profile's shape
+    assert out["r"].gamma == pytest.approx(out["g"].gamma, abs=0.01) and out["g"].gamma > 0.1
     assert out["i"].source == "argument" and out["i"].fwhm == 0.12
+    assert out["i"].gamma is None
     assert header_disagreement(out) is None
     # one value for all bands overrides headers and measurement
     out = resolve_psf(images, positions, psf=0.2 * u.arcsec, nominal_fwhm=0.15)
@@ -304,7 +324,7 @@ def test_resolve_psf_order(field):
     few = {"g": CCDData(np.random.default_rng(1).normal(0, 1, (64, 64)), unit="adu",
                         meta=header)}
     out = resolve_psf(few, {"g": ([30.0], [30.0])}, nominal_fwhm={"g": 0.16})
-    assert out["g"].fell_back and out["g"].fwhm == 0.16
+    assert out["g"].fell_back and out["g"].fwhm == 0.16 and out["g"].gamma is None
     assert json.loads(json.dumps({b: e.to_dict() for b, e in out.items()}))["g"]["fell_back"]
 
 
@@ -380,7 +400,8 @@ def test_resolve_psf_errors(field):
 def test_estimate_at_and_to_dict():
     est = PSFEstimate(np.float64(0.15), "measured", n_stars=np.int64(40),
                       plane=(np.float64(0.15), np.float64(0.015), 0.0), shape=(101, 201),
-                      band="r", scatter=np.float64(0.004), detail="40 stars")
+                      band="r", scatter=np.float64(0.004), detail="40 stars",
+                      gamma=np.float64(0.3))
     assert est.at(100.0, 50.0) == pytest.approx(0.15)
     assert est.at(200.0, 50.0) == pytest.approx(0.165)
     assert est.at(1e6, 50.0) == pytest.approx(0.165)  # clipped to the edge
@@ -388,6 +409,7 @@ def test_estimate_at_and_to_dict():
     record = json.loads(json.dumps(est.to_dict()))
     assert record["plane"] == pytest.approx([0.15, 0.015, 0.0])
     assert record["source"] == "measured" and record["n_stars"] == 40
+    assert record["gamma"] == 0.3 and type(record["gamma"]) is float
     const = PSFEstimate(0.2, "nominal", fell_back=True)
     assert const.at([1.0, 2.0], 3.0).tolist() == [0.2, 0.2]
     assert json.loads(json.dumps(const.to_dict()))["plane"] is None
@@ -397,6 +419,8 @@ def test_estimate_at_and_to_dict():
     ({"fwhm": -1.0, "source": "header"}, "fwhm must be a finite number > 0"),
     ({"fwhm": 0.1, "source": "guess"}, "source must be one of"),
     ({"fwhm": 0.1, "source": "measured", "plane": (0.1, 0.0, 0.0)}, "needs the image shape"),
+    ({"fwhm": 0.1, "source": "measured", "gamma": 1.5}, r"gamma must be .*<= 0.9"),
+    ({"fwhm": 0.1, "source": "measured", "gamma": np.nan}, "gamma must be a finite number"),
 ])
 def test_estimate_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -355,6 +355,16 @@ def test_psf_validity():
     assert ranges["r"][0] < 0.14 < ranges["r"][1]
     assert training._psf_validity(info, SimpleNamespace(features=features),
                                   ["mag", "radius_excess", "radius"]) is None
+    assert "gamma_range" not in psf
+    # a model that reads the profile's shape: its central 99 %, widened by 0.05
+    features[:, 0, 2] = rng.uniform(-0.2, 0.5, 1000)
+    features[:, 1, 2] = np.nan  # never fitted (e.g. the band always fell back)
+    psf = training._psf_validity(info, SimpleNamespace(features=features),
+                                 ["mag", "psf_fwhm", "psf_gamma"])
+    expected = np.round(np.quantile(features[:, 0, 2], [0.005, 0.995]) + [-0.05, 0.05], 4)
+    np.testing.assert_allclose(psf["gamma_range"]["g"], expected, atol=1e-12)
+    assert psf["gamma_range"]["r"] == [-0.05, 0.05]  # only a Gaussian is "seen"
+    assert json.loads(json.dumps(psf)) == psf
 
 
 def write_toy_dataset(path, *, sizes=(96, 32, 32), seed=11):
@@ -364,8 +374,12 @@ def write_toy_dataset(path, *, sizes=(96, 32, 32), seed=11):
     path.mkdir()
     for k, (split, n) in enumerate(zip(("train", "val", "test"), sizes)):
         data = quick_split(n, seed=20 + k + 10 * (seed - 11))
-        features = np.concatenate([data.features, np.zeros((n, 7, 3), np.float32)], axis=2)
-        features[:, :, 5] = np.random.default_rng(k).uniform(0.1, 0.25, (n, 7))
+        features = np.concatenate(
+            [data.features, np.zeros((n, 7, len(PSF_FEATURE_NAMES)), np.float32)], axis=2)
+        features[:, :, ALL_FEATURES.index("psf_fwhm")] = np.random.default_rng(k).uniform(
+            0.1, 0.25, (n, 7))
+        features[:, :, ALL_FEATURES.index("psf_gamma")] = np.random.default_rng(k).uniform(
+            -0.1, 0.4, (n, 7))
         arrays = {"stamps": data.stamps, "noise": data.noise, "features": features,
                   "labels": data.labels, "flags": np.zeros(n, np.uint16)}
         for name, array in arrays.items():
@@ -380,7 +394,8 @@ def write_toy_dataset(path, *, sizes=(96, 32, 32), seed=11):
     return path
 
 
-@pytest.mark.parametrize("features", [("mag", "radius"), ("radius", "psf_fwhm")])
+@pytest.mark.parametrize("features", [("mag", "radius"), ("radius", "psf_fwhm"),
+                                      ("psf_fwhm", "psf_gamma", "concentration_model_excess")])
 def test_train_release_records_the_feature_subset(tmp_path, features):
     from astro_starglx.weights import read_meta
 
@@ -390,14 +405,20 @@ def test_train_release_records_the_feature_subset(tmp_path, features):
                                   progress=False)
     meta = read_meta(path)
     assert meta.feature_names == features
-    assert meta.normalization.shape == (7, 2)
-    assert meta.architecture["n_features"] == 2
+    assert meta.normalization.shape == (7, len(features))
+    assert meta.architecture["n_features"] == len(features)
     assert meta.recipe["config"]["features"] == list(features)
     if "psf_fwhm" in features:
         assert meta.psf["nominal_fwhm"] == {band: 0.13 for band in CSST_BANDS}
         for low, high in meta.psf["fwhm_range"].values():
             # the data's 0.1-0.25 (central 99 %), widened by 2 %
             assert 0.098 <= low < 0.11 and 0.24 < high <= 0.255
+        if "psf_gamma" in features:
+            for low, high in meta.psf["gamma_range"].values():
+                # the data's -0.1-0.4, widened by 0.05
+                assert -0.151 <= low < -0.09 and 0.39 < high <= 0.451
+        else:
+            assert "gamma_range" not in meta.psf
     else:
         assert meta.psf is None
 
