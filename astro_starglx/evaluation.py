@@ -168,11 +168,14 @@ def gbt_baseline(train, test, *, seed=0, max_train=200_000):
         raise ImportError(msg) from None
     x_train = _feature_matrix(train)[:max_train]
     y_train = np.asarray(train.labels)[:max_train]
+    # Columns never measured in training (a band's psf_gamma where its PSF
+    # always fell back) carry nothing, and scikit-learn's binning fails on them.
+    kept = np.isfinite(x_train).any(axis=0)
     clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1,
                                          class_weight="balanced", random_state=seed)
-    clf.fit(x_train, y_train)
-    threshold = metrics.best_threshold(y_train, clf.predict_proba(x_train)[:, 1])
-    return clf.predict_proba(_feature_matrix(test))[:, 1], float(threshold)
+    clf.fit(x_train[:, kept], y_train)
+    threshold = metrics.best_threshold(y_train, clf.predict_proba(x_train[:, kept])[:, 1])
+    return clf.predict_proba(_feature_matrix(test)[:, kept])[:, 1], float(threshold)
 
 
 def evaluate_scores(y_true, p_galaxy, *, threshold, mag_r=None, redshift=None,

@@ -176,3 +176,22 @@ def test_evaluate_catalog_fields_and_measured_magnitudes(trained, user_catalog, 
     assert not (tmp_path / "two" / "by_redshift.ecsv").exists()
     with pytest.raises(ValueError, match="mag_column 'mag_i' is not in the catalog"):
         evaluate_catalog(weights, bare, images, outdir=tmp_path / "x", mag_column="mag_i")
+
+
+def test_gbt_baseline_skips_features_never_measured():
+    """A column with no finite training value (psf_gamma of a band that always fell back)."""
+    from astro_starglx.evaluation import gbt_baseline
+
+    rng = np.random.default_rng(5)
+
+    def split(n):
+        labels = rng.integers(0, 2, n)
+        features = rng.normal(size=(n, 2, 3)).astype(np.float32)
+        features[:, 0, 0] += 3.0 * labels  # separable in one column
+        features[:, 1, 2] = np.nan  # never measured
+        return SimpleNamespace(features=features, labels=labels)
+
+    train, test = split(400), split(200)
+    p, threshold = gbt_baseline(train, test)
+    assert p.shape == (200,) and np.all(np.isfinite(p)) and 0 < threshold < 1
+    assert np.mean((p > threshold) == test.labels) > 0.9
