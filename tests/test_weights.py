@@ -89,7 +89,7 @@ def served(isolated_registry, weights_server, monkeypatch):
 
 def test_shipped_registry_entries_are_valid():
     registry = json.loads(weights._REGISTRY_PATH.read_text())
-    assert registry["default"] == "rbim-lite-v12"
+    assert registry["default"] == "rbim-lite-v13"
     entries = list_weights()
     assert [w.name for w in entries] == sorted(registry["models"])
     for entry in entries:
@@ -641,7 +641,22 @@ def test_weights_module_imports_no_astropy():
     assert not imported & {"astropy", "photutils"}
 
 
-def test_default_is_v10s_network_with_its_depth():
+def test_default_reads_the_psf_profile():
+    """rbim-lite-v13 compares sources with the fitted PSF profile and knows its shapes."""
+    v13 = load_model("rbim-lite-v13")
+    meta = v13.meta
+    assert {"psf_gamma", "radius_model_excess", "concentration_model_excess"} <= set(
+        meta.feature_names)
+    assert not {"radius_excess", "concentration_excess"} & set(meta.feature_names)
+    for band in meta.bands:
+        low, high = meta.psf["gamma_range"][band]
+        assert low < 0.0 < 0.3 < high  # Gaussian to Moffat beta 2.5 wings at nominal width
+    assert set(meta.depth) == set(meta.bands)
+    assert meta.recipe["derived_from"]["name"] == "rbim-lite-v13"
+    assert meta.recipe["data_seed"] == load_model("rbim-lite-v10").meta.recipe["data_seed"]
+
+
+def test_v12_is_v10s_network_with_its_depth():
     """rbim-lite-v12 is rbim-lite-v10's network; only the meta's depth (and name) differ."""
     v10, v12 = load_model("rbim-lite-v10"), load_model("rbim-lite-v12")
     assert v12.meta.recipe["derived_from"] == {"name": "rbim-lite-v10", "sha256": v10.sha256}
