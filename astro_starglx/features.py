@@ -501,12 +501,24 @@ def _point_source_table(pixel_scale, size):
     cdf = 0.5 * (1.0 + erf(edges[None, :] / (math.sqrt(2.0) * sigma_px[:, None])))
     line = np.diff(cdf, axis=1)
     stamps = (line[:, :, None] * line[:, None, :]).astype(np.float32) * np.float32(1e6)
-    offsets = np.full((len(fwhm), 2), centre)
-    measured = measure_band(stamps, np.ones(len(fwhm)), zeropoint=30.0, offsets=offsets,
+    return (np.log(fwhm), *_measure_centred(stamps, pixel_scale))
+
+
+def _measure_centred(stamps, pixel_scale):
+    """``radius`` and ``concentration`` (float64) of noiseless centred point sources."""
+    centre = (stamps.shape[-1] - 1) / 2.0
+    offsets = np.full((len(stamps), 2), centre)
+    measured = measure_band(stamps, np.ones(len(stamps)), zeropoint=30.0, offsets=offsets,
                             pixel_scale=pixel_scale)
     index = FEATURE_NAMES.index
-    return (np.log(fwhm), measured[:, index("radius")].astype(np.float64),
+    return (measured[:, index("radius")].astype(np.float64),
             measured[:, index("concentration")].astype(np.float64))
+
+
+def _log_fwhm_at(fwhm, log_fwhm):
+    """log FWHM (arcsec) of ``fwhm``, clipped to a table's grid."""
+    return np.log(np.clip(np.asarray(fwhm, dtype=np.float64), np.exp(log_fwhm[0]),
+                          np.exp(log_fwhm[-1])))
 
 
 def point_source_features(fwhm, *, pixel_scale, size):
@@ -534,8 +546,7 @@ def point_source_features(fwhm, *, pixel_scale, size):
         Same shape as ``fwhm``; arcsec and magnitudes.
     """
     log_fwhm, radius, concentration = _point_source_table(float(pixel_scale), int(size))
-    x = np.log(np.clip(np.asarray(fwhm, dtype=np.float64), np.exp(log_fwhm[0]),
-                       np.exp(log_fwhm[-1])))
+    x = _log_fwhm_at(fwhm, log_fwhm)
     return np.interp(x, log_fwhm, radius), np.interp(x, log_fwhm, concentration)
 
 
@@ -554,16 +565,10 @@ def _point_source_model_table(pixel_scale, size):
     log_fwhm = np.log(np.geomspace(0.3, 12.0, 80) * pixel_scale)
     radius = np.empty((len(_GAMMA_GRID), len(log_fwhm)))
     concentration = np.empty_like(radius)
-    centre = (size - 1) / 2.0
-    offsets = np.full((len(log_fwhm), 2), centre)
-    index = FEATURE_NAMES.index
     for k, gamma in enumerate(_GAMMA_GRID):
         stamps = profile_stamps(np.exp(log_fwhm) / pixel_scale, gamma, size=size)
         stamps = (stamps / stamps.sum(axis=(1, 2), keepdims=True) * 1e6).astype(np.float32)
-        measured = measure_band(stamps, np.ones(len(log_fwhm)), zeropoint=30.0,
-                                offsets=offsets, pixel_scale=pixel_scale)
-        radius[k] = measured[:, index("radius")]
-        concentration[k] = measured[:, index("concentration")]
+        radius[k], concentration[k] = _measure_centred(stamps, pixel_scale)
     return log_fwhm, radius, concentration
 
 
@@ -598,8 +603,7 @@ def point_source_model_features(fwhm, gamma, *, pixel_scale, size):
     g = float(np.clip(0.0 if gamma is None else gamma, _GAMMA_GRID[0], _GAMMA_GRID[-1]))
     k = min(int(np.searchsorted(_GAMMA_GRID, g, side="right")) - 1, len(_GAMMA_GRID) - 2)
     t = (g - _GAMMA_GRID[k]) / (_GAMMA_GRID[k + 1] - _GAMMA_GRID[k])
-    x = np.log(np.clip(np.asarray(fwhm, dtype=np.float64), np.exp(log_fwhm[0]),
-                       np.exp(log_fwhm[-1])))
+    x = _log_fwhm_at(fwhm, log_fwhm)
 
     def at(table):
         return ((1.0 - t) * np.interp(x, log_fwhm, table[k])

@@ -541,36 +541,39 @@ def _psf_validity(info, train, feature_names):
     """``ModelMeta.psf`` of a model that reads ``psf_fwhm``: nominal PSF and trained range."""
     if "psf_fwhm" not in feature_names:
         return None
-    column = np.asarray(train.features)[:, :, feature_names.index("psf_fwhm")]
-    ranges = {}
-    for c, band in enumerate(info["bands"]):
-        values = column[:, c][np.isfinite(column[:, c])]
-        if values.size == 0:  # a band never measured: only its nominal PSF is known
-            values = np.array([float(info["nominal_fwhm"][band])])
-        # The central 99 % of the PSFs seen in training (outside, too few
-        # examples to trust the model), widened by the estimator's typical
-        # 2 % error so that the range is never empty.
-        low, high = np.quantile(values, [0.005, 0.995])
-        ranges[band] = [round(float(low) * 0.98, 4), round(float(high) * 1.02, 4)]
-    psf = {"nominal_fwhm": {band: float(info["nominal_fwhm"][band]) for band in info["bands"]},
-           "fwhm_range": ranges}
+    nominal = {band: float(info["nominal_fwhm"][band]) for band in info["bands"]}
+    # The central 99 % of the PSFs seen in training (outside, too few
+    # examples to trust the model), widened by the estimator's typical
+    # 2 % error so that the range is never empty; a band never measured:
+    # only its nominal PSF is known.
+    seen = _central_range(train, feature_names, "psf_fwhm", info["bands"], nominal)
+    psf = {"nominal_fwhm": nominal,
+           "fwhm_range": {band: [round(float(low) * 0.98, 4), round(float(high) * 1.02, 4)]
+                          for band, (low, high) in seen.items()}}
     if "psf_gamma" in feature_names:
-        psf["gamma_range"] = _gamma_validity(
-            np.asarray(train.features)[:, :, feature_names.index("psf_gamma")], info["bands"])
+        # widened by the fit's typical scatter between fields of one PSF; a
+        # shape never fitted: any shape is outside what the model saw
+        shapes = _central_range(train, feature_names, "psf_gamma", info["bands"],
+                                dict.fromkeys(info["bands"], 0.0))
+        psf["gamma_range"] = {
+            band: [round(max(float(low) - _GAMMA_MARGIN, -0.5), 4),
+                   round(min(float(high) + _GAMMA_MARGIN, 0.9), 4)]
+            for band, (low, high) in shapes.items()}
     return psf
 
 
-def _gamma_validity(column, bands):
-    """``gamma_range`` per band: the central 99 % of the profile shapes seen in training."""
+def _central_range(train, feature_names, name, bands, empty):
+    """
+    Per band, the 0.5th and 99.5th percentiles of a feature's finite values
+    in training (``empty[band]`` where it has none).
+    """
+    column = np.asarray(train.features)[:, :, feature_names.index(name)]
     ranges = {}
     for c, band in enumerate(bands):
         values = column[:, c][np.isfinite(column[:, c])]
-        if values.size == 0:  # never fitted: any shape is outside what the model saw
-            values = np.zeros(1)
-        low, high = np.quantile(values, [0.005, 0.995])
-        # widened by the fit's typical scatter between fields of one PSF (0.05)
-        ranges[band] = [round(max(float(low) - _GAMMA_MARGIN, -0.5), 4),
-                        round(min(float(high) + _GAMMA_MARGIN, 0.9), 4)]
+        if values.size == 0:
+            values = np.array([empty[band]])
+        ranges[band] = np.quantile(values, [0.005, 0.995])
     return ranges
 
 
