@@ -87,7 +87,8 @@ RESAMPLE = "resample_order"
 EXTRA_CONDITIONS = {
     "psf x1.8": {"psf_scale": 1.8},
     "moffat b=3.5 x1.2": {"psf_model": "moffat", "psf_beta": 3.5, "psf_scale": 1.2},
-    # Wings beyond the training fields' (beta 2.5-5): flagged OUT_OF_RANGE.
+    # Wings heavier than most training fields' (beta 2.5-5; one set of four
+    # reached 2): rbim-lite-v13's gamma_range flags them OUT_OF_RANGE.
     "moffat b=2": {"psf_model": "moffat", "psf_beta": 2.0},
     "moffat b=2 x1.4": {"psf_model": "moffat", "psf_beta": 2.0, "psf_scale": 1.4},
     "depth -1 mag": {"exptime_scale": exptime_scale_for_depth(-1.0)},
