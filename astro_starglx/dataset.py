@@ -161,6 +161,13 @@ class DatasetConfig:
         Each field's PSF gradient across the field
         (`~astro_starglx.simulate.SimConfig.psf_gradient`) is drawn uniformly
         from this range.
+    psf_ellipticity_range : tuple of float
+        Each field's PSF ellipticity
+        (`~astro_starglx.simulate.SimConfig.psf_ellipticity`, in [0, 0.9)) is
+        drawn uniformly from this range, with its angle uniform in [0, 180)
+        degrees. The default (0, 0) keeps round PSFs, as every data set made
+        before the setting existed had (so their recorded recipes still make
+        the same fields); (0, 0.2) covers the elongated PSFs of real optics.
     exptime_scale_range : tuple of float
         Each field's exposure times are scaled by a factor drawn
         log-uniformly from this range (noise-level augmentation: the default
@@ -212,6 +219,7 @@ class DatasetConfig:
     psf_models: tuple = ("airy", "moffat", "gaussian")
     psf_beta_range: tuple = (2.5, 5.0)
     psf_gradient_range: tuple = (-0.4, 0.4)
+    psf_ellipticity_range: tuple = (0.0, 0.0)
     exptime_scale_range: tuple = (0.18, 5.0)
     galaxy_size_range: tuple = (0.7, 1.3)
     sersic_fraction: float = 0.3
@@ -254,6 +262,10 @@ class DatasetConfig:
             "psf_beta_range": check_range("psf_beta_range", self.psf_beta_range, low=1.1),
             "psf_gradient_range": check_range("psf_gradient_range", self.psf_gradient_range,
                                               low=-1.0, high=1.0),
+            "psf_ellipticity_range": check_range("psf_ellipticity_range",
+                                                 self.psf_ellipticity_range, low=0.0,
+                                                 high=0.89,
+                                                 hint="; e.g. psf_ellipticity_range=(0, 0.2)"),
             "exptime_scale_range": _positive_range("exptime_scale_range",
                                                    self.exptime_scale_range),
             "galaxy_size_range": _positive_range("galaxy_size_range", self.galaxy_size_range),
@@ -469,11 +481,14 @@ def _field_plan(config):
     log_t = rng.uniform(*np.log(config.exptime_scale_range), size=n_fields)
     log_s = rng.uniform(*np.log(config.galaxy_size_range), size=n_fields)
     gradients = rng.uniform(*config.psf_gradient_range, size=n_fields)
+    ellipticities = rng.uniform(*config.psf_ellipticity_range, size=n_fields)
+    angles = rng.uniform(0.0, 180.0, size=n_fields)
     sims = [config.field_config(
         n_stars=int(stars[i]), n_galaxies=int(galaxies[i]), psf_scale=float(psf_scales[i]),
         psf_model=str(models[i]), psf_beta=float(betas[i]),
         exptime_scale=float(np.exp(log_t[i])), galaxy_size_scale=float(np.exp(log_s[i])),
-        psf_gradient=float(gradients[i])) for i in range(n_fields)]
+        psf_gradient=float(gradients[i]), psf_ellipticity=float(ellipticities[i]),
+        psf_angle=float(angles[i])) for i in range(n_fields)]
     return [int(s) for s in field_seeds], split_of_field, sims, per_field
 
 

@@ -91,11 +91,20 @@ EXTRA_CONDITIONS = {
     # reached 2): rbim-lite-v13's gamma_range flags them OUT_OF_RANGE.
     "moffat b=2": {"psf_model": "moffat", "psf_beta": 2.0},
     "moffat b=2 x1.4": {"psf_model": "moffat", "psf_beta": 2.0, "psf_scale": 1.4},
+    # Elongated PSFs (aberrations, tracking, focal-plane tilt): no training
+    # set of rbim-lite-v13 had one.
+    "psf e=0.1": {"psf_ellipticity": 0.1, "psf_angle": 30.0},
+    "psf e=0.2": {"psf_ellipticity": 0.2, "psf_angle": 30.0},
+    "psf e=0.2 x1.4": {"psf_ellipticity": 0.2, "psf_angle": 30.0, "psf_scale": 1.4},
     "depth -1 mag": {"exptime_scale": exptime_scale_for_depth(-1.0)},
     "depth +0.5 mag": {"exptime_scale": exptime_scale_for_depth(0.5)},
     "galaxies x0.7": {"galaxy_size_scale": 0.7},
     "sersic galaxies": {"sersic_fraction": 1.0},
     "colour scatter 0.1": {"colour_scatter": 0.1},
+    # Colours far off the training loci (real stellar spectra against the
+    # simulator's blackbodies differ by up to a few tenths of a magnitude):
+    # how much the model leans on colour.
+    "colour scatter 0.3": {"colour_scatter": 0.3},
     "sky kept": {"subtract_sky": False},
     # Coadds are resampled, which correlates the noise of neighbouring pixels:
     # every band shifted by half a pixel after simulation (its WCS with it),
@@ -109,7 +118,7 @@ ALL_CONDITIONS = {**CONDITIONS, **EXTRA_CONDITIONS}
 
 #: Header keywords that tell the PSF; removed with ``--psf-source measured``.
 PSF_KEYWORDS = ("PSFFWHM", "SEEING", "FWHM", "PSF_FWHM", "PSFR80", "PSFSCALE", "PSFMODEL",
-                "PSFBETA", "PSFGRAD", "PSFJITTR")
+                "PSFBETA", "PSFGRAD", "PSFJITTR", "PSFELLIP", "PSFANGLE")
 
 #: Magnitude limits (r band, truth) of the recall columns.
 MAG_LIMITS = (25.0, 26.0)

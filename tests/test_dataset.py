@@ -115,6 +115,7 @@ def test_errors(tmp_path):
     ({"exptime_scale_range": (-1.0, 2.0)}, "exptime_scale_range must be a"),
     ({"psf_beta_range": (1.0, 2.0)}, "psf_beta_range must be a"),
     ({"psf_gradient_range": (0.0, 1.5)}, "psf_gradient_range must be a"),
+    ({"psf_ellipticity_range": (0.0, 0.95)}, "psf_ellipticity_range must be a"),
     ({"neighbour_fraction": 2.0}, "neighbour_fraction"),
     ({"mag_range": (26.0, 17.0)}, "mag_range"),
     ({"bands": ("r", "w")}, "bands holds unknown band names"),
@@ -171,7 +172,7 @@ def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
                            psf_models=("moffat", "gaussian"), exptime_scale_range=(0.5, 2.0),
                            galaxy_size_range=(0.8, 1.25), sersic_fraction=0.5,
                            colour_scatter=0.05, psf_gradient_range=(-0.4, 0.4),
-                           neighbour_fraction=0.5)
+                           psf_ellipticity_range=(0.05, 0.2), neighbour_fraction=0.5)
     info = json.loads((path / "dataset.json").read_text())
     conditions = info["field_conditions"]
     assert len(conditions) == len(calls) == info["n_fields"] >= 3
@@ -182,6 +183,7 @@ def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
         assert 0.5 <= cond["exptime_scale"] <= 2.0
         assert 0.8 <= cond["galaxy_size_scale"] <= 1.25
         assert -0.4 <= cond["psf_gradient"] <= 0.4
+        assert 0.05 <= cond["psf_ellipticity"] <= 0.2 and 0.0 <= cond["psf_angle"] < 180.0
         assert cond["sersic_fraction"] == 0.5 and cond["neighbour_fraction"] == 0.5
     assert len({c["psf_scale"] for c in conditions}) == len(conditions)
     # The stored per-source PSF scale is the field's; the PSF FWHM is each
@@ -196,6 +198,24 @@ def test_field_conditions_reach_the_simulator(tmp_path, monkeypatch):
             assert np.ptp(data.catalog["psf_fwhm_r"][rows]) > 0
         n_blended += np.count_nonzero(np.isfinite(data.catalog["neighbour_sep"]))
     assert n_blended > 0
+
+
+def test_psf_ellipticity_keeps_the_other_draws_of_a_seed():
+    # The ellipticities are drawn after every older per-field setting, so a
+    # recorded recipe (made before the setting, hence round PSFs: the
+    # default) still makes the same fields, and adding elongation changes
+    # nothing else of a seed's fields.
+    kwargs = {"n_stars": 300, "n_galaxies": 900, "field_size": 512, "seed": 7}
+    seeds, splits, sims, _ = ds._field_plan(ds.DatasetConfig(**kwargs))
+    seeds_e, splits_e, sims_e, _ = ds._field_plan(
+        ds.DatasetConfig(**kwargs, psf_ellipticity_range=(0.0, 0.2)))
+    assert seeds == seeds_e and list(splits) == list(splits_e)
+    assert {s.psf_ellipticity for s in sims} == {0.0}
+    drawn = [s.psf_ellipticity for s in sims_e]
+    assert 0.0 < min(drawn) < max(drawn) <= 0.2
+    for sim, sim_e in zip(sims, sims_e):
+        assert {**sim.record(), "psf_ellipticity": 0, "psf_angle": 0} == \
+            {**sim_e.record(), "psf_ellipticity": 0, "psf_angle": 0}
 
 
 def test_psf_models_error(tmp_path):

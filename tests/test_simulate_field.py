@@ -157,6 +157,9 @@ def test_config_errors():
     ({"psf_model": "kolmogorov"}, "psf_model must be one of"),
     ({"psf_beta": 1.0}, "psf_beta must be a finite number >= 1.1"),
     ({"psf_gradient": 1.5}, "psf_gradient must be a finite number >= -1.0 and <= 1.0"),
+    ({"psf_ellipticity": 0.9}, "psf_ellipticity must be a finite number >= 0.0 and < 0.9"),
+    ({"psf_ellipticity": -0.1}, "psf_ellipticity"),
+    ({"psf_angle": float("nan")}, "psf_angle must be a finite number"),
     ({"exptime_scale": 0.0}, "exptime_scale"),
     ({"galaxy_size_scale": -1.0}, "galaxy_size_scale"),
     ({"sersic_fraction": 1.5}, "sersic_fraction"),
@@ -384,6 +387,43 @@ def test_moffat_wings_are_stronger_than_gaussian():
         r = np.hypot(xx - truth["x_r"][0], yy - truth["y_r"][0])
         fractions[psf_model] = images["r"].data[r > 5].sum() / truth["flux_r"][0]
     assert fractions["moffat"] > 0.02 > abs(fractions["gaussian"])
+
+
+def _moment_shape(data, x, y, radius=6):
+    # Unweighted second moments of a star within a box: (Qxx, Qyy, Qxy), pixel^2.
+    ix, iy = int(round(x)), int(round(y))
+    box = data[iy - radius:iy + radius + 1, ix - radius:ix + radius + 1].astype(float)
+    gy, gx = np.mgrid[iy - radius:iy + radius + 1, ix - radius:ix + radius + 1]
+    dx, dy = gx - x, gy - y
+    return ((box * dx**2).sum() / box.sum(), (box * dy**2).sum() / box.sum(),
+            (box * dx * dy).sum() / box.sum())
+
+
+@requires_galsim
+@pytest.mark.parametrize(("psf_angle", "axis"), [(0.0, "x"), (90.0, "y"), (45.0, "diagonal")])
+def test_psf_ellipticity_elongates_stars_along_the_angle(psf_angle, axis):
+    # A bright star drawn with a Gaussian PSF in the middle of an empty field:
+    # e = 0.3 elongates it along the stated axis on the sky (east is -x on the
+    # base grid, so 45 degrees lies along x = -y) while its area, hence the
+    # determinant of its moments, stays that of the round PSF.
+    kwargs = {"shape": (64, 64), "n_stars": 0, "n_galaxies": 0, "bands": ("r",),
+              "psf_model": "gaussian", "psf_scale": 2.0, "seed": 5}
+    stars = {}
+    for e in (0.0, 0.3):
+        images, _ = simulate_field(**kwargs, psf_ellipticity=e, psf_angle=psf_angle)
+        assert images["r"].meta["PSFELLIP"] == e and images["r"].meta["PSFANGLE"] == psf_angle
+        ra, dec = images["r"].wcs.pixel_to_world_values([31.6], [32.3])
+        out, star = inject_point_sources(images, ra, dec, 18.0, seed=1)
+        added = out["r"].data - images["r"].data
+        stars[e] = _moment_shape(added, star["x_r"][0], star["y_r"][0])
+    (qxx, qyy, qxy), (rxx, ryy, rxy) = stars[0.3], stars[0.0]
+    assert abs(rxx - ryy) < 0.02 * (rxx + ryy) and abs(rxy) < 0.01 * (rxx + ryy)
+    e1, e2 = (qxx - qyy) / (qxx + qyy), 2.0 * qxy / (qxx + qyy)
+    # the pixel dilutes the PSF's own 0.3 a little
+    expected = {"x": (0.3, 0.0), "y": (-0.3, 0.0), "diagonal": (0.0, -0.3)}[axis]
+    np.testing.assert_allclose([e1, e2], expected, atol=0.06)
+    assert math.sqrt(qxx * qyy - qxy**2) == pytest.approx(math.sqrt(rxx * ryy - rxy**2),
+                                                          rel=0.05)
 
 
 def _moment_fwhm(data, x, y, radius=6):

@@ -99,6 +99,22 @@ def test_inject_point_sources_uses_the_field_psf():
     assert added[r > 5].sum() / table["flux_r"][0] > 0.02
 
 
+def test_inject_follows_the_psf_ellipticity():
+    # A star injected into a field with an elongated PSF (header PSFELLIP,
+    # PSFANGLE) is elongated as the field's own stars are: along x at angle 0.
+    images, _ = simulate_field(shape=(48, 48), n_stars=0, n_galaxies=0, bands=("r",),
+                               psf_model="gaussian", psf_scale=2.0, psf_ellipticity=0.3,
+                               seed=0)
+    ra, dec = images["r"].wcs.pixel_to_world_values([23.8], [24.1])
+    out, table = inject_point_sources(images, ra, dec, 17.5, seed=1)
+    added = (out["r"].data - images["r"].data).astype(float)
+    yy, xx = np.indices(added.shape)
+    dx, dy = xx - table["x_r"][0], yy - table["y_r"][0]
+    near = np.hypot(dx, dy) < 7
+    qxx, qyy = (added * dx**2)[near].sum(), (added * dy**2)[near].sum()
+    assert (qxx - qyy) / (qxx + qyy) > 0.2
+
+
 def test_inject_follows_the_psf_gradient():
     # The same star at the left and right edges of a field whose PSF is 80 %
     # wider at the right: its peak holds less of its light on the right.

@@ -44,6 +44,10 @@ keyword       unit                 meaning
                                    left to the right edge (``psf_gradient``)
 ``PSFMODEL``                       PSF family: airy, moffat or gaussian
 ``PSFBETA``                        Moffat index (used when PSFMODEL = moffat)
+``PSFELLIP``                       PSF ellipticity ``(a**2 - b**2) / (a**2 +
+                                   b**2)`` (``psf_ellipticity``)
+``PSFANGLE``  deg                  angle of the PSF's major axis, east
+                                   through north (``psf_angle``)
 ``PSFJITTR``  arcsec               sigma of the Gaussian jitter (airy)
 ``OBSCURAT``                       linear central obscuration of the pupil
 ``WAVEEFF``   nm                   effective wavelength of the band
@@ -198,6 +202,18 @@ class SimConfig:
     psf_beta : float
         Moffat index (> 1.1) when ``psf_model="moffat"``; smaller values give
         stronger wings.
+    psf_ellipticity : float
+        Ellipticity of every band's PSF, ``(a**2 - b**2) / (a**2 + b**2)``
+        (the second-moment definition of the ``ellipticity`` feature), in
+        [0, 0.9): an area-preserving shear applied after the dilation, as
+        optical aberrations, tracking errors or a tilted focal plane give
+        (space telescopes' requirements are typically below 0.15). The
+        headers' ``PSFFWHM`` and the truth's ``psf_fwhm_<band>`` stay those
+        of the round PSF of the same area.
+    psf_angle : float
+        Angle of the PSF's major axis on the sky, degrees from east through
+        north (on the base grid, whose x grows to the west, the axis lies at
+        ``180 - psf_angle`` degrees from +x towards +y).
     psf_gradient : float
         Fractional change of the PSF width across the field, in [-1, 1]: the
         dilation at column ``x`` of a band is ``psf_scale * (1 + psf_gradient
@@ -265,6 +281,8 @@ class SimConfig:
     psf_scale: float = 1.0
     psf_model: str = "airy"
     psf_beta: float = 3.0
+    psf_ellipticity: float = 0.0
+    psf_angle: float = 0.0
     psf_gradient: float = 0.0
     obscuration: float = SIM_OBSCURATION
     exptime_scale: float = 1.0
@@ -310,6 +328,10 @@ class SimConfig:
             "psf_model": check_choice("psf_model", self.psf_model, PSF_MODELS),
             "psf_beta": check_real("psf_beta", self.psf_beta, low=1.1,
                                    hint="; e.g. psf_beta=3.0"),
+            "psf_ellipticity": check_real("psf_ellipticity", self.psf_ellipticity, low=0.0,
+                                          high=0.9, high_open=True,
+                                          hint="; e.g. psf_ellipticity=0.1"),
+            "psf_angle": check_real("psf_angle", self.psf_angle, hint="; e.g. psf_angle=30.0"),
             "psf_gradient": check_real("psf_gradient", self.psf_gradient, low=-1.0,
                                        high=1.0, hint="; e.g. psf_gradient=0.3"),
             "obscuration": _check_obscuration(self.obscuration),
@@ -521,6 +543,7 @@ def _draw_band(galsim, config, model, band, wcs, sources, rng):
     src_ra, src_dec, mag_b, profiles, extent = sources
     shape = config.shape
     psf_kw = {"psf_model": config.psf_model, "psf_beta": config.psf_beta}
+    shape_kw = {"psf_ellipticity": config.psf_ellipticity, "psf_angle": config.psf_angle}
     x, y = wcs.all_world2pix(src_ra, src_dec, 0)
     flux = 10.0 ** (-0.4 * (mag_b - model.zeropoint))
     dilation = _psf_dilation(config.psf_scale, config.psf_gradient, x, shape[1])
@@ -528,9 +551,9 @@ def _draw_band(galsim, config, model, band, wcs, sources, rng):
     # Objects far below the noise (S/N < 0.02) are not drawn; they stay in truth.
     draw = np.flatnonzero(snr >= 0.02)
     if np.ndim(dilation) == 0:
-        psf = model.psf(psf_scale=config.psf_scale, **psf_kw)
+        psf = model.psf(psf_scale=config.psf_scale, **psf_kw, **shape_kw)
     else:
-        psf = [model.psf(psf_scale=float(dilation[k]), **psf_kw) for k in draw]
+        psf = [model.psf(psf_scale=float(dilation[k]), **psf_kw, **shape_kw) for k in draw]
     rate, n_drawn = _render(galsim, shape, wcs, psf, [profiles[k] for k in draw],
                             flux[draw], x[draw], y[draw], half[draw])
     zeropoint = (config.zeropoint.get(band) if isinstance(config.zeropoint, dict)
@@ -575,6 +598,8 @@ def _band_header(model, band, config, *, scale):
         ("PSFGRAD", config.psf_gradient, "fractional PSF width change left to right"),
         ("PSFMODEL", config.psf_model, "PSF family: airy (x jitter), moffat or gaussian"),
         ("PSFBETA", config.psf_beta, "Moffat index (PSFMODEL = moffat)"),
+        ("PSFELLIP", config.psf_ellipticity, "PSF ellipticity (a2-b2)/(a2+b2)"),
+        ("PSFANGLE", config.psf_angle, "[deg] PSF major axis, east through north"),
         ("PSFJITTR", model.jitter_sigma, "[arcsec] Gaussian jitter sigma"),
         ("OBSCURAT", model.obscuration, "linear central obscuration"),
         ("WAVEEFF", model.wave_eff, "[nm] effective wavelength"),

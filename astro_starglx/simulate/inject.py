@@ -53,7 +53,9 @@ def _inject_band(galsim, image, ra, dec, mag, rng):
                        obscuration=float(hdr["OBSCURAT"]))
     psf_scale = float(hdr["PSFSCALE"])
     psf_kw = {"psf_model": str(hdr.get("PSFMODEL", "airy")),
-              "psf_beta": float(hdr.get("PSFBETA", 3.0))}
+              "psf_beta": float(hdr.get("PSFBETA", 3.0)),
+              "psf_ellipticity": float(hdr.get("PSFELLIP", 0.0)),
+              "psf_angle": float(hdr.get("PSFANGLE", 0.0))}
     # Electrons per image unit (1 for e-/s images).
     gain = float(hdr.get("GAIN", 1.0))
     x, y = image.wcs.all_world2pix(ra, dec, 0)

@@ -349,7 +349,8 @@ class SimBand:
         """Total count rate (e-/s) of a point source at the 5-sigma depth."""
         return 10.0 ** (-0.4 * (self.depth - self.zeropoint))
 
-    def psf(self, *, psf_scale=1.0, psf_model="airy", psf_beta=3.0):
+    def psf(self, *, psf_scale=1.0, psf_model="airy", psf_beta=3.0, psf_ellipticity=0.0,
+            psf_angle=0.0):
         """
         The band's PSF as a GalSim profile (without the pixel).
 
@@ -362,6 +363,14 @@ class SimBand:
             have the FWHM of the nominal ``"airy"`` PSF before dilation.
         psf_beta : float, optional
             Moffat index, used when ``psf_model="moffat"``.
+        psf_ellipticity : float, optional
+            Ellipticity of the PSF, ``(a**2 - b**2) / (a**2 + b**2)`` (the
+            second-moment definition that `astro_starglx.features` measures),
+            applied as an area-preserving shear after the dilation, so the
+            geometric-mean size is unchanged.
+        psf_angle : float, optional
+            Angle of the PSF's major axis, degrees counter-clockwise from the
+            profile's first axis (east, in the simulator's world coordinates).
 
         Returns
         -------
@@ -369,7 +378,8 @@ class SimBand:
             Unit-flux profile in arcsec.
         """
         return _psf_profile(_import_galsim(), self.lam_over_diam, self.obscuration,
-                            self.jitter_sigma, psf_scale, psf_model, psf_beta)
+                            self.jitter_sigma, psf_scale, psf_model, psf_beta,
+                            psf_ellipticity, psf_angle)
 
     def psf_size(self, *, psf_scale=1.0, psf_model="airy", psf_beta=3.0):
         """
@@ -396,7 +406,7 @@ class SimBand:
 
 
 def _psf_profile(galsim, lam_over_diam, obscuration, jitter_sigma, psf_scale=1.0,
-                 psf_model="airy", psf_beta=3.0):
+                 psf_model="airy", psf_beta=3.0, psf_ellipticity=0.0, psf_angle=0.0):
     if psf_model == "airy":
         psf = galsim.Airy(lam_over_diam=lam_over_diam, obscuration=obscuration)
         if jitter_sigma > 0:
@@ -409,6 +419,9 @@ def _psf_profile(galsim, lam_over_diam, obscuration, jitter_sigma, psf_scale=1.0
             psf = galsim.Gaussian(fwhm=fwhm)
     if psf_scale != 1.0:
         psf = psf.dilate(psf_scale)
+    if psf_ellipticity > 0.0:
+        # GalSim's e is the distortion (a^2 - b^2) / (a^2 + b^2); a shear keeps the area
+        psf = psf.shear(e=psf_ellipticity, beta=psf_angle * galsim.degrees)
     return psf
 
 
