@@ -529,7 +529,7 @@ def _field_scale(images, pixel_scale, where):
 
 
 def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, ra_column,
-               dec_column, feature_scale, match_depth=None):
+               dec_column, feature_scale, match_depth=None, refine_positions=True):
     """
     Inputs of one field, as classify() extracts them (plus the PSF at each
     source), the feature scale used (``"auto"`` resolved on this field) and
@@ -545,6 +545,13 @@ def _one_field(catalog, images, labels, *, meta, zeropoints, psf, pixel_scale, r
         psf = match_band_keys(psf, meta.bands, "psf")
     x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    if refine_positions and len(catalog):
+        from .centroids import refine_catalog_positions, window_fwhm
+
+        model_scale = getattr(meta, "pixel_scale", pixel_scale)
+        fwhm = window_fwhm((getattr(meta, "psf", None) or {}).get("nominal_fwhm"),
+                           dict.fromkeys(images, pixel_scale), model_scale=model_scale)
+        x, y, _ = refine_catalog_positions(images, x, y, psf_fwhm=fwhm, pixel_scale=pixel_scale)
     estimates = {}
     if meta.psf is not None and len(catalog):
         from .psf import header_disagreement, resolve_psf
@@ -643,7 +650,8 @@ def _auto_feature_scale(meta, pixel_scale):
 
 def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=None,
                     psf=None, pixel_scale=None, ra_column="ra", dec_column="dec",
-                    feature_scale=None, allow_unlabelled=False, match_depth=None):
+                    feature_scale=None, allow_unlabelled=False, match_depth=None,
+                    refine_positions=True):
     """
     Model inputs and labels of your own labelled sources, as ``classify()`` sees them.
 
@@ -700,6 +708,11 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         (``feature_scale`` not 1, e.g. ``"auto"`` on another survey's
         pixels) and the model records its depth. The offsets are the
         result's ``magnitude_offset``.
+    refine_positions : bool, optional
+        Move the catalog's positions to their sources' windowed centroids
+        first, as ``classify()`` does by default (its ``refine_positions``;
+        `astro_starglx.centroids`), so that a model is fine-tuned and
+        evaluated on stamps cut as it will be run.
 
     Returns
     -------
@@ -733,6 +746,7 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
                                    hint="; or 'auto', or None for the model's")
     if match_depth is not None:
         check_bool("match_depth", match_depth)
+    check_bool("refine_positions", refine_positions)
     fields = _as_fields(catalog, images, zeropoints, psf)
     many = len(fields) > 1 or not _is_table(catalog)
     parts, scales, offsets = [], [], []
@@ -752,7 +766,7 @@ def labelled_inputs(catalog, images, *, meta, label_column="label", zeropoints=N
         part, feature_scale, offset = _one_field(
             cat, imgs, labels, meta=meta, zeropoints=zps, psf=field_psf, pixel_scale=scale,
             ra_column=ra_column, dec_column=dec_column, feature_scale=feature_scale,
-            match_depth=match_depth)
+            match_depth=match_depth, refine_positions=refine_positions)
         part["field"] = np.full(len(cat), i, dtype=np.int32)
         parts.append(part)
         offsets.append(offset)

@@ -213,7 +213,7 @@ class StarGalaxyClassifier:
     def predict_proba(self, catalog, images, *, ra_column="ra", dec_column="dec",
                       coord_column=None, x_column="x", y_column="y", shared_grid=False,
                       feature_columns=None, zeropoints=None, psf=None, star_fraction=None,
-                      match_depth=None):
+                      match_depth=None, refine_positions=True):
         """
         Class probabilities for every source.
 
@@ -231,7 +231,8 @@ class StarGalaxyClassifier:
                               dec_column=dec_column, coord_column=coord_column,
                               x_column=x_column, y_column=y_column,
                               shared_grid=shared_grid, feature_columns=feature_columns,
-                              zeropoints=zeropoints, psf=psf, match_depth=match_depth)[0]
+                              zeropoints=zeropoints, psf=psf, match_depth=match_depth,
+                              refine_positions=refine_positions)[0]
         if library.records:
             warnings.warn(library.summary(), StarGalaxyWarning, stacklevel=2)
         return self._apply_prior(proba, star_fraction)
@@ -239,7 +240,7 @@ class StarGalaxyClassifier:
     def classify(self, catalog, images, *, ra_column="ra", dec_column="dec",
                  coord_column=None, x_column="x", y_column="y", shared_grid=False,
                  feature_columns=None, zeropoints=None, psf=None, star_fraction=None,
-                 match_depth=None, overwrite=False):
+                 match_depth=None, refine_positions=True, overwrite=False):
         """
         Classify every source of ``catalog``.
 
@@ -329,6 +330,17 @@ class StarGalaxyClassifier:
             the base's where it matched the depth, so that its model sees
             the magnitudes it was fine-tuned on). The shift is reported in
             the result's meta (``depth``).
+        refine_positions : bool, optional
+            Move each catalog position to its source's windowed centroid
+            before the stamps are cut (`astro_starglx.centroids`): each
+            band's systematic offset from its bright sources (a WCS off by
+            a fraction of an arcsec), then each source's own error, combined
+            over the bands and shrunk by the scatter the bright sources show,
+            so that exact positions stay put. A catalog from another survey
+            or band is rarely exact, and a point source cut a pixel off its
+            centre looks extended (0.1" off: 91 % of the stars kept without
+            it, 100 % with it). Default True; ``False`` uses the positions as
+            given. What was done is in the result's meta (``positions``).
         overwrite : bool, optional
             Replace output columns that already exist in ``catalog``.
 
@@ -383,7 +395,8 @@ class StarGalaxyClassifier:
                 catalog, images, ra_column=ra_column, dec_column=dec_column,
                 coord_column=coord_column, x_column=x_column, y_column=y_column,
                 shared_grid=shared_grid, feature_columns=feature_columns,
-                zeropoints=zeropoints, psf=psf, match_depth=match_depth)
+                zeropoints=zeropoints, psf=psf, match_depth=match_depth,
+                refine_positions=refine_positions)
         if star_fraction is not None:
             conditions["star_fraction"] = (float(star_fraction) if np.ndim(star_fraction) == 0
                                            else "per source")
@@ -439,10 +452,12 @@ class StarGalaxyClassifier:
 
     # -- internals ------------------------------------------------------------
     def _run(self, catalog, images, *, ra_column, dec_column, coord_column, x_column,
-             y_column, shared_grid, feature_columns, zeropoints, psf, match_depth):
+             y_column, shared_grid, feature_columns, zeropoints, psf, match_depth,
+             refine_positions=True):
         check_catalog(catalog)
         if match_depth is not None:
             check_bool("match_depth", match_depth)
+        check_bool("refine_positions", refine_positions)
         meta = self.meta
         images = self._check_images(images, meta, match_depth=match_depth)
         if zeropoints is not None:
@@ -461,6 +476,19 @@ class StarGalaxyClassifier:
         x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                                coord_column=coord_column, x_column=x_column,
                                y_column=y_column, shared_grid=shared_grid)
+        refined = {}
+        if refine_positions and len(catalog):
+            from .centroids import refine_catalog_positions, window_fwhm
+
+            foreign = _foreign_scales(images, meta.pixel_scale)
+            fwhm = window_fwhm((meta.psf or {}).get("nominal_fwhm"),
+                               {band: foreign.get(band, meta.pixel_scale) for band in images},
+                               model_scale=meta.pixel_scale)
+            from .inference import thread_budget
+
+            x, y, refined = refine_catalog_positions(images, x, y, psf_fwhm=fwhm,
+                                                     pixel_scale=meta.pixel_scale,
+                                                     workers=min(2, thread_budget()))
         table_features = None
         if feature_columns is not None:
             table_features = features_from_table(catalog, bands=meta.bands,
@@ -552,6 +580,8 @@ class StarGalaxyClassifier:
                       if estimates else {})
         if depth:
             conditions["depth"] = depth
+        if refined:
+            conditions["positions"] = refined
         # call-level conditions, reported once (the summary warning, the meta)
         missing = [band for band in meta.bands if band not in images]
         if missing:

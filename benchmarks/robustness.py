@@ -83,6 +83,14 @@ CONDITIONS = {
 #: field): the spline order of a half-pixel shift (`resample_field`).
 RESAMPLE = "resample_order"
 
+#: Keys of conditions that perturb the catalog the classifier is given (not
+#: `SimConfig` fields): every position moved by this many arcsec to the
+#: north-east (a catalog or WCS off as a whole), and by a Gaussian error of
+#: this many arcsec per axis (another survey's astrometry), drawn from the
+#: field's seed (`with_catalog_errors`).
+CATALOG_SHIFT = "catalog_shift"
+CATALOG_SCATTER = "catalog_scatter"
+
 #: Further conditions, run only when named in ``--conditions``.
 EXTRA_CONDITIONS = {
     "psf x1.8": {"psf_scale": 1.8},
@@ -112,6 +120,12 @@ EXTRA_CONDITIONS = {
     # uncertainty still states the noise as simulated.
     "resampled bilinear": {RESAMPLE: 1},
     "resampled cubic": {RESAMPLE: 3},
+    # Catalogs off the images (classify refines the positions by default;
+    # --refine-positions off shows what it saves).
+    "catalog shift 0.1 arcsec": {CATALOG_SHIFT: 0.1},
+    "catalog shift 0.3 arcsec": {CATALOG_SHIFT: 0.3},
+    "catalog errors 0.03 arcsec": {CATALOG_SCATTER: 0.03},
+    "catalog errors 0.06 arcsec": {CATALOG_SCATTER: 0.06},
 }
 
 ALL_CONDITIONS = {**CONDITIONS, **EXTRA_CONDITIONS}
@@ -168,13 +182,38 @@ def simulate_condition(condition, n_fields, size, seed, cache=None):
             continue
         settings = dict(ALL_CONDITIONS[condition])
         order = settings.pop(RESAMPLE, None)
+        shift = settings.pop(CATALOG_SHIFT, 0.0)
+        scatter = settings.pop(CATALOG_SCATTER, 0.0)
         field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size), **settings)
         if order is not None:
             field = resample_field(*field, order=order)
+        if shift or scatter:
+            field = (field[0], with_catalog_errors(field[1], shift=shift, scatter=scatter,
+                                                   seed=seed + k))
         if folder is not None:
             _write_field(*field, folder)
         fields.append(field)
     return fields, time.perf_counter() - t0
+
+
+def with_catalog_errors(truth, *, shift, scatter, seed):
+    """
+    The truth with ``ra_catalog``/``dec_catalog``: its positions moved by
+    ``shift`` arcsec to the north-east and by a Gaussian error of ``scatter``
+    arcsec per axis, the catalog `classify_fields` then gives the classifier.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(truth)
+    east = shift / math.sqrt(2.0) + rng.normal(0.0, scatter, n) if scatter else \
+        np.full(n, shift / math.sqrt(2.0))
+    north = shift / math.sqrt(2.0) + rng.normal(0.0, scatter, n) if scatter else \
+        np.full(n, shift / math.sqrt(2.0))
+    truth = truth.copy()
+    dec = np.asarray(truth["dec"], dtype=float)
+    truth["ra_catalog"] = np.asarray(truth["ra"], dtype=float) \
+        + east / 3600.0 / np.cos(np.deg2rad(dec))
+    truth["dec_catalog"] = dec + north / 3600.0
+    return truth
 
 
 def resample_field(images, truth, *, order, shift=0.5):
@@ -307,7 +346,7 @@ def score(outs, fields):
     return row
 
 
-def classify_fields(clf, fields, psf_source):
+def classify_fields(clf, fields, psf_source, *, refine_positions=True):
     """Classify every field; the outputs and the classification wall time (s)."""
     outs, t_cls = [], 0.0
     for images, truth in fields:
@@ -315,7 +354,11 @@ def classify_fields(clf, fields, psf_source):
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StarGalaxyWarning)
-            outs.append(clf.classify(truth["id", "ra", "dec"], given))
+            catalog = truth["id", "ra", "dec"]
+            if "ra_catalog" in truth.colnames:  # a condition's perturbed catalog
+                catalog = Table({"id": truth["id"], "ra": truth["ra_catalog"],
+                                 "dec": truth["dec_catalog"]})
+            outs.append(clf.classify(catalog, given, refine_positions=refine_positions))
         t_cls += time.perf_counter() - t0
     return outs, t_cls
 
@@ -460,6 +503,8 @@ def parse_args(argv=None):
                              "measures the PSF (default); header: keep them")
     parser.add_argument("--jobs", type=int, default=1,
                         help="processes that simulate the conditions' fields")
+    parser.add_argument("--refine-positions", choices=("on", "off"), default="on",
+                        help="classify's refine_positions (default: on, as classify)")
     parser.add_argument("--device", default="cpu", help="torch device for classify")
     parser.add_argument("--precision", nargs="+", default=["auto"],
                         choices=("auto", "bf16", "fp32"),
@@ -506,11 +551,13 @@ def main(argv=None):
             # Untimed: the first call loads the weights and builds the predictor.
             images, truth = fields[0]
             for clf in classifiers:
-                classify_fields(clf, [(images, truth[:8])], args.psf_source)
+                classify_fields(clf, [(images, truth[:8])], args.psf_source,
+                                refine_positions=args.refine_positions == "on")
             warm = True
         n_src = sum(len(truth) for _, truth in fields)
         for name, clf in zip(names, classifiers):
-            outs, t_cls = classify_fields(clf, fields, args.psf_source)
+            outs, t_cls = classify_fields(clf, fields, args.psf_source,
+                                          refine_positions=args.refine_positions == "on")
             n_objects[name] += n_src
             t_classify[name] += t_cls
             row = {"condition": cond, "model": name, **score(outs, fields),

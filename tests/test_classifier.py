@@ -1282,3 +1282,37 @@ def test_precision_option(tiny_weights_file, field, monkeypatch):
         assert out.meta["astro_starglx"]["precision"] == ("bf16" if native else "fp32")
         same = outs["bf16" if native else "fp32"]
         np.testing.assert_array_equal(out["p_galaxy"], same["p_galaxy"])
+
+
+def test_catalog_positions_off_by_a_fraction_of_an_arcsec_are_refined(sim_field):
+    """A catalog 0.2" (2.7 pixels) off the images: refined, the default model's
+    classes are those of the exact positions; as given, point sources look
+    extended."""
+    catalog, images = sim_field
+    clf = StarGalaxyClassifier(device="cpu")
+
+    def run(table, **kwargs):  # the field's edge and blend flags warn: not tested here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StarGalaxyWarning)
+            return clf.classify(table, images, **kwargs)
+
+    exact = run(catalog)
+    shifted = catalog.copy()
+    shifted["dec"] = shifted["dec"] + 0.2 / 3600.0
+    out = run(shifted)
+    report = out.meta["astro_starglx"]["positions"]
+    for band in CSST_BANDS:  # north is +y: the catalog's offset, seen from the images
+        east, north = report["offset_arcsec"][band]
+        assert abs(east) < 0.02 and north == pytest.approx(-0.2, abs=0.02)
+    assert report["n_moved"] == len(catalog)
+    np.testing.assert_allclose(out["p_galaxy"], exact["p_galaxy"], atol=0.05)
+    assert list(out["class"]) == list(exact["class"])
+    as_given = run(shifted, refine_positions=False)
+    assert "positions" not in as_given.meta["astro_starglx"]
+    stars = np.asarray(exact["class"]) == "star"
+    assert np.mean(np.asarray(as_given["class"])[stars] == "star") < 0.8
+    # exact positions stay put: their refinement changes the probabilities little
+    unrefined = run(catalog, refine_positions=False)
+    np.testing.assert_allclose(exact["p_galaxy"], unrefined["p_galaxy"], atol=0.05)
+    with pytest.raises(ValueError, match="refine_positions must be"):
+        run(catalog, refine_positions="yes")

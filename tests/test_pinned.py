@@ -38,17 +38,25 @@ def test_bundled_models_keep_their_probabilities(field, name):
     images, truth = field
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # flag summaries of edge sources
-        # the stamps as cut (no canonical pose), as the code then did
+        # the stamps as cut (no canonical pose) at the positions as given
+        # (no refinement), as the code then did
         out = StarGalaxyClassifier(name, device="cpu", symmetrize="none",
-                                   precision="fp32").classify(truth, images)
+                                   precision="fp32").classify(truth, images,
+                                                              refine_positions=False)
         half = StarGalaxyClassifier(name, device="cpu", symmetrize="none",
-                                    precision="bf16").classify(truth, images)
+                                    precision="bf16").classify(truth, images,
+                                                               refine_positions=False)
+        refined = StarGalaxyClassifier(name, device="cpu", symmetrize="none",
+                                       precision="fp32").classify(truth, images)
     pinned = PINNED["models"][name]
     p = np.asarray(out["p_galaxy"].filled(np.nan), dtype=np.float64)
     expected = np.asarray(pinned["p_galaxy"], dtype=np.float64)
     assert p.shape == expected.shape
     np.testing.assert_array_equal(np.isnan(p), np.isnan(expected))
     np.testing.assert_allclose(p, expected, rtol=0, atol=1e-5, equal_nan=True)
+    # the truth's exact positions: refined, none moves
+    assert refined.meta["astro_starglx"]["positions"]["n_moved"] == 0
+    np.testing.assert_array_equal(refined["p_galaxy"].filled(np.nan), p)
     p_half = np.asarray(half["p_galaxy"].filled(np.nan), dtype=np.float64)
     np.testing.assert_allclose(p_half, expected, rtol=0, atol=0.03, equal_nan=True)
     # Bits 1-32 existed then; BLENDED (64) and OUT_OF_RANGE (128) came later.
