@@ -16,6 +16,7 @@ FORBIDDEN = {
     "astro_starglx.release": ("astropy",),
     "astro_starglx.cutouts": ("torch",),
     "astro_starglx.centroids": ("torch", "photutils"),
+    "astro_starglx.cosmic_rays": ("torch", "astroscrappy"),
     "astro_starglx.background": ("torch",),
     "astro_starglx.features": ("torch",),
     "astro_starglx.inputs": ("torch",),
