@@ -403,6 +403,7 @@ def _cmd_classify(args):
     result = clf.classify(catalog, images, ra_column=args.ra_column,
                           dec_column=args.dec_column, zeropoints=zeropoints, psf=psf,
                           match_depth=_MATCH_DEPTH[args.match_depth],
+                          refine_positions=not args.positions_as_given,
                           overwrite=args.replace_columns)
     _write_atomic(result, output, overwrite=True)
     print(f"wrote {len(result)} rows to {output}")
@@ -786,6 +787,10 @@ def _add_classify(sub, common):
     p.add_argument("--match-depth", choices=list(_MATCH_DEPTH), default="auto",
                    help="shift the magnitudes to the model's depth (classify's match_depth): "
                         "auto = on another survey's pixel scale")
+    p.add_argument("--positions-as-given", action="store_true",
+                   help="cut the stamps at the catalog's positions as they are (default: "
+                        "moved to the sources' centroids first, classify's "
+                        "refine_positions)")
     p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--device", default=None, help=_DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=1024, help="sources per batch")

@@ -282,6 +282,10 @@ def test_zeropoint_and_psf_reach_classify(tmp_path, tiny_weights_file, monkeypat
                  "--model", str(tiny_weights_file)]) == 0
     assert seen["zeropoints"] is None and seen["psf"] is None
     assert seen["match_depth"] is None  # --match-depth auto
+    assert seen["refine_positions"] is True
+    assert main(["classify", catalog, *specs, "-o", str(tmp_path / "given.ecsv"),
+                 "--model", str(tiny_weights_file), "--positions-as-given"]) == 0
+    assert seen["refine_positions"] is False
     for choice, value in (("on", True), ("off", False)):
         assert main(["classify", catalog, *specs, "-o", str(tmp_path / f"{choice}.ecsv"),
                      "--model", str(tiny_weights_file), "--match-depth", choice]) == 0
