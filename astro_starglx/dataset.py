@@ -180,6 +180,10 @@ class DatasetConfig:
     sersic_fraction : float
         Fraction of galaxies drawn as single Sersic profiles (index 0.5-4)
         rather than bulge + disk.
+    knot_fraction : float
+        Fraction of every disk's light in star-forming knots
+        (`~astro_starglx.simulate.SimConfig.knot_fraction`); 0, the default,
+        keeps the smooth disks every earlier data set had.
     colour_scatter : float
         Per-band magnitude scatter (mag) added to every source off the
         SED loci.
@@ -223,6 +227,7 @@ class DatasetConfig:
     exptime_scale_range: tuple = (0.18, 5.0)
     galaxy_size_range: tuple = (0.7, 1.3)
     sersic_fraction: float = 0.3
+    knot_fraction: float = 0.0
     colour_scatter: float = 0.05
     neighbour_fraction: float = 0.1
     neighbour_separation: tuple = (0.5, 2.0)
@@ -277,9 +282,9 @@ class DatasetConfig:
             object.__setattr__(self, name, value)
         # The simulator validates (and normalises) the settings it shares.
         sim = self.field_config()
-        for name in ("bands", "pixel_scale", "mag_range", "sersic_fraction", "colour_scatter",
-                     "neighbour_fraction", "neighbour_separation", "wcs_jitter",
-                     "rotation_jitter"):
+        for name in ("bands", "pixel_scale", "mag_range", "sersic_fraction", "knot_fraction",
+                     "colour_scatter", "neighbour_fraction", "neighbour_separation",
+                     "wcs_jitter", "rotation_jitter"):
             object.__setattr__(self, name, getattr(sim, name))
 
     def field_config(self, **overrides):
@@ -293,7 +298,8 @@ class DatasetConfig:
             "shape": (self.field_size, self.field_size), "bands": self.bands,
             "pixel_scale": self.pixel_scale, "mag_range": self.mag_range,
             "wcs_jitter": self.wcs_jitter, "rotation_jitter": self.rotation_jitter,
-            "sersic_fraction": self.sersic_fraction, "colour_scatter": self.colour_scatter,
+            "sersic_fraction": self.sersic_fraction, "knot_fraction": self.knot_fraction,
+            "colour_scatter": self.colour_scatter,
             "neighbour_fraction": self.neighbour_fraction,
             "neighbour_separation": self.neighbour_separation,
         }

@@ -108,6 +108,9 @@ EXTRA_CONDITIONS = {
     "depth +0.5 mag": {"exptime_scale": exptime_scale_for_depth(0.5)},
     "galaxies x0.7": {"galaxy_size_scale": 0.7},
     "sersic galaxies": {"sersic_fraction": 1.0},
+    # Clumpy disks (GalSim RandomKnots), which no training set had.
+    "knotty galaxies 0.3": {"knot_fraction": 0.3},
+    "knotty galaxies 0.6": {"knot_fraction": 0.6},
     "colour scatter 0.1": {"colour_scatter": 0.1},
     # Colours far off the training loci (real stellar spectra against the
     # simulator's blackbodies differ by up to a few tenths of a magnitude):

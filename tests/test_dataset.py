@@ -116,6 +116,7 @@ def test_errors(tmp_path):
     ({"psf_beta_range": (1.0, 2.0)}, "psf_beta_range must be a"),
     ({"psf_gradient_range": (0.0, 1.5)}, "psf_gradient_range must be a"),
     ({"psf_ellipticity_range": (0.0, 0.95)}, "psf_ellipticity_range must be a"),
+    ({"knot_fraction": 1.5}, "knot_fraction must be a"),
     ({"neighbour_fraction": 2.0}, "neighbour_fraction"),
     ({"mag_range": (26.0, 17.0)}, "mag_range"),
     ({"bands": ("r", "w")}, "bands holds unknown band names"),
@@ -210,7 +211,9 @@ def test_psf_ellipticity_keeps_the_other_draws_of_a_seed():
     seeds_e, splits_e, sims_e, _ = ds._field_plan(
         ds.DatasetConfig(**kwargs, psf_ellipticity_range=(0.0, 0.2)))
     assert seeds == seeds_e and list(splits) == list(splits_e)
-    assert {s.psf_ellipticity for s in sims} == {0.0}
+    assert {s.psf_ellipticity for s in sims} == {0.0} and {s.knot_fraction for s in sims} == {0}
+    knotty = ds._field_plan(ds.DatasetConfig(**kwargs, knot_fraction=0.3))[2]
+    assert {s.knot_fraction for s in knotty} == {0.3}
     drawn = [s.psf_ellipticity for s in sims_e]
     assert 0.0 < min(drawn) < max(drawn) <= 0.2
     for sim, sim_e in zip(sims, sims_e):

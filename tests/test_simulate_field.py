@@ -158,6 +158,7 @@ def test_config_errors():
     ({"psf_beta": 1.0}, "psf_beta must be a finite number >= 1.1"),
     ({"psf_gradient": 1.5}, "psf_gradient must be a finite number >= -1.0 and <= 1.0"),
     ({"psf_ellipticity": 0.9}, "psf_ellipticity must be a finite number >= 0.0 and < 0.9"),
+    ({"knot_fraction": 1.0}, "knot_fraction must be a finite number >= 0.0 and < 1.0"),
     ({"psf_ellipticity": -0.1}, "psf_ellipticity"),
     ({"psf_angle": float("nan")}, "psf_angle must be a finite number"),
     ({"exptime_scale": 0.0}, "exptime_scale"),
@@ -387,6 +388,40 @@ def test_moffat_wings_are_stronger_than_gaussian():
         r = np.hypot(xx - truth["x_r"][0], yy - truth["y_r"][0])
         fractions[psf_model] = images["r"].data[r > 5].sum() / truth["flux_r"][0]
     assert fractions["moffat"] > 0.02 > abs(fractions["gaussian"])
+
+
+@requires_galsim
+def test_knots_make_disks_clumpy_and_keep_the_sources():
+    # The same sources with 60 % of each disk's light in knots: the same
+    # truth and total light; each disk galaxy's noiseless profile keeps its
+    # flux but not its smooth shape, and a pure bulge has no knots.
+    import galsim
+
+    from astro_starglx.simulate.population import _galaxy_profile
+
+    kwargs = {"shape": (160, 160), "bands": ("r",), "n_stars": 4, "n_galaxies": 12,
+              "mag_range": (19.0, 21.0), "seed": 9}
+    smooth, truth = simulate_field(**kwargs)
+    knotty, same = simulate_field(**kwargs, knot_fraction=0.6)
+    for name in ("x_r", "y_r", "mag_r", "hlr", "label"):
+        np.testing.assert_array_equal(truth[name], same[name])
+    total = truth["flux_r"].sum()
+    assert abs(float(knotty["r"].data.sum()) - float(smooth["r"].data.sum())) < 0.01 * total
+
+    pop = {"beta": [0.3], "sersic_n": [np.nan], "bulge_fraction": [0.2], "bulge_hlr": [0.1],
+           "disk_hlr": [0.4], "g_bulge": [0.1], "g_disk": [0.3], "knot_fraction": [0.0],
+           "knot_seed": [7.0]}
+
+    def draw(**changes):
+        profile = galsim.Convolve(_galaxy_profile(galsim, {**pop, **changes}, 0),
+                                  galsim.Gaussian(sigma=0.07))
+        return profile.drawImage(nx=48, ny=48, scale=0.074).array
+
+    plain, knots = draw(), draw(knot_fraction=[0.6])
+    assert knots.sum() == pytest.approx(plain.sum(), rel=0.01)  # within the stamp
+    assert np.abs(knots - plain).sum() > 0.2 * plain.sum()
+    np.testing.assert_array_equal(draw(knot_fraction=[0.6], bulge_fraction=[1.0]),
+                                  draw(bulge_fraction=[1.0]))
 
 
 def _moment_shape(data, x, y, radius=6):

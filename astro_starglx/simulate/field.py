@@ -241,6 +241,11 @@ class SimConfig:
     sersic_fraction : float
         Fraction of galaxies drawn as one Sersic profile (index from 0.5 to
         4) instead of a de Vaucouleurs bulge plus exponential disk.
+    knot_fraction : float
+        Fraction of every galaxy disk's light, in [0, 1), in 20 star-forming
+        knots (`galsim.RandomKnots`, spread like the disk's light): clumpy,
+        irregular galaxies instead of smooth ones, as some simulators draw
+        them. Single-Sersic galaxies and pure bulges have none.
     colour_scatter : float
         Standard deviation (mag) of independent Gaussian offsets added to
         every source's magnitude in each band other than r: colours scattered
@@ -289,6 +294,7 @@ class SimConfig:
     zeropoint: float | dict | None = None
     galaxy_size_scale: float = 1.0
     sersic_fraction: float = 0.0
+    knot_fraction: float = 0.0
     colour_scatter: float = 0.0
     neighbour_fraction: float = 0.0
     neighbour_separation: tuple = (0.5, 2.0)
@@ -342,6 +348,9 @@ class SimConfig:
                                             low=0.0, low_open=True),
             "sersic_fraction": check_real("sersic_fraction", self.sersic_fraction, low=0.0,
                                           high=1.0),
+            "knot_fraction": check_real("knot_fraction", self.knot_fraction, low=0.0,
+                                        high=1.0, high_open=True,
+                                        hint="; e.g. knot_fraction=0.3"),
             "colour_scatter": check_real("colour_scatter", self.colour_scatter, low=0.0),
             "neighbour_fraction": check_real("neighbour_fraction", self.neighbour_fraction,
                                              low=0.0, high=1.0),
@@ -483,7 +492,8 @@ def _draw_sources(galsim, config, rng, rng_var, n_stars, n_galaxies, mag_bands):
     pop = _draw_population(rng, n_stars, n_galaxies, config.mag_range, config.star_slope,
                            config.galaxy_slope, rng_var=rng_var,
                            size_scale=config.galaxy_size_scale,
-                           sersic_fraction=config.sersic_fraction)
+                           sersic_fraction=config.sersic_fraction,
+                           knot_fraction=config.knot_fraction)
     ny, nx = config.shape
     n = n_stars + n_galaxies
     x_ref = rng.uniform(-0.5, nx - 0.5, n)
@@ -516,7 +526,8 @@ def _add_neighbours(galsim, config, rng, sources, mag_bands):
     comp = _draw_population(rng, int(is_star.sum()), int((~is_star).sum()),
                             config.mag_range, config.star_slope, config.galaxy_slope,
                             rng_var=rng, size_scale=config.galaxy_size_scale,
-                            sersic_fraction=config.sersic_fraction)
+                            sersic_fraction=config.sersic_fraction,
+                            knot_fraction=config.knot_fraction)
     comp_mags = _population_mags(galsim, comp, mag_bands)
     if config.colour_scatter > 0:
         scatter = rng.normal(0.0, config.colour_scatter, comp_mags.shape)

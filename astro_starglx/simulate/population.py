@@ -153,7 +153,12 @@ def _component_radii(hlr, bulge_fraction, ratio):
     return ratio * s * hlr, s * hlr
 
 
-def _draw_galaxies(rng, mag_g, *, rng_var=None, size_scale=1.0, sersic_fraction=0.0):
+#: Star-forming knots of a galaxy whose disk has some (``knot_fraction``).
+_N_KNOTS = 20
+
+
+def _draw_galaxies(rng, mag_g, *, rng_var=None, size_scale=1.0, sersic_fraction=0.0,
+                   knot_fraction=0.0):
     """Redshifts, types, sizes and shapes of galaxies of reference magnitudes
     ``mag_g``; a dict of arrays of their length."""
     n_galaxies = mag_g.size
@@ -185,19 +190,27 @@ def _draw_galaxies(rng, mag_g, *, rng_var=None, size_scale=1.0, sersic_fraction=
         single = rng_var.uniform(0.0, 1.0, n_galaxies) < sersic_fraction
         sersic_n[single] = rng_var.choice(_SERSIC_N_GRID, size=np.count_nonzero(single))
         bulge_fraction = np.where(single, np.nan, bulge_fraction)
+    # Knots: a fraction of each disk's light in GalSim's RandomKnots (after
+    # every other draw of the variations' stream, so that they keep theirs)
+    knots = np.zeros(n_galaxies)
+    knot_seed = np.zeros(n_galaxies)
+    if knot_fraction > 0:
+        knots = np.where(bulge_fraction < 1, knot_fraction, 0.0)
+        knot_seed = rng_var.integers(1, 2**31 - 1, n_galaxies).astype(float)
     return {"redshift": z, "hlr": hlr, "bulge_fraction": bulge_fraction,
             "bulge_hlr": r_bulge, "disk_hlr": r_disk, "g_bulge": g_bulge, "g_disk": g_disk,
-            "ellipticity": g_total, "sersic_n": sersic_n, "beta": beta, "_type": gtype}
+            "ellipticity": g_total, "sersic_n": sersic_n, "beta": beta, "knot_fraction": knots,
+            "knot_seed": knot_seed, "_type": gtype}
 
 
 # Value of each galaxy quantity for stars.
 _STAR_FILL = {"redshift": np.nan, "hlr": 0.0, "bulge_fraction": np.nan, "bulge_hlr": np.nan,
               "disk_hlr": np.nan, "g_bulge": np.nan, "g_disk": np.nan, "ellipticity": 0.0,
-              "sersic_n": np.nan, "beta": np.nan}
+              "sersic_n": np.nan, "beta": np.nan, "knot_fraction": 0.0, "knot_seed": 0.0}
 
 
 def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slope, *,
-                     rng_var=None, size_scale=1.0, sersic_fraction=0.0):
+                     rng_var=None, size_scale=1.0, sersic_fraction=0.0, knot_fraction=0.0):
     """
     Draw ``n_stars`` stars then ``n_galaxies`` galaxies.
 
@@ -218,7 +231,8 @@ def _draw_population(rng, n_stars, n_galaxies, mag_range, star_slope, galaxy_slo
     teff[:n_stars] = _star_teff(rng, n_stars)
     pop["teff"] = teff
     gal = _draw_galaxies(rng, pop["mag_ref"][n_stars:], rng_var=rng_var,
-                         size_scale=size_scale, sersic_fraction=sersic_fraction)
+                         size_scale=size_scale, sersic_fraction=sersic_fraction,
+                         knot_fraction=knot_fraction)
     for key, fill in _STAR_FILL.items():
         out = np.full(n, fill, dtype=float)
         out[n_stars:] = gal[key]
@@ -260,9 +274,14 @@ def _galaxy_profile(galsim, pop, k):
         parts.append(galsim.DeVaucouleurs(half_light_radius=float(pop["bulge_hlr"][k]),
                                           flux=bt).shear(g=float(pop["g_bulge"][k]), beta=beta))
     if bt < 1:
-        parts.append(galsim.Exponential(half_light_radius=float(pop["disk_hlr"][k]),
-                                        flux=1.0 - bt).shear(g=float(pop["g_disk"][k]),
-                                                             beta=beta))
+        knots = float(pop["knot_fraction"][k])
+        disk = galsim.Exponential(half_light_radius=float(pop["disk_hlr"][k]),
+                                  flux=(1.0 - bt) * (1.0 - knots))
+        if knots > 0:
+            disk = galsim.Add([disk, galsim.RandomKnots(
+                _N_KNOTS, half_light_radius=float(pop["disk_hlr"][k]), flux=(1.0 - bt) * knots,
+                rng=galsim.BaseDeviate(int(pop["knot_seed"][k])))])
+        parts.append(disk.shear(g=float(pop["g_disk"][k]), beta=beta))
     return parts[0] if len(parts) == 1 else galsim.Add(parts)
 
 
