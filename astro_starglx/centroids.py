@@ -19,7 +19,7 @@ does, in two stages:
    window wide enough to capture 0.4" (`SYSTEMATIC_SCHEDULE`). At least
    `MIN_REFERENCE_SOURCES` are needed, else no offset is applied. The
    scatter of their shifts about it says how exact the catalog is: below
-   `SKIP_SCATTER` stage 2 is skipped (0.1 s per 10,000 sources and 7 bands
+   `SKIP_SCATTER` pixels stage 2 is skipped (0.1 s per 10,000 sources and 7 bands
    in all, against 0.3-0.4 s with it).
 2. **Per source, the random error** (common to all bands, on the sky):
    each band's windowed centroid from the position corrected for that
@@ -115,15 +115,17 @@ OUTLIER_SIGMAS = 4.0
 #: position.
 MERGE_FWHM = 0.5
 
-#: Floor of the catalog scatter ``tau``, arcsec: below it a catalog is
-#: taken as exact.
-TAU_FLOOR = 0.003
+#: Floor of the catalog scatter ``tau``, in pixels (0.003" on CSST's):
+#: below it a catalog is taken as exact.
+TAU_FLOOR = 0.04
 
-#: Catalog scatter per axis (arcsec, 0.08 CSST pixels) seen by stage 1's
-#: references below which stage 2 is skipped: the shrinkage would move a
-#: source by less than a tenth of the 0.3 pixels the training jittered
-#: positions by, at 0.1-0.3 s per 10,000 sources and 7 bands.
-SKIP_SCATTER = 0.006
+#: Catalog scatter per axis, in pixels (0.006" on CSST's), seen by stage
+#: 1's references below which stage 2 is skipped: the shrinkage would move
+#: a source by less than a tenth of the 0.3 pixels the training jittered
+#: positions by, at 0.1-0.3 s per 10,000 sources and 7 bands. In pixels,
+#: not arcsec: what matters is where the stamp is cut (on an SDSS-like
+#: field of 0.396" pixels, an exact catalog's 0.014" was 0.04 pixel).
+SKIP_SCATTER = 0.08
 
 #: Sources per band, spread evenly over the catalog, among which stage 1
 #: looks for its references.
@@ -238,7 +240,7 @@ def _robust_scatter(values):
     return float(math.sqrt(np.mean(mad**2)))
 
 
-def combine_shifts(shifts, errors, *, reference):
+def combine_shifts(shifts, errors, *, reference, tau_floor=0.003):
     """
     Each source's sky shift from its per-band shifts, shrunk by its error.
 
@@ -250,13 +252,16 @@ def combine_shifts(shifts, errors, *, reference):
         Their standard errors per axis (arcsec).
     reference : `~numpy.ndarray`, shape (N,), bool
         Sources bright enough to measure the catalog's scatter.
+    tau_floor : float, optional
+        Least catalog scatter (arcsec; `refine_positions` gives `TAU_FLOOR`
+        pixels).
 
     Returns
     -------
     shift : `~numpy.ndarray`, shape (N, 2)
         The shift to apply (arcsec), 0 where none is.
     tau : float
-        The catalog's scatter per axis (arcsec), at least `TAU_FLOOR`; 0
+        The catalog's scatter per axis (arcsec), at least ``tau_floor``; 0
         when fewer than `MIN_SCATTER_REFERENCES` references measured it.
     """
     n = shifts.shape[0]
@@ -273,7 +278,7 @@ def combine_shifts(shifts, errors, *, reference):
         return np.zeros((n, 2)), 0.0
     # scatter of the references' shifts beyond their own errors
     scatter = _robust_scatter(mean[refs])
-    tau = math.sqrt(max(scatter**2 - float(np.median(sigma[refs] ** 2)), TAU_FLOOR**2))
+    tau = math.sqrt(max(scatter**2 - float(np.median(sigma[refs] ** 2)), tau_floor**2))
     with np.errstate(invalid="ignore"):
         weight = tau**2 / (tau**2 + sigma**2)
         expected = np.sqrt(tau**2 + sigma**2)
@@ -419,7 +424,7 @@ def refine_positions(measure, x, y, *, jacobians, psf_sigma, workers=1):
     Duplicated rows are measured once, and the result does not depend on
     the order of the rows. Stage 1 looks at `STAGE1_SAMPLE` sources per
     band at most. When the bright sources show a catalog scatter below
-    `SKIP_SCATTER` (exact positions), stage 2 is skipped: its shrinkage
+    `SKIP_SCATTER` pixels (exact positions), stage 2 is skipped: its shrinkage
     would move no source by a measurable amount.
     """
     bands = list(x)
@@ -441,8 +446,11 @@ def refine_positions(measure, x, y, *, jacobians, psf_sigma, workers=1):
         ux[band] = ux[band] + dx
         uy[band] = uy[band] + dy
     tau = _stage1_scatter(results)
-    if tau > SKIP_SCATTER:
-        tau = _stage2(measure, bands, ux, uy, jac, psf_sigma, workers)
+    # the thresholds are in pixels: arcsec through the bands' median scale
+    scale = float(np.median([math.sqrt(abs(np.linalg.det(j))) for j in jac.values()]))
+    if tau > SKIP_SCATTER * scale:
+        tau = _stage2(measure, bands, ux, uy, jac, psf_sigma, workers,
+                      tau_floor=TAU_FLOOR * scale)
     report["scatter_arcsec"] = round(tau, 4)
     new_x = {b: ux[b][inverse] for b in bands}
     new_y = {b: uy[b][inverse] for b in bands}
@@ -454,7 +462,7 @@ def refine_positions(measure, x, y, *, jacobians, psf_sigma, workers=1):
     return new_x, new_y, report
 
 
-def _stage2(measure, bands, ux, uy, jac, psf_sigma, workers):
+def _stage2(measure, bands, ux, uy, jac, psf_sigma, workers, *, tau_floor):
     """Each source's own shift, combined over the bands and shrunk; moves
     ``ux``, ``uy`` in place and returns the catalog's scatter (arcsec)."""
     m = len(ux[bands[0]])
@@ -472,7 +480,7 @@ def _stage2(measure, bands, ux, uy, jac, psf_sigma, workers):
     shifts = np.stack([r[0] for r in results], axis=1) if results else np.empty((m, 0, 2))
     errors = np.stack([r[1] for r in results], axis=1) if results else np.empty((m, 0))
     reference = np.any([r[2] for r in results], axis=0)
-    sky, tau = combine_shifts(shifts, errors, reference=reference)
+    sky, tau = combine_shifts(shifts, errors, reference=reference, tau_floor=tau_floor)
     _undo_merges(sky, ux, uy, jac, psf_sigma)
     band = bands[0]
     small = np.hypot(*(sky @ np.linalg.inv(jac[band]).T).T) < MIN_SHIFT
