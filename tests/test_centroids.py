@@ -166,3 +166,25 @@ def test_few_sources_and_missing_positions_are_left_alone():
     np.testing.assert_array_equal(ny["r"], y)
     assert report["offset_arcsec"]["r"] == [0.0, 0.0] and report["scatter_arcsec"] == 0.0
     assert report["n_moved"] == 0
+
+
+@pytest.mark.parametrize("errors", [0.0, 0.8])
+def test_the_result_does_not_depend_on_the_pixel_scale(errors):
+    # The same pixels under a CSST-like WCS and an SDSS-like one (0.396"),
+    # with the PSF's FWHM scaled alike: every threshold is in pixels, so the
+    # refined pixel positions are the same (an exact catalog stays put).
+    rng = np.random.default_rng(8)
+    image, x, y, _ = _field(rng, n=80)
+    ex, ey = rng.normal(0.0, errors, (2, x.size)) if errors else (0.0, 0.0)
+    out = []
+    for scale in (PIXEL_SCALE, 0.396):
+        wcs = image.wcs.deepcopy()
+        wcs.wcs.cdelt = [-scale / 3600, scale / 3600]
+        coarse = CCDData(image.data, unit=image.unit, wcs=wcs, uncertainty=image.uncertainty)
+        out.append(refine_catalog_positions({"r": coarse}, {"r": x + ex}, {"r": y + ey},
+                                            psf_fwhm={"r": FWHM * scale / PIXEL_SCALE},
+                                            pixel_scale=scale))
+    (x1, y1, r1), (x2, y2, r2) = out
+    np.testing.assert_allclose(x1["r"], x2["r"], atol=1e-6)
+    np.testing.assert_allclose(y1["r"], y2["r"], atol=1e-6)
+    assert r1["n_moved"] == r2["n_moved"] and (r1["n_moved"] == 0) == (errors == 0.0)
