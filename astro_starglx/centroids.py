@@ -59,6 +59,7 @@ import warnings
 import numpy as np
 
 from ._validation import check_nddata, uncertainty_scale
+from .background import _MAD_TO_STD, _border_mask
 from .cutouts import _Plan, _to_sigma
 
 __all__ = ["windowed_centroids", "combine_shifts", "refine_positions",
@@ -236,7 +237,7 @@ def windowed_centroids(stamps, noise, start_x, start_y, *, psf_sigma, schedule):
 def _robust_scatter(values):
     """Per-axis MAD standard deviation of (M, 2) values, averaged in quadrature."""
     med = np.median(values, axis=0)
-    mad = np.median(np.abs(values - med), axis=0) * 1.482602218505602
+    mad = np.median(np.abs(values - med), axis=0) * _MAD_TO_STD
     return float(math.sqrt(np.mean(mad**2)))
 
 
@@ -511,7 +512,7 @@ def _ring_statistics(ring, sigma=None):
         dev = np.abs(ring[need] - med[need, None])
         with warnings.catch_warnings():  # rows without data: NaN, as intended
             warnings.simplefilter("ignore", RuntimeWarning)
-            noise[need] = 1.482602218505602 * np.nanmedian(dev, axis=1)
+            noise[need] = _MAD_TO_STD * np.nanmedian(dev, axis=1)
     return med, noise
 
 
@@ -587,8 +588,7 @@ def refine_catalog_positions(images, x, y, *, psf_fwhm, pixel_scale, workers=1):
     data = {band: check_nddata(f"images[{band!r}]", images[band]) for band in x}
     # the stamps' outermost pixels: their median is the background, their
     # MAD the noise where the uncertainty does not give it
-    ring = np.flatnonzero(np.pad(np.zeros((WINDOW_SIZE - 2,) * 2, dtype=bool), 1,
-                                 constant_values=True))
+    ring = np.flatnonzero(_border_mask(WINDOW_SIZE, WINDOW_SIZE))
 
     def measure(band, xb, yb):
         # The pixels and the mask at the stamp size, the uncertainty at the

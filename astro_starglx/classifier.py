@@ -476,6 +476,9 @@ class StarGalaxyClassifier:
         x, y = pixel_positions(catalog, images, ra_column=ra_column, dec_column=dec_column,
                                coord_column=coord_column, x_column=x_column,
                                y_column=y_column, shared_grid=shared_grid)
+        from .inference import thread_budget, torch_threads
+
+        budget = thread_budget()
         refined = {}
         if refine_positions and len(catalog):
             from .centroids import refine_catalog_positions, window_fwhm
@@ -484,11 +487,9 @@ class StarGalaxyClassifier:
             fwhm = window_fwhm((meta.psf or {}).get("nominal_fwhm"),
                                {band: foreign.get(band, meta.pixel_scale) for band in images},
                                model_scale=meta.pixel_scale)
-            from .inference import thread_budget
-
             x, y, refined = refine_catalog_positions(images, x, y, psf_fwhm=fwhm,
                                                      pixel_scale=meta.pixel_scale,
-                                                     workers=min(2, thread_budget()))
+                                                     workers=min(2, budget))
         table_features = None
         if feature_columns is not None:
             table_features = features_from_table(catalog, bands=meta.bands,
@@ -513,9 +514,6 @@ class StarGalaxyClassifier:
         # for a band with too few usable pixels: stamps measure their own): for
         # the images without an uncertainty, the depth of every band, and the
         # check of the uncertainties given.
-        from .inference import thread_budget, torch_threads
-
-        budget = thread_budget()
         estimates, flags[:], psf_out, noise = self._conditions(images, x, y, psf, list(images),
                                                                threads=budget)
         mismatch = _uncertainty_mismatch(images, noise)

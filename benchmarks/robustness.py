@@ -207,10 +207,7 @@ def with_catalog_errors(truth, *, shift, scatter, seed):
     """
     rng = np.random.default_rng(seed)
     n = len(truth)
-    east = shift / math.sqrt(2.0) + rng.normal(0.0, scatter, n) if scatter else \
-        np.full(n, shift / math.sqrt(2.0))
-    north = shift / math.sqrt(2.0) + rng.normal(0.0, scatter, n) if scatter else \
-        np.full(n, shift / math.sqrt(2.0))
+    east, north = shift / math.sqrt(2.0) + rng.normal(0.0, scatter, (2, n))
     truth = truth.copy()
     dec = np.asarray(truth["dec"], dtype=float)
     truth["ra_catalog"] = np.asarray(truth["ra"], dtype=float) \
