@@ -12,6 +12,13 @@ error of ``p_galaxy`` for r <= 25 and, for PSF-aware models, the accuracy of
 the PSF the classifier used: per band the median over sources of
 |estimate at the source / true FWHM - 1|, reported as the worst band's.
 
+A magnitude limit means another signal-to-noise ratio in a shallower field
+or under a wider PSF. So for models that record their training depth
+(``meta.depth``) it also reports the recalls at equal S/N: each field's
+limit is r <= 25 shifted by its own r-band 5-sigma point-source depth
+(`~astro_starglx.background.point_source_depth`, at the PSF the classifier
+measured) minus the model's, e.g. r <= 24 on a field 1 mag shallower.
+
 By default (``--psf-source measured``) the PSF keywords are removed from
 copies of the images, so that PSF-aware models must measure the PSF from the
 field, as on real images without such keywords; ``--psf-source header``
@@ -51,6 +58,8 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
+from astro_starglx.background import image_noise_or_nan, point_source_depth
+from astro_starglx.inputs import get_zeropoint
 from astro_starglx.metrics import expected_calibration_error
 from astro_starglx.psf import PSFEstimate
 from astro_starglx.simulate import SimConfig, exptime_scale_for_depth, simulate_field
@@ -308,9 +317,34 @@ def psf_errors(psf_meta, images, truth):
     return errors
 
 
-def score(outs, fields):
-    """Recalls, ECE and PSF accuracy of one model on the fields of a condition."""
-    label, mag, pred, p_gal = [], [], [], []
+def field_depth(psf_meta, images, truth, band="r"):
+    """
+    The ``band`` 5-sigma point-source depth of a field (AB mag), as the
+    classifier measures it for ``match_depth``: the image's noise and the
+    PSF it used (``psf_meta``, its FWHM's median over the sources); NaN
+    without a PSF for ``band``.
+    """
+    record = (psf_meta or {}).get(band)
+    if record is None:
+        return math.nan
+    est = PSFEstimate(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+    image = images[band]
+    fwhm = float(np.nanmedian(est.at(np.asarray(truth[f"x_{band}"]),
+                                     np.asarray(truth[f"y_{band}"]))))
+    pixel_scale = abs(float(image.wcs.proj_plane_pixel_scales()[0].to_value("arcsec")))
+    return point_source_depth(image, fwhm=fwhm / pixel_scale,
+                              zeropoint=get_zeropoint(image, band),
+                              sigma=image_noise_or_nan(image))
+
+
+def score(outs, fields, *, reference_depth=None):
+    """
+    Recalls, ECE and PSF accuracy of one model on the fields of a condition.
+
+    ``reference_depth``: the model's r-band training depth (``meta.depth``),
+    for the recalls at equal S/N (``*_snr``); None leaves them NaN.
+    """
+    label, mag, pred, p_gal, snr_limit = [], [], [], [], []
     errors, n_fell_back = {}, 0
     # A baseline without probabilities (SPREAD_MODEL) has no p_galaxy: no ECE.
     has_p = all("p_galaxy" in out.colnames for out in outs)
@@ -322,18 +356,24 @@ def score(outs, fields):
         p_gal.append(np.ma.getdata(out["p_galaxy"])[ok].astype(float) if has_p
                      else np.full(int(ok.sum()), math.nan))
         psf_meta = out.meta.get("astro_starglx", {}).get("psf")
+        shift = (field_depth(psf_meta, images, truth) - reference_depth
+                 if reference_depth is not None else math.nan)
+        snr_limit.append(np.full(int(ok.sum()), MAG_LIMITS[0] + shift))
         if psf_meta:
             n_fell_back += sum(bool(r["fell_back"]) for r in psf_meta.values())
             for band, err in psf_errors(psf_meta, images, truth).items():
                 errors.setdefault(band, []).append(err)
-    label, mag, pred, p_gal = (np.concatenate(a) for a in (label, mag, pred, p_gal))
+    arrays = (label, mag, pred, p_gal, snr_limit)
+    label, mag, pred, p_gal, snr_limit = (np.concatenate(a) for a in arrays)
     row = {}
-    for limit in MAG_LIMITS:
-        sel = mag <= limit
+    for limit in (*MAG_LIMITS, "snr"):
+        key = limit if limit == "snr" else f"{limit:.0f}"
+        sel = mag <= (snr_limit if limit == "snr" else limit)
         for cls in ("star", "galaxy"):
             r, e, n = recall(pred[sel], label[sel], cls)
-            row.update({f"{cls}_recall_{limit:.0f}": 100 * r, f"{cls}_err_{limit:.0f}": 100 * e,
-                        f"n_{cls}_{limit:.0f}": n})
+            row.update({f"{cls}_recall_{key}": 100 * r, f"{cls}_err_{key}": 100 * e,
+                        f"n_{cls}_{key}": n})
+    row["limit_snr"] = float(np.mean(snr_limit)) if snr_limit.size else math.nan
     sel = mag <= MAG_LIMITS[0]
     row["ece_25"] = (expected_calibration_error((label[sel] == "galaxy").astype(int),
                                                 p_gal[sel]) if sel.any() and has_p
@@ -365,9 +405,17 @@ def classify_fields(clf, fields, psf_source, *, refine_positions=True):
 
 # -------------------------------------------------------------------------- output
 def _recall_cell(row, limit):
-    lim = f"{limit:.0f}"
+    lim = limit if limit == "snr" else f"{limit:.0f}"
+    if not math.isfinite(row[f"star_recall_{lim}"]):
+        return "-"
     return (f"{row[f'star_recall_{lim}']:.2f} ± {row[f'star_err_{lim}']:.2f} / "
             f"{row[f'galaxy_recall_{lim}']:.2f} ± {row[f'galaxy_err_{lim}']:.2f}")
+
+
+def _snr_cell(row):
+    if not math.isfinite(row["limit_snr"]):
+        return "-"
+    return f"{_recall_cell(row, 'snr')} (r<={row['limit_snr']:.2f})"
 
 
 def _psf_cell(row):
@@ -377,21 +425,21 @@ def _psf_cell(row):
 
 
 def rst_grid(table, models):
-    """The table as an RST grid table: one row per condition, four columns per model."""
+    """The table as an RST grid table: one row per condition, five columns per model."""
     header = ["condition"]
     for name in models:
-        header += [f"{name}: star / galaxy recall r<=25 (%)", "r<=26 (%)", "ECE r<=25",
-                   "PSF error"]
+        header += [f"{name}: star / galaxy recall r<=25 (%)", "r<=26 (%)",
+                   "equal S/N (%): r<=25 + depth shift", "ECE r<=25", "PSF error"]
     body = []
     for cond in dict.fromkeys(table["condition"]):
         line = [cond]
         for name in models:
             rows = table[(table["condition"] == cond) & (table["model"] == name)]
             if len(rows) == 0:
-                line += ["-"] * 4
+                line += ["-"] * 5
                 continue
             row = rows[0]
-            line += [_recall_cell(row, 25), _recall_cell(row, 26),
+            line += [_recall_cell(row, 25), _recall_cell(row, 26), _snr_cell(row),
                      "-" if not math.isfinite(row["ece_25"]) else f"{row['ece_25']:.3f}",
                      _psf_cell(row)]
         body.append(line)
@@ -430,12 +478,14 @@ def build_table(rows, args, speed, wall):
         "precision": list(getattr(args, "precision", ["auto"])),
         "selection": "truth mag_r <= limit, classified (on the image)",
         "psf_err": "worst band's median over sources of |estimate / truth - 1|, %",
+        "snr": "recalls at truth mag_r <= 25 + (the field's r 5-sigma point-source depth - "
+               "the model's meta.depth r); limit_snr: the mean limit",
         "conditions": {c: {k: list(v) if isinstance(v, tuple) else v
                            for k, v in ALL_CONDITIONS[c].items()} for c in args.conditions},
         "wall_s": wall, "objects_per_s": speed,
     })
     for col in table.colnames:
-        if col.startswith(("star_", "galaxy_")) or col == "psf_err":
+        if col.startswith(("star_", "galaxy_")) or col in ("psf_err", "limit_snr"):
             table[col].format = ".2f"
     for col, fmt in (("ece_25", ".4f"), ("sim_s", ".1f"), ("classify_s", ".2f")):
         table[col].format = fmt
@@ -532,12 +582,13 @@ def main(argv=None):
             sys.exit(f"robustness --baseline sextractor: {err}")
         baseline_dir = tempfile.TemporaryDirectory(prefix="robustness-sextractor-")
     t_start = time.perf_counter()
-    names, classifiers = [], []
+    names, classifiers, depths = [], [], []
     for name, model in zip(model_names(args.models), args.models):
         for precision in args.precision:  # one row per model and precision
             names.append(name if len(args.precision) == 1 else f"{name} {precision}")
             classifiers.append(StarGalaxyClassifier(model, device=args.device,
                                                     precision=precision))
+            depths.append((classifiers[-1].meta.depth or {}).get("r"))
     n_objects = dict.fromkeys(names, 0)
     t_classify = dict.fromkeys(names, 0.0)
     rows = []
@@ -555,19 +606,21 @@ def main(argv=None):
                                 refine_positions=args.refine_positions == "on")
             warm = True
         n_src = sum(len(truth) for _, truth in fields)
-        for name, clf in zip(names, classifiers):
+        for name, clf, depth in zip(names, classifiers, depths):
             outs, t_cls = classify_fields(clf, fields, args.psf_source,
                                           refine_positions=args.refine_positions == "on")
             n_objects[name] += n_src
             t_classify[name] += t_cls
-            row = {"condition": cond, "model": name, **score(outs, fields),
+            row = {"condition": cond, "model": name,
+                   **score(outs, fields, reference_depth=depth),
                    "n_sources": n_src, "sim_s": t_sim, "classify_s": t_cls}
             rows.append(row)
             psf = _psf_cell(row) + (f", {row['psf_fell_back']} fell back"
                                     if row["psf_fell_back"] else "")
             print(f"{cond:>24s}  {name:<20s} star / galaxy r<=25 {_recall_cell(row, 25)} "
                   f"(n={row['n_star_25']}/{row['n_galaxy_25']})  r<=26 "
-                  f"{_recall_cell(row, 26)}  ECE {row['ece_25']:.4f}  PSF {psf}  "
+                  f"{_recall_cell(row, 26)}  equal S/N {_snr_cell(row)}  "
+                  f"ECE {row['ece_25']:.4f}  PSF {psf}  "
                   f"[sim {t_sim:.0f} s, classify {t_cls:.1f} s]", flush=True)
         if args.baseline:
             name = SEXTRACTOR_BASELINE
