@@ -40,6 +40,8 @@ import json
 import logging
 import math
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -613,9 +615,32 @@ def _run_tasks(tasks, n_fields, *, n_workers, progress):
             # "spawn": workers start clean, whatever the parent process has
             # imported or threaded (torch, dask).
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
+                                     initializer=_watch_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 for _ in pool.map(_field_task, tasks):
                     bar.update()
+
+
+def _exit_when_orphaned(parent, interval=1.0):
+    """Wait while ``parent`` is this process's parent, then end this process."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _watch_parent(parent):
+    """
+    Worker initializer: end the worker when its `make_dataset` process dies.
+
+    A parent killed by SIGTERM or SIGKILL never shuts its pool down; its
+    workers, re-parented, went on simulating the fields queued to them (for
+    an hour in one case) and wrote their shards into an output folder that a
+    rerun may have started afresh. Shards are written atomically, so a
+    worker ended mid-field leaves nothing behind.
+    """
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True,
+                     name="astro-starglx-parent-watch").start()
 
 
 def _assign_splits(n_fields, fractions, rng):

@@ -10,7 +10,14 @@ Times, on the current machine:
 
 and prints objects/s for each and the ratio of (b)'s throughput to (c)'s; (b)
 and (c) once per ``--symmetrize`` option (``canonical`` and ``none``: one
-forward per stamp; ``flips``: 4; ``d4``: 8). Run::
+forward per stamp; ``flips``: 4; ``d4``: 8).
+
+It also prints the ceiling of that ratio on this machine: the forward on one
+thread (c1) is the least core time the network can take, and (a) + the
+normalisation + the PSF estimate (single-threaded numpy) the least the
+inputs take, so on ``P`` threads no overlap gets (b) below
+``(c1 + inputs) / P``, nor below (c): the ratio is at most
+``c / max(c, (c1 + inputs) / P)``. Run::
 
     python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
         [--symmetrize canonical none flips d4] [--cpu-workers N] [--forward-chunk N]
@@ -25,6 +32,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 from astropy.nddata import CCDData, InverseVariance
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -119,12 +127,13 @@ def main():
     x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
     sigma = {b: image_noise(im) for b, im in images.items() if im.uncertainty is None}
-    psf = None
+    psf, t_psf = None, 0.0
     if meta.psf is not None:  # PSF-aware model: the PSF measured once, as classify() does
         t = time.perf_counter()
         psf = resolve_psf(images, {b: (x[b], y[b]) for b in images},
                           pixel_scale=meta.pixel_scale, nominal_fwhm=meta.psf["nominal_fwhm"])
-        print(f"PSF estimate (7 bands): {time.perf_counter() - t:.3f} s")
+        t_psf = time.perf_counter() - t
+        print(f"PSF estimate (7 bands): {t_psf:.3f} s")
     batches = []
 
     def extract():
@@ -156,6 +165,12 @@ def main():
                 predict.proba(*p)
 
         t_forward = best_of(forward)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t_forward1 = best_of(forward)
+        finally:
+            torch.set_num_threads(threads)
         t_full = best_of(lambda: c.classify(catalog, images))
         print(f"symmetrize={option[0]!r}, precision={option[1]!r} "
               f"({'bf16' if predict.bf16 else 'fp32'}):")
@@ -164,6 +179,11 @@ def main():
         print(f"  (c) model forward      : {t_forward:7.3f} s  {n / t_forward:9.0f} objects/s "
               f"(on prepared inputs; normalisation + pose {t_prep:.3f} s more)")
         print(f"  (b) / (c) throughput   : {t_forward / t_full:7.3f}")
+        inputs = t_extract + t_prep + t_psf
+        floor = max(t_forward, (t_forward1 + inputs) / threads)
+        print(f"  (c1) forward, 1 thread : {t_forward1:7.3f} s; inputs {inputs:.3f} core-s "
+              f"(cutouts + features, normalisation + pose, PSF): (b) / (c) is at most "
+              f"{t_forward / floor:.3f} on {threads} thread(s)")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,36 @@ def test_resume_uses_finished_shards(tiny_dataset, monkeypatch):
     np.testing.assert_array_equal(before.stamps, after.stamps)
 
 
+def test_worker_processes_give_the_same_data_set(tiny_dataset, tmp_path):
+    """Two spawned workers build the fields that one process builds, bit for bit."""
+    path = tmp_path / "two"
+    ds.make_dataset(path, n_stars=12, n_galaxies=24, field_size=160, stamp_size=15,
+                    n_workers=2, seed=7, split_fractions=(0.6, 0.2, 0.2),
+                    neighbour_fraction=0.0, progress=False)
+    for split in ds.SPLITS:
+        one = ds.load_dataset(tiny_dataset, split, in_memory=True)
+        two = ds.load_dataset(path, split, in_memory=True)
+        np.testing.assert_array_equal(one.stamps, two.stamps)
+        np.testing.assert_array_equal(one.labels, two.labels)
+
+
+def test_orphaned_worker_ends_itself(monkeypatch):
+    """A worker whose make_dataset process is gone (re-parented) exits."""
+    parents = iter([1234, 1234, 1])  # its parent, twice, then init after the kill
+
+    class Exited(Exception):
+        pass
+
+    def exit_(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(ds.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(ds.os, "_exit", exit_)
+    with pytest.raises(Exited):
+        ds._exit_when_orphaned(1234, interval=0.0)
+    assert next(parents, None) is None  # it looked until the parent changed, no further
+
+
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="n_stars must be an integer >= 0"):
         ds.make_dataset(tmp_path, n_stars=-1)
