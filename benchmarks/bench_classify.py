@@ -166,11 +166,8 @@ def main():
 
         t_forward = best_of(forward)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with inference.torch_threads(reserve=threads - 1):
             t_forward1 = best_of(forward)
-        finally:
-            torch.set_num_threads(threads)
         t_full = best_of(lambda: c.classify(catalog, images))
         print(f"symmetrize={option[0]!r}, precision={option[1]!r} "
               f"({'bf16' if predict.bf16 else 'fp32'}):")

@@ -16,7 +16,7 @@ A magnitude limit means another signal-to-noise ratio in a shallower field
 or under a wider PSF. So for models that record their training depth
 (``meta.depth``) it also reports the recalls at equal S/N: each field's
 limit is r <= 25 shifted by its own r-band 5-sigma point-source depth
-(`~astro_starglx.background.point_source_depth`, at the PSF the classifier
+(`~astro_starglx.background.point_source_depths`, at the PSF the classifier
 measured) minus the model's, e.g. r <= 24 on a field 1 mag shallower.
 
 By default (``--psf-source measured``) the PSF keywords are removed from
@@ -58,7 +58,7 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from astro_starglx import StarGalaxyClassifier, StarGalaxyWarning
-from astro_starglx.background import image_noise_or_nan, point_source_depth
+from astro_starglx.background import point_source_depths
 from astro_starglx.inputs import get_zeropoint
 from astro_starglx.metrics import expected_calibration_error
 from astro_starglx.psf import PSFEstimate
@@ -303,8 +303,7 @@ def psf_errors(psf_meta, images, truth):
     """
     errors = {}
     for band, record in psf_meta.items():
-        est = PSFEstimate(**{k: tuple(v) if isinstance(v, list) else v
-                             for k, v in record.items()})
+        est = _estimate(record)
         image = images[band]
         ny, nx = image.shape
         x, y = np.asarray(truth[f"x_{band}"]), np.asarray(truth[f"y_{band}"])
@@ -317,24 +316,29 @@ def psf_errors(psf_meta, images, truth):
     return errors
 
 
+def _estimate(record):
+    """The `PSFEstimate` of one band's record in a result's ``meta["astro_starglx"]["psf"]``."""
+    return PSFEstimate(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+
+
 def field_depth(psf_meta, images, truth, band="r"):
     """
-    The ``band`` 5-sigma point-source depth of a field (AB mag), as the
-    classifier measures it for ``match_depth``: the image's noise and the
-    PSF it used (``psf_meta``, its FWHM's median over the sources); NaN
-    without a PSF for ``band``.
+    The ``band`` 5-sigma point-source depth of a field (AB mag), measured as
+    `~astro_starglx.release.simulated_depth` measured the model's
+    ``meta.depth`` (`~astro_starglx.background.point_source_depths`) at the
+    PSF the classifier used (``psf_meta``); NaN without a measured PSF for
+    ``band``.
     """
     record = (psf_meta or {}).get(band)
     if record is None:
         return math.nan
-    est = PSFEstimate(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
     image = images[band]
-    fwhm = float(np.nanmedian(est.at(np.asarray(truth[f"x_{band}"]),
-                                     np.asarray(truth[f"y_{band}"]))))
     pixel_scale = abs(float(image.wcs.proj_plane_pixel_scales()[0].to_value("arcsec")))
-    return point_source_depth(image, fwhm=fwhm / pixel_scale,
-                              zeropoint=get_zeropoint(image, band),
-                              sigma=image_noise_or_nan(image))
+    depths = point_source_depths(
+        {band: image}, {band: _estimate(record)},
+        {band: (np.asarray(truth[f"x_{band}"]), np.asarray(truth[f"y_{band}"]))},
+        pixel_scale=pixel_scale, zeropoints={band: get_zeropoint(image, band)})
+    return depths.get(band, math.nan)
 
 
 def score(outs, fields, *, reference_depth=None):
