@@ -17,7 +17,17 @@ thread (c1) is the least core time the network can take, and (a) + the
 normalisation + the PSF estimate (single-threaded numpy) the least the
 inputs take, so on ``P`` threads no overlap gets (b) below
 ``(c1 + inputs) / P``, nor below (c): the ratio is at most
-``c / max(c, (c1 + inputs) / P)``. Run::
+``c / max(c, (c1 + inputs) / P)``.
+
+And the ceiling if every input step but three were free: the pixel gather
+of the data and uncertainty stamps (``cutouts.extract_cutouts``; bound by
+memory latency: ~50 scattered rows per stamp and band, and a numba kernel of
+the same gather ran at 7.6-8.4 us per stamp and band against numpy's ~4 on
+the project's 2-core AVX2 EPYC), the arcsinh of the normalisation
+(``preprocess._scaled_arcsinh``; numba's scalar ``math.asinh`` took 26 us
+per 25 x 25 stamp, 6x this vectorised numpy form) and the PSF estimate, so
+that the network's share is a property of the model and the machine, not of
+the code around it: ``c / max(c, (c1 + floor) / P)``. Run::
 
     python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
         [--symmetrize canonical none flips d4] [--cpu-workers N] [--forward-chunk N]
@@ -40,7 +50,9 @@ from astropy.wcs import WCS
 from astro_starglx import StarGalaxyClassifier, classifier, inference
 from astro_starglx.csst import CSST_BANDS, CSST_PIXEL_SCALE
 from astro_starglx.background import image_noise
+from astro_starglx.cutouts import extract_cutouts
 from astro_starglx.inputs import extract_inputs, pixel_positions
+from astro_starglx.preprocess import _scaled_arcsinh
 from astro_starglx.psf import resolve_psf
 
 
@@ -148,6 +160,20 @@ def main():
 
     t_extract = best_of(extract)
 
+    def gather():
+        for s in range(0, args.n, args.batch_size):
+            for b in meta.bands:
+                for array in (images[b].data, images[b].uncertainty.array):
+                    extract_cutouts(array, x[b][s:s + args.batch_size],
+                                    y[b][s:s + args.batch_size], size=meta.stamp_size)
+
+    def arcsinh():
+        for b in batches:
+            with np.errstate(divide="ignore"):
+                _scaled_arcsinh(b.stamps, (1.0 / b.noise).astype(np.float32))
+
+    t_gather, t_arcsinh = best_of(gather), best_of(arcsinh)
+    t_floor = t_gather + t_arcsinh + t_psf
     n = args.n
     print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s")
     for option, c in clfs.items():
@@ -181,6 +207,12 @@ def main():
         print(f"  (c1) forward, 1 thread : {t_forward1:7.3f} s; inputs {inputs:.3f} core-s "
               f"(cutouts + features, normalisation + pose, PSF): (b) / (c) is at most "
               f"{t_forward / floor:.3f} on {threads} thread(s)")
+        least = max(t_forward, (t_forward1 + t_floor) / threads)
+        print(f"  floor of the inputs    : {t_floor:7.3f} core-s (pixel gather {t_gather:.3f}, "
+              f"arcsinh {t_arcsinh:.3f}, PSF {t_psf:.3f}): "
+              f"with every other input step free, (b) / (c) is at most "
+              f"{t_forward / least:.3f}; 0.9 needs inputs <= "
+              f"{max(0.0, threads * t_forward / 0.9 - t_forward1):.3f} core-s")
 
 
 if __name__ == "__main__":
