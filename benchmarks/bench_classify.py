@@ -21,13 +21,12 @@ inputs take, so on ``P`` threads no overlap gets (b) below
 
 And the ceiling if every input step but three were free: the pixel gather
 of the data and uncertainty stamps (``cutouts.extract_cutouts``; bound by
-memory latency: ~50 scattered rows per stamp and band, and a numba kernel of
-the same gather ran at 7.6-8.4 us per stamp and band against numpy's ~4 on
-the project's 2-core AVX2 EPYC), the arcsinh of the normalisation
-(``preprocess._scaled_arcsinh``; numba's scalar ``math.asinh`` took 26 us
-per 25 x 25 stamp, 6x this vectorised numpy form) and the PSF estimate, so
-that the network's share is a property of the model and the machine, not of
-the code around it: ``c / max(c, (c1 + floor) / P)``. Run::
+memory latency: ~50 scattered rows per stamp and band; a numba loop of the
+same gather took 2-2.7 times as long as numpy's), the arcsinh of the
+normalisation (``preprocess._scaled_arcsinh``, 2-3 times as fast as a numba
+loop of ``math.asinh``; both in ``benchmarks/numba_inputs.py``) and the PSF
+estimate: ``c / max(c, (c1 + floor) / P)``, what no rewrite of the other
+steps can pass on this machine. Run::
 
     python -m benchmarks.bench_classify [--model NAME_OR_FILE] [--n 10000] [--size 4096]
         [--symmetrize canonical none flips d4] [--cpu-workers N] [--forward-chunk N]
