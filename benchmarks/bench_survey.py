@@ -19,7 +19,11 @@ Three parts, each printed as a table:
     reading (the wall time includes the reading, also shown apart); then the
     network forward alone on the same sources' prepared inputs (at torch's
     default threads and at 1), and the ratios of classify()'s throughput
-    (with and without the reading) to the forward's. ``--precision``
+    (with and without the reading, and of the fastest of ``--repeat``
+    calls) to the forward's; the inputs' core-seconds, and the ceilings of
+    that ratio as ``bench_classify`` prints them (with today's inputs, and
+    with every input step but the pixel gather, the arcsinh and the PSF
+    estimate free). ``--precision``
     sets classify()'s (``auto``: bfloat16 where the CPU runs it natively);
     ``--repeat N`` classifies the chip N times and also reports the fastest
     (the first call pays for reading the memory-mapped pixels);
@@ -241,8 +245,8 @@ def bench_chip(args):
               f"{classify:.2f} s, then {', '.join(f'{t:.2f}' for t in again) or '-'} s")
         pixels_gb = sum(im.data.nbytes + im.uncertainty.array.nbytes
                         for im in images.values()) / 1024**3
-        forward = {threads: _forward_only(clf, catalog, images, threads)
-                   for threads in sorted({torch_threads_default(), 1}, reverse=True)}
+        forward, inputs = _forward_and_inputs(
+            clf, catalog, images, sorted({torch_threads_default(), 1}, reverse=True))
         rows = [(shape[0], shape[1], len(result), round(wall, 2), round(len(result) / wall),
                  round(read, 2), round(classify, 2), round(peak, 2), round(pixels_gb, 2))]
         Table(rows=rows, names=("ny", "nx", "sources", "wall_s", "objects_per_s", "read_s",
@@ -251,12 +255,19 @@ def bench_chip(args):
         # The network alone on the same sources' prepared inputs (cutouts,
         # features and normalisation done beforehand, not timed): the ceiling
         # of classify()'s throughput.
+        warm = min([classify, *again])
         Table(rows=[(threads, round(seconds, 2), round(len(result) / seconds),
-                     round(seconds / classify, 3), round(seconds / wall, 3))
+                     round(seconds / classify, 3), round(seconds / warm, 3),
+                     round(seconds / wall, 3))
                     for threads, seconds in forward.items()],
               names=("torch_threads", "forward_only_s", "forward_objects_per_s",
-                     "classify_over_forward", "read_and_classify_over_forward")
+                     "classify_over_forward", "fastest_classify_over_forward",
+                     "read_and_classify_over_forward")
               ).pprint(max_width=-1)
+        print("inputs (core-s, one thread): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in inputs.items()))
+        if len(forward) > 1:
+            _ceilings(forward, inputs).pprint(max_width=-1)
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -268,37 +279,83 @@ def torch_threads_default():
     return torch.get_num_threads()
 
 
-def _forward_only(clf, catalog, images, threads):
-    """Seconds of the network forwards alone over all of ``catalog``, batch by batch."""
+def _forward_and_inputs(clf, catalog, images, thread_counts):
+    """
+    Seconds of the network forwards alone over all of ``catalog``, batch by
+    batch, at each of ``thread_counts`` torch threads; and the core-seconds
+    of the inputs (one thread): ``psf``, ``extract`` (cutouts + features),
+    ``prepare`` (normalisation + pose), and of the floor's two per-pixel
+    steps, ``gather`` (data and uncertainty stamps) and ``arcsinh``.
+    """
     import torch
 
+    from astro_starglx.cutouts import extract_cutouts
     from astro_starglx.inputs import extract_inputs, pixel_positions
+    from astro_starglx.preprocess import _scaled_arcsinh
     from astro_starglx.psf import resolve_psf
 
     meta, predict = clf.meta, clf._predictor()
     x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
+    inputs = dict.fromkeys(("psf", "extract", "prepare", "gather", "arcsinh"), 0.0)
+    t0 = time.perf_counter()
     psf = (resolve_psf(images, {b: (x[b], y[b]) for b in images}, pixel_scale=meta.pixel_scale,
                        nominal_fwhm=meta.psf["nominal_fwhm"]) if meta.psf is not None else None)
+    inputs["psf"] = time.perf_counter() - t0
+    prepared = []
+    for start in range(0, len(catalog), clf.batch_size):
+        sl = slice(start, start + clf.batch_size)
+        xb, yb = {b: v[sl] for b, v in x.items()}, {b: v[sl] for b, v in y.items()}
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            batch = extract_inputs(images, xb, yb, bands=meta.bands, size=meta.stamp_size,
+                                   pixel_scale=meta.pixel_scale,
+                                   feature_names=meta.feature_names, psf=psf)
+        t1 = time.perf_counter()
+        prepared.append(predict.prepare(batch.stamps, batch.noise, batch.features))
+        t2 = time.perf_counter()
+        for b in meta.bands:
+            for array in (images[b].data, images[b].uncertainty.array):
+                extract_cutouts(array, xb[b], yb[b], size=meta.stamp_size)
+        t3 = time.perf_counter()
+        with np.errstate(divide="ignore"):
+            _scaled_arcsinh(batch.stamps, (1.0 / batch.noise).astype(np.float32))
+        t4 = time.perf_counter()
+        for key, seconds in zip(("extract", "prepare", "gather", "arcsinh"),
+                                np.diff([t0, t1, t2, t3, t4])):
+            inputs[key] += seconds
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    seconds = 0.0
+    forward = {}
     try:
-        for start in range(0, len(catalog), clf.batch_size):
-            sl = slice(start, start + clf.batch_size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                inputs = extract_inputs(images, {b: v[sl] for b, v in x.items()},
-                                        {b: v[sl] for b, v in y.items()}, bands=meta.bands,
-                                        size=meta.stamp_size, pixel_scale=meta.pixel_scale,
-                                        feature_names=meta.feature_names, psf=psf)
-            prepared = predict.prepare(inputs.stamps, inputs.noise, inputs.features)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            predict.proba(*prepared)
-            seconds += time.perf_counter() - t0
+            for p in prepared:
+                predict.proba(*p)
+            forward[threads] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
-    return seconds
+    return forward, inputs
+
+
+def _ceilings(forward, inputs):
+    """
+    The ceilings of classify / forward on ``P`` threads (see
+    ``bench_classify``): with today's inputs, and with every input step but
+    the floor (gather, arcsinh, PSF) free; and the input core-seconds that
+    0.9 would need.
+    """
+    p = max(forward)
+    c, c1 = forward[p], forward[1]
+    total = inputs["psf"] + inputs["extract"] + inputs["prepare"]
+    floor = inputs["psf"] + inputs["gather"] + inputs["arcsinh"]
+    rows = [(p, round(c, 2), round(c1, 2), round(total, 2), round(floor, 2),
+             round(c / max(c, (c1 + total) / p), 3), round(c / max(c, (c1 + floor) / p), 3),
+             round(max(0.0, p * c / 0.9 - c1), 2))]
+    return Table(rows=rows, names=("threads", "forward_s", "forward_1_thread_s",
+                                   "inputs_core_s", "floor_core_s", "ceiling",
+                                   "ceiling_floor_only", "inputs_for_0.9_core_s"))
 
 
 # --------------------------------------------------------------------------- detection
