@@ -9,6 +9,7 @@ there is one, the fix.
 
 import math
 import operator
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -111,12 +112,20 @@ def check_range(name, value, *, low=None, high=None, strict=False, hint=""):
 
 
 def check_catalog(catalog):
-    """An astropy Table (TypeError otherwise, with a hint for pandas frames)."""
+    """An astropy Table (TypeError otherwise, with the way to make one from what was given)."""
     from astropy.table import Table
 
     if not isinstance(catalog, Table):
-        hint = " (use Table.from_pandas(df))" if hasattr(catalog, "to_numpy") else ""
-        msg = f"catalog must be an astropy Table, got {type(catalog).__name__}{hint}"
+        if hasattr(catalog, "to_numpy"):
+            hint = "use Table.from_pandas(df)"
+        elif isinstance(catalog, (str, os.PathLike)):
+            hint = "read the file first: Table.read(path)"
+        elif isinstance(catalog, Mapping) or getattr(getattr(catalog, "dtype", None), "names",
+                                                     None):
+            hint = "wrap it: Table(catalog)"
+        else:
+            hint = "build one with Table({'ra': ..., 'dec': ...}) or read one with Table.read"
+        msg = f"catalog must be an astropy Table, got {type(catalog).__name__} ({hint})"
         raise TypeError(msg)
     return catalog
 

@@ -383,6 +383,27 @@ def test_images_type_errors(clf, field):
         clf.classify({"ra": [1.0]}, images)
 
 
+class _FrameLike:
+    """Stands for a pandas DataFrame (pandas is not a test dependency)."""
+
+    def to_numpy(self):
+        return np.zeros((1, 2))
+
+
+@pytest.mark.parametrize("catalog, hint", [
+    (_FrameLike(), r"got _FrameLike \(use Table.from_pandas\(df\)\)"),
+    ("catalog.fits", r"got str \(read the file first: Table.read\(path\)\)"),
+    ({"ra": [150.0], "dec": [2.0]}, r"got dict \(wrap it: Table\(catalog\)\)"),
+    (np.zeros(1, dtype=[("ra", float), ("dec", float)]),
+     r"got ndarray \(wrap it: Table\(catalog\)\)"),
+    ([(150.0, 2.0)], r"got list \(build one with Table\(\{'ra': ..., 'dec': ...\}\) or read"),
+])
+def test_catalog_type_error_says_how_to_make_a_table(clf, field, catalog, hint):
+    _, images = field
+    with pytest.raises(TypeError, match="catalog must be an astropy Table, " + hint):
+        clf.classify(catalog, images)
+
+
 def test_single_image_without_band(clf, field):
     catalog, images = field
     lone = NDData(images["r"].data, wcs=images["r"].wcs, meta={"MAGZERO": ZP})
