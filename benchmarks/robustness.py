@@ -19,6 +19,11 @@ limit is r <= 25 shifted by its own r-band 5-sigma point-source depth
 (`~astro_starglx.background.point_source_depths`, at the PSF the classifier
 measured) minus the model's, e.g. r <= 24 on a field 1 mag shallower.
 
+The conditions named ``independent ...`` are drawn by a second simulator
+that shares no code with the one the models were trained on
+(`benchmarks.independent_sim`): what of a model's accuracy holds outside its
+training simulator's habits.
+
 By default (``--psf-source measured``) the PSF keywords are removed from
 copies of the images, so that PSF-aware models must measure the PSF from the
 field, as on real images without such keywords; ``--psf-source header``
@@ -64,6 +69,7 @@ from astro_starglx.metrics import expected_calibration_error
 from astro_starglx.psf import PSFEstimate
 from astro_starglx.simulate import SimConfig, exptime_scale_for_depth, simulate_field
 from benchmarks.fresh_fields import recall
+from benchmarks.independent_sim import simulate_independent
 
 #: The nominal CSST-like field of every condition (``shape`` from ``--size``).
 NOMINAL = SimConfig(wcs_jitter=0.5, rotation_jitter=0.02)
@@ -99,6 +105,11 @@ RESAMPLE = "resample_order"
 #: field's seed (`with_catalog_errors`).
 CATALOG_SHIFT = "catalog_shift"
 CATALOG_SCATTER = "catalog_scatter"
+
+#: Key of a condition drawn by the independent simulator
+#: (`benchmarks.independent_sim.simulate_independent`, whose keyword
+#: arguments the condition's other keys are) instead of `simulate_field`.
+INDEPENDENT = "independent_simulator"
 
 #: Further conditions, run only when named in ``--conditions``.
 EXTRA_CONDITIONS = {
@@ -138,6 +149,16 @@ EXTRA_CONDITIONS = {
     "catalog shift 0.3 arcsec": {CATALOG_SHIFT: 0.3},
     "catalog errors 0.03 arcsec": {CATALOG_SCATTER: 0.03},
     "catalog errors 0.06 arcsec": {CATALOG_SCATTER: 0.06},
+    # Fields of a second simulator that shares no code with the training one
+    # (astropy.modeling Sersic galaxies and Moffat PSFs, blackbody and
+    # power-law colours, nJy images with the sky in): what of a model's
+    # accuracy is the training simulator's habits.
+    "independent nominal": {INDEPENDENT: True},
+    "independent psf x1.2": {INDEPENDENT: True, "psf_scale": 1.2},
+    "independent psf x1.4": {INDEPENDENT: True, "psf_scale": 1.4},
+    "independent moffat b=2": {INDEPENDENT: True, "beta": 2.0},
+    "independent moffat b=5": {INDEPENDENT: True, "beta": 5.0},
+    "independent depth -1 mag": {INDEPENDENT: True, "depth_shift": -1.0},
 }
 
 ALL_CONDITIONS = {**CONDITIONS, **EXTRA_CONDITIONS}
@@ -196,7 +217,10 @@ def simulate_condition(condition, n_fields, size, seed, cache=None):
         order = settings.pop(RESAMPLE, None)
         shift = settings.pop(CATALOG_SHIFT, 0.0)
         scatter = settings.pop(CATALOG_SCATTER, 0.0)
-        field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size), **settings)
+        if settings.pop(INDEPENDENT, False):
+            field = simulate_independent(seed + k, shape=(size, size), **settings)
+        else:
+            field = simulate_field(NOMINAL, seed=seed + k, shape=(size, size), **settings)
         if order is not None:
             field = resample_field(*field, order=order)
         if shift or scatter:
