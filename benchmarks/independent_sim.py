@@ -25,7 +25,8 @@ with astropy.modeling and scipy only, with choices of their own:
   per-pixel sky noise set so that an optimally weighted PSF fit reaches the
   CSST wide-survey 5-sigma depth of each band (`~astro_starglx.csst.CSST_BAND_INFO`)
   plus ``depth_shift``; a `~astropy.nddata.StdDevUncertainty` of that noise.
-- **Catalog and WCS**: a TAN WCS of 0.074" pixels, the sources uniform over
+- **Catalog and WCS**: a TAN WCS of 0.074" pixels (``pixel_scale``: another
+  survey's for the fine-tuning benchmark), the sources uniform over
   the field; truth in the layout of `astro_starglx.simulate.simulate_field`
   (``id``, ``ra``, ``dec``, ``label``, ``mag_r``, ``x_<band>``, ``y_<band>``),
   the FWHM of the PSF (integrated over a pixel, as the simulator's
@@ -34,7 +35,8 @@ with astropy.modeling and scipy only, with choices of their own:
   fields).
 
 Used through ``python -m benchmarks.robustness --conditions 'independent
-nominal' ...`` (`benchmarks.robustness.EXTRA_CONDITIONS`).
+nominal' ...`` (`benchmarks.robustness.EXTRA_CONDITIONS`) and ``python -m
+benchmarks.adapt_independent`` (fine-tuning on another survey's pixels).
 """
 
 import math
@@ -139,7 +141,8 @@ def _colours(rng, n_stars, n_galaxies):
 
 
 def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
-                         depth_shift=0.0, star_fraction=0.3, density=DENSITY):
+                         depth_shift=0.0, star_fraction=0.3, density=DENSITY,
+                         pixel_scale=CSST_PIXEL_SCALE, fwhm=None, bands=CSST_BANDS):
     """
     One field of the independent simulator.
 
@@ -159,6 +162,13 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
         Fraction of the sources that are stars.
     density : float, optional
         Sources per square arcminute.
+    pixel_scale : float, optional
+        Arcsec per pixel (another survey's, for the fine-tuning benchmark).
+    fwhm : float or dict, optional
+        PSF FWHM in arcsec before ``psf_scale``: one for every band or
+        ``{band: fwhm}``; default `FWHM`.
+    bands : sequence of str, optional
+        The bands drawn (CSST names; their depths from `CSST_BAND_INFO`).
 
     Returns
     -------
@@ -170,7 +180,9 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
     """
     rng = np.random.default_rng(seed)
     ny, nx = shape
-    area = ny * nx * (CSST_PIXEL_SCALE / 60.0) ** 2
+    fwhm = dict(FWHM) if fwhm is None else (
+        dict(fwhm) if isinstance(fwhm, dict) else dict.fromkeys(CSST_BANDS, float(fwhm)))
+    area = ny * nx * (pixel_scale / 60.0) ** 2
     n = max(int(rng.poisson(density * area)), 1)
     n_stars = int(rng.binomial(n, star_fraction))
     n_galaxies = n - n_stars
@@ -178,7 +190,7 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [rng.uniform(0.0, 360.0), rng.uniform(-60.0, 60.0)]
     wcs.wcs.crpix = [nx / 2.0 + 0.5, ny / 2.0 + 0.5]
-    wcs.wcs.cdelt = [-CSST_PIXEL_SCALE / 3600.0, CSST_PIXEL_SCALE / 3600.0]
+    wcs.wcs.cdelt = [-pixel_scale / 3600.0, pixel_scale / 3600.0]
     x = rng.uniform(-0.5, nx - 0.5, n)
     y = rng.uniform(-0.5, ny - 0.5, n)
     # r magnitudes: stars uniform; galaxies ~ 10^(0.35 r) (inverse CDF)
@@ -189,7 +201,7 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
     colours = _colours(rng, n_stars, n_galaxies)
     log_r = (math.log10(0.35) - 0.06 * (mag_r[n_stars:] - 20.0)
              + rng.normal(0.0, 0.2, n_galaxies))
-    r_eff = np.clip(10.0 ** log_r, 0.05, 2.0) / CSST_PIXEL_SCALE  # pixels
+    r_eff = np.clip(10.0 ** log_r, 0.05, 2.0) / pixel_scale  # pixels
     sersic_n = np.exp(rng.uniform(math.log(0.5), math.log(4.0), n_galaxies))
     ellip = rng.uniform(0.0, 0.7, n_galaxies)
     theta = rng.uniform(0.0, math.pi, n_galaxies)
@@ -204,8 +216,8 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
     truth["ra"], truth["dec"] = ra, dec
     truth["label"] = np.array(["star"] * n_stars + ["galaxy"] * n_galaxies, dtype="U6")
     truth["mag_r"] = mag_r
-    for band in CSST_BANDS:
-        fwhm_px = FWHM[band] * psf_scale / CSST_PIXEL_SCALE
+    for band in bands:
+        fwhm_px = fwhm[band] * psf_scale / pixel_scale
         psf, psf_fine = _moffat(fwhm_px, beta)
         n_eff = 1.0 / float(np.sum(psf ** 2))  # pixels of an optimal PSF fit
         mag = mag_r + colours[band]
@@ -225,9 +237,8 @@ def simulate_independent(seed, *, shape=(2048, 2048), psf_scale=1.0, beta=3.0,
         gain = 40.0 / sigma  # sky-limited: the sky level's Poisson noise is sigma
         std = np.sqrt(sigma ** 2 + np.clip(signal, 0.0, None) / gain)
         data = signal + sky + rng.normal(0.0, 1.0, shape) * std
-        fwhm = float(_fwhm_with_pixel(fwhm_px, beta) * CSST_PIXEL_SCALE)
-        header = {"FILTER": band, "PSFFWHM": fwhm, "PSFBETA": beta,
-                  "BUNIT": "nJy"}
+        header = {"FILTER": band, "PSFBETA": beta, "BUNIT": "nJy",
+                  "PSFFWHM": float(_fwhm_with_pixel(fwhm_px, beta) * pixel_scale)}
         images[band] = CCDData(data.astype(np.float32), unit="nJy", wcs=wcs, meta=header,
                                uncertainty=StdDevUncertainty(std.astype(np.float32)))
         truth[f"mag_{band}"] = mag
