@@ -71,15 +71,73 @@ def _band_weight(image):
         ivar = np.full(data.shape, 1.0 / image_noise(image) ** 2, dtype=np.float32)
     ivar = np.broadcast_to(ivar, data.shape)
     bad |= ~(np.isfinite(ivar) & (ivar > 0))
-    # A sigma-clipped median of a regular subsample: the sky left after the
-    # L1 sky subtraction (0 for the simulator), at a fraction of the cost.
-    step = max(1, int(np.sqrt(data.size / 2**18)))
-    sub = data[::step, ::step][~bad[::step, ::step]]
+    data = np.where(bad, 0.0, data - _sky(data, bad)).astype(np.float32)
+    return data, np.where(bad, 0.0, ivar).astype(np.float32)
+
+
+#: Side (pixels) of the boxes of the sky mesh: 256 CSST pixels are 19", wider
+#: than the largest galaxies, as SExtractor's BACK_SIZE 64 is on 0.26" pixels.
+BACKGROUND_BOX = 256
+
+
+def _sky(data, bad):
+    """
+    The sky of one band: a smooth surface on images of two boxes or more a
+    side, else a constant.
+
+    The surface is photutils' `Background2D` (sigma-clipped medians in boxes
+    of `BACKGROUND_BOX` pixels, unfiltered: a 3 x 3 median filter pulled the
+    edge boxes of a gradient inwards, by 0.2-0.35 sigma) on a regular
+    subsample of about 2^20 pixels cut to whole boxes, interpolated
+    bilinearly between the box centres and extrapolated beyond them. The
+    constant is the sigma-clipped median of about 2^18 pixels. A constant
+    alone left a sky gradient in: on a field of the independent simulator
+    (``benchmarks.independent_sim``, sky kept, 4 sigma across the field)
+    60 % of the r < 22 sources were found, among 1,366 false detections of
+    1,678, and the deblending took 12 min; with the surface, 100 % and 7
+    false detections of 733, in 5 s. The bilinear map is two matrix
+    products with the small mesh, where scipy's spline on the same grid was
+    twice as slow.
+    """
     from astropy.stats import sigma_clipped_stats
 
-    level = sigma_clipped_stats(sub, sigma=3.0, maxiters=5)[1] if sub.size else 0.0
-    data = np.where(bad, 0.0, data - np.float32(level)).astype(np.float32)
-    return data, np.where(bad, 0.0, ivar).astype(np.float32)
+    mesh = None
+    if min(data.shape) >= 2 * BACKGROUND_BOX:
+        from photutils.background import Background2D
+
+        step = max(1, int(np.sqrt(data.size / 2**20)))
+        box = max(8, int(round(BACKGROUND_BOX / step)))
+        ny, nx = (n // step // box * box for n in data.shape)
+        try:
+            mesh = Background2D(data[:ny * step:step, :nx * step:step], box,
+                                mask=bad[:ny * step:step, :nx * step:step],
+                                filter_size=1).background_mesh
+        except ValueError:  # too few good pixels in every box: the constant
+            mesh = None
+    if mesh is None or not np.all(np.isfinite(mesh)):
+        step = max(1, int(np.sqrt(data.size / 2**18)))
+        sub, sub_bad = data[::step, ::step], bad[::step, ::step]
+        good = sub[~sub_bad]
+        level = sigma_clipped_stats(good, sigma=3.0, maxiters=5)[1] if good.size else 0.0
+        return np.float32(level)
+    weights = [_linear_weights(n, ((np.arange(m) + 0.5) * box - 0.5) * step)
+               for n, m in zip(data.shape, mesh.shape)]
+    return (weights[0] @ mesh.astype(np.float32)) @ weights[1].T
+
+
+def _linear_weights(n, centres):
+    """
+    (n, len(centres)) weights of linear interpolation at pixels 0..n-1, and
+    of extrapolation from the outer two centres beyond them (a gradient goes
+    on to the edges; held constant, it left false detections along them).
+    """
+    x = np.arange(n, dtype=np.float64)
+    low = np.clip(np.searchsorted(centres, x, side="right") - 1, 0, len(centres) - 2)
+    frac = (x - centres[low]) / (centres[low + 1] - centres[low])
+    weights = np.zeros((n, len(centres)), dtype=np.float32)
+    weights[np.arange(n), low] = 1.0 - frac
+    weights[np.arange(n), low + 1] = frac
+    return weights
 
 
 def _affine_to(ref_wcs, wcs, shape):

@@ -164,6 +164,31 @@ def test_min_snr_drops_noise_peaks_and_keeps_sources():
         detect_sources(image, min_snr=-1)
 
 
+def test_a_sky_gradient_is_subtracted_not_detected():
+    # Three bands of 768^2 with the sky left in: a level and a gradient of 2
+    # sigma across the field, and 30 stars on a grid. A constant sky left the
+    # gradient in, which the smoothed 3-band stack turns into sources along
+    # the edges (hundreds of false detections).
+    shape, sigma = (768, 768), 1.0
+    grid = np.arange(64, 768, 128)
+    xs, ys = (a.ravel() + 0.3 for a in np.meshgrid(grid, grid[:5]))
+    stars = sum(moffat(shape, x, y, 200.0) for x, y in zip(xs, ys))
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]] / shape[0]
+    wcs = _two_stars(6.0).wcs
+    images = {}
+    for k, band in enumerate(("g", "r", "i")):
+        noise = np.random.default_rng(k).normal(0.0, sigma, shape)
+        sky = 40.0 * sigma + 2.0 * sigma * (xx + 0.6 * yy)
+        images[band] = CCDData((stars + sky + noise).astype(np.float32), unit="adu", wcs=wcs)
+    found = detect_sources(images)
+    x_found = np.asarray(found["x"])
+    y_found = np.asarray(found["y"])
+    near = np.hypot(x_found[:, None] - xs, y_found[:, None] - ys).min(axis=1) < 2.0
+    assert near.sum() == len(xs)  # every star, once
+    assert (~near).sum() <= 2  # noise peaks at most, no sky
+    assert all(images[band].data.dtype == np.float32 for band in images)  # inputs untouched
+
+
 def test_empty_field_gives_an_empty_table():
     image = _two_stars(6.0)
     image = CCDData(np.random.default_rng(2).normal(0, 1, (64, 64)).astype(np.float32),
