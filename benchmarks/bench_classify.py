@@ -88,6 +88,41 @@ def make_field(n, size, seed=0):
     return Table({"ra": coords.ra.deg, "dec": coords.dec.deg}), images
 
 
+def best_of(fn, repeat):
+    """The least wall time of ``repeat`` calls of ``fn`` (s)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def gather_stamps(images, x, y, *, bands, size):
+    """The floor's pixel gather: the data and uncertainty stamps of every band."""
+    for b in bands:
+        for array in (images[b].data, images[b].uncertainty.array):
+            extract_cutouts(array, x[b], y[b], size=size)
+
+
+def scaled_arcsinh(batch):
+    """The floor's arcsinh: the normalisation of one `extract_inputs` batch's stamps."""
+    with np.errstate(divide="ignore"):
+        _scaled_arcsinh(batch.stamps, (1.0 / batch.noise).astype(np.float32))
+
+
+def ceilings(forward, forward1, inputs, floor, threads):
+    """
+    What the classify / forward ratio can reach on ``threads`` threads: with
+    ``inputs`` core-seconds of input work, with only the ``floor``, and the
+    input core-seconds that 0.9 needs (``forward`` on all threads,
+    ``forward1`` on one).
+    """
+    return (forward / max(forward, (forward1 + inputs) / threads),
+            forward / max(forward, (forward1 + floor) / threads),
+            max(0.0, threads * forward / 0.9 - forward1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--model", default=None)
@@ -127,13 +162,8 @@ def main():
     for c in clfs.values():
         c.classify(catalog[:256], images)  # warm-up
 
-    def best_of(fn):
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+    def best(fn):
+        return best_of(fn, args.repeat)
 
     x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
                            coord_column=None, x_column="x", y_column="y", shared_grid=False)
@@ -157,21 +187,20 @@ def main():
                                           pixel_scale=meta.pixel_scale, image_sigma=sigma,
                                           feature_names=meta.feature_names, psf=psf))
 
-    t_extract = best_of(extract)
+    t_extract = best(extract)
 
     def gather():
         for s in range(0, args.n, args.batch_size):
-            for b in meta.bands:
-                for array in (images[b].data, images[b].uncertainty.array):
-                    extract_cutouts(array, x[b][s:s + args.batch_size],
-                                    y[b][s:s + args.batch_size], size=meta.stamp_size)
+            sl = slice(s, s + args.batch_size)
+            gather_stamps(images, {b: v[sl] for b, v in x.items()},
+                          {b: v[sl] for b, v in y.items()}, bands=meta.bands,
+                          size=meta.stamp_size)
 
     def arcsinh():
         for b in batches:
-            with np.errstate(divide="ignore"):
-                _scaled_arcsinh(b.stamps, (1.0 / b.noise).astype(np.float32))
+            scaled_arcsinh(b)
 
-    t_gather, t_arcsinh = best_of(gather), best_of(arcsinh)
+    t_gather, t_arcsinh = best(gather), best(arcsinh)
     t_floor = t_gather + t_arcsinh + t_psf
     n = args.n
     print(f"(a) cutouts + features : {t_extract:7.3f} s  {n / t_extract:9.0f} objects/s")
@@ -183,17 +212,17 @@ def main():
             prepared.clear()
             prepared.extend(predict.prepare(b.stamps, b.noise, b.features) for b in batches)
 
-        t_prep = best_of(prep_only)
+        t_prep = best(prep_only)
 
         def forward():
             for p in prepared:
                 predict.proba(*p)
 
-        t_forward = best_of(forward)
+        t_forward = best(forward)
         threads = torch.get_num_threads()
         with inference.torch_threads(reserve=threads - 1):
-            t_forward1 = best_of(forward)
-        t_full = best_of(lambda: c.classify(catalog, images))
+            t_forward1 = best(forward)
+        t_full = best(lambda: c.classify(catalog, images))
         print(f"symmetrize={option[0]!r}, precision={option[1]!r} "
               f"({'bf16' if predict.bf16 else 'fp32'}):")
         print(f"  (b) full classify()    : {t_full:7.3f} s  {n / t_full:9.0f} objects/s  "
@@ -202,16 +231,15 @@ def main():
               f"(on prepared inputs; normalisation + pose {t_prep:.3f} s more)")
         print(f"  (b) / (c) throughput   : {t_forward / t_full:7.3f}")
         inputs = t_extract + t_prep + t_psf
-        floor = max(t_forward, (t_forward1 + inputs) / threads)
+        ceiling, ceiling_floor, needed = ceilings(t_forward, t_forward1, inputs, t_floor,
+                                                  threads)
         print(f"  (c1) forward, 1 thread : {t_forward1:7.3f} s; inputs {inputs:.3f} core-s "
               f"(cutouts + features, normalisation + pose, PSF): (b) / (c) is at most "
-              f"{t_forward / floor:.3f} on {threads} thread(s)")
-        least = max(t_forward, (t_forward1 + t_floor) / threads)
+              f"{ceiling:.3f} on {threads} thread(s)")
         print(f"  floor of the inputs    : {t_floor:7.3f} core-s (pixel gather {t_gather:.3f}, "
               f"arcsinh {t_arcsinh:.3f}, PSF {t_psf:.3f}): "
               f"with every other input step free, (b) / (c) is at most "
-              f"{t_forward / least:.3f}; 0.9 needs inputs <= "
-              f"{max(0.0, threads * t_forward / 0.9 - t_forward1):.3f} core-s")
+              f"{ceiling_floor:.3f}; 0.9 needs inputs <= {needed:.3f} core-s")
 
 
 if __name__ == "__main__":

@@ -289,10 +289,10 @@ def _forward_and_inputs(clf, catalog, images, thread_counts):
     """
     import torch
 
-    from astro_starglx.cutouts import extract_cutouts
+    from astro_starglx.inference import torch_threads
     from astro_starglx.inputs import extract_inputs, pixel_positions
-    from astro_starglx.preprocess import _scaled_arcsinh
     from astro_starglx.psf import resolve_psf
+    from benchmarks.bench_classify import gather_stamps, scaled_arcsinh
 
     meta, predict = clf.meta, clf._predictor()
     x, y = pixel_positions(catalog, images, ra_column="ra", dec_column="dec",
@@ -315,27 +315,21 @@ def _forward_and_inputs(clf, catalog, images, thread_counts):
         t1 = time.perf_counter()
         prepared.append(predict.prepare(batch.stamps, batch.noise, batch.features))
         t2 = time.perf_counter()
-        for b in meta.bands:
-            for array in (images[b].data, images[b].uncertainty.array):
-                extract_cutouts(array, xb[b], yb[b], size=meta.stamp_size)
+        gather_stamps(images, xb, yb, bands=meta.bands, size=meta.stamp_size)
         t3 = time.perf_counter()
-        with np.errstate(divide="ignore"):
-            _scaled_arcsinh(batch.stamps, (1.0 / batch.noise).astype(np.float32))
+        scaled_arcsinh(batch)
         t4 = time.perf_counter()
         for key, seconds in zip(("extract", "prepare", "gather", "arcsinh"),
                                 np.diff([t0, t1, t2, t3, t4])):
             inputs[key] += seconds
     before = torch.get_num_threads()
     forward = {}
-    try:
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
+    for threads in thread_counts:  # at most torch's default, which is restored after each
+        with torch_threads(reserve=before - threads):
             t0 = time.perf_counter()
             for p in prepared:
                 predict.proba(*p)
             forward[threads] = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
     return forward, inputs
 
 
@@ -346,13 +340,15 @@ def _ceilings(forward, inputs):
     the floor (gather, arcsinh, PSF) free; and the input core-seconds that
     0.9 would need.
     """
+    from benchmarks.bench_classify import ceilings
+
     p = max(forward)
     c, c1 = forward[p], forward[1]
     total = inputs["psf"] + inputs["extract"] + inputs["prepare"]
     floor = inputs["psf"] + inputs["gather"] + inputs["arcsinh"]
+    ceiling, ceiling_floor, needed = ceilings(c, c1, total, floor, p)
     rows = [(p, round(c, 2), round(c1, 2), round(total, 2), round(floor, 2),
-             round(c / max(c, (c1 + total) / p), 3), round(c / max(c, (c1 + floor) / p), 3),
-             round(max(0.0, p * c / 0.9 - c1), 2))]
+             round(ceiling, 3), round(ceiling_floor, 3), round(needed, 2))]
     return Table(rows=rows, names=("threads", "forward_s", "forward_1_thread_s",
                                    "inputs_core_s", "floor_core_s", "ceiling",
                                    "ceiling_floor_only", "inputs_for_0.9_core_s"))

@@ -24,12 +24,12 @@ test suite.
 
 import argparse
 import math
-import time
 
 import numpy as np
 
 from astro_starglx.cutouts import extract_cutouts
 from astro_starglx.preprocess import _scaled_arcsinh
+from benchmarks.bench_classify import best_of
 
 
 def main():
@@ -68,13 +68,8 @@ def main():
     gather(data, ix, iy, half, out)  # compile
     arcsinh(out, inv, out.copy())
 
-    def best(fn):
-        times = []
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times) / args.n * 1e6
+    def best(fn):  # microseconds per stamp
+        return best_of(fn, args.repeat) / args.n * 1e6
 
     rows = {
         "gather, numba": best(lambda: [gather(a, ix, iy, half, out) for a in (data, unc)]),
